@@ -1,0 +1,138 @@
+"""The network registry: what each network is, which actions it has, how jobs hand off.
+
+A network package (``foveal/networks/<name>/``) builds one :class:`Network` and registers it
+with :func:`register_network`. Everything above this layer (CLI, jobs, workflows, AutoML) finds
+networks only through this registry.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+logger = logging.getLogger(__name__)
+
+ACTIONS = ("train", "evaluate", "inference", "export", "gen_trt_engine")
+
+# Handoff rules a network may declare for a spec field (DESIGN.md, "Handoff inference").
+HANDOFF_RULES = (
+    "parent_model",  # the parent's checkpoint (best, latest or epoch N)
+    "parent_model_folder",  # the parent's results folder
+    "resume_model",  # the newest full checkpoint of the parent (resume training)
+    "ptm_if_no_resume_model",  # the parent's checkpoint, unless a resume checkpoint is set
+    "create_onnx_file",  # a fresh ONNX path inside this job's results folder
+    "output_dir",  # this job's results folder
+    "key",  # the parent's encryption_key
+    "parent_onnx_file",  # the ONNX file the parent exported
+)
+
+
+@dataclass
+class ActionResult:
+    """What an action returns to the job runner."""
+
+    kpis: dict[str, float] = field(default_factory=dict)
+    artifacts: dict[str, str] = field(default_factory=dict)  # kind -> path (e.g. "onnx": ".../model.onnx")
+    message: str = ""
+
+
+class RunContext(Protocol):
+    """What an action receives besides its config (implemented by ``foveal.jobs``)."""
+
+    job_id: str
+    network: str
+    action: str
+    results_dir: Path
+    workspace: Path
+    cache_dir: Path
+    debug: bool
+
+    def status(self, status: str, message: str, **fields: Any) -> None: ...
+
+
+Action = Callable[[Any, RunContext], ActionResult]
+
+
+@dataclass
+class Network:
+    """Descriptor of one network.
+
+    Attributes:
+        name: registry name, e.g. ``"mae"``.
+        config_cls: the top-level spec dataclass.
+        actions: action name -> module path ``"pkg.module:function"`` (imported lazily so that
+            listing networks never imports torch-heavy code) or a callable.
+        description: one line for ``foveal models``.
+        action_sections: action -> the spec sections its template shows (all are accepted).
+        handoff: action -> {dotted spec key: handoff rule (one of HANDOFF_RULES)}.
+        checkpoint_globs: kind -> filename glob in a results folder, e.g.
+            ``{"model": "model_epoch_*.pth", "student": "student_epoch_*.pth"}``; the first
+            kind is what ``parent_model`` selects by default.
+        metadata: task, automl_enabled, monitoring metric/mode, dataset requirements, image...
+        resolve: optional hook computing derived values once (``cfg -> cfg``) and checking
+            cross-field rules; raises ``SpecError`` with every problem it finds.
+    """
+
+    name: str
+    config_cls: type
+    actions: Mapping[str, str | Action]
+    description: str = ""
+    action_sections: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    handoff: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    checkpoint_globs: Mapping[str, str] = field(default_factory=lambda: {"model": "model_epoch_*.pth"})
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    resolve: Callable[[Any], Any] | None = None
+
+    def __post_init__(self) -> None:
+        for action, rules in self.handoff.items():
+            for key, rule in rules.items():
+                if rule not in HANDOFF_RULES:
+                    raise ValueError(f"{self.name}.{action}: unknown handoff rule {rule!r} for {key}")
+
+    def get_action(self, action: str) -> Action:
+        if action not in self.actions:
+            raise KeyError(action)
+        target = self.actions[action]
+        if callable(target):
+            return target
+        module_name, _, attr = target.partition(":")
+        return getattr(importlib.import_module(module_name), attr)
+
+
+_NETWORKS: dict[str, Network] = {}
+_BUILTINS = ("classification", "mae", "nvdinov2")
+_loaded_builtins = False
+
+
+def register_network(network: Network) -> Network:
+    """Add a network; a second registration under the same name replaces it with a warning."""
+    if network.name in _NETWORKS and _NETWORKS[network.name] is not network:
+        logger.warning("network %r registered twice; the later one wins", network.name)
+    _NETWORKS[network.name] = network
+    return network
+
+
+def _load_builtins() -> None:
+    global _loaded_builtins
+    if _loaded_builtins:
+        return
+    _loaded_builtins = True
+    for name in _BUILTINS:
+        importlib.import_module(f"foveal.networks.{name}")
+
+
+def get_network(name: str) -> Network:
+    """The registered network ``name``; ``KeyError`` with the known names otherwise."""
+    _load_builtins()
+    if name not in _NETWORKS:
+        raise KeyError(name)
+    return _NETWORKS[name]
+
+
+def list_networks() -> list[Network]:
+    _load_builtins()
+    return [_NETWORKS[n] for n in sorted(_NETWORKS)]

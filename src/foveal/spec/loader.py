@@ -1,0 +1,310 @@
+"""Spec loading: defaults <- spec YAML <- dotted ``key=value`` overrides -> typed config.
+
+Values are parsed as YAML data (scalars, lists, mappings), never evaluated. Validation walks
+the schema once and collects every problem (unknown key with the nearest valid one, wrong
+type, out of range, not in options, regex mismatch, required field missing) so a user fixes a
+spec in one pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+from foveal.spec.errors import SpecError, SpecIssue
+from foveal.spec.fields import (
+    field_default,
+    field_meta,
+    is_section_type,
+    resolved_fields,
+    type_name,
+    unwrap_optional,
+)
+
+
+def leaf_keys(cls: type, prefix: str = "") -> list[str]:
+    """Every dotted key of a spec class, sections and leaves (``train``, ``train.num_epochs``...)."""
+    keys: list[str] = []
+    for f, tp in resolved_fields(cls):
+        key = f"{prefix}{f.name}"
+        keys.append(key)
+        if is_section_type(tp):
+            keys.extend(leaf_keys(tp, key + "."))
+    return keys
+
+
+def _nearest(key: str, candidates: Sequence[str]) -> str:
+    """The closest valid key, comparing full dotted keys and then the last component."""
+    match = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+    if match:
+        return match[0]
+    last = key.rsplit(".", 1)[-1]
+    by_last = {c.rsplit(".", 1)[-1]: c for c in candidates}
+    match = difflib.get_close_matches(last, list(by_last), n=1, cutoff=0.7)
+    return by_last[match[0]] if match else ""
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a spec file; malformed YAML is a SpecError naming the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        hint = "check the path" if not path.exists() else "pass a YAML file, not a folder"
+        raise SpecError(SpecIssue("", f"spec file {path} not found", hint))
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(SpecIssue("", f"malformed YAML{where}: {problem}"), source=str(path)) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SpecError(
+            SpecIssue("", f"expected a mapping at the top level, got {type(data).__name__}"), str(path)
+        )
+    return data
+
+
+def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
+    """``["train.num_epochs=3", "model.arch=vit_base_patch16"]`` -> ``{dotted key: value}``."""
+    parsed: dict[str, Any] = {}
+    issues = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            issues.append(SpecIssue(item, "override is not key=value", "write e.g. train.num_epochs=3"))
+            continue
+        try:
+            parsed[key] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            parsed[key] = raw  # an unquoted string YAML cannot parse is still a string value
+    if issues:
+        raise SpecError(issues)
+    return parsed
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def get_dotted(data: Mapping[str, Any], key: str, default: Any = None) -> Any:
+    node: Any = data
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A config dataclass as plain data (what ``experiment.yaml`` holds)."""
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(data: Mapping[str, Any]) -> str:
+    return yaml.safe_dump(dict(data), sort_keys=False, default_flow_style=None, allow_unicode=True)
+
+
+def save_spec(cfg: Any, path: str | Path) -> Path:
+    """Write the resolved spec atomically (e.g. a job's ``experiment.yaml``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(dump_yaml(to_dict(cfg)), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+class _Validator:
+    """Walks data against a spec class, building the typed config and collecting issues."""
+
+    def __init__(self, action: str | None):
+        self.action = action
+        self.issues: list[SpecIssue] = []
+
+    def build(self, cls: type, data: Any, prefix: str = "") -> Any:
+        if not isinstance(data, Mapping):
+            self.issues.append(SpecIssue(prefix.rstrip("."), f"expected a section (mapping), got {data!r}"))
+            data = {}
+        fields = resolved_fields(cls)
+        names = [f.name for f, _ in fields]
+        for key in data:
+            if key not in names:
+                self._unknown(cls, f"{prefix}{key}", prefix, names)
+        kwargs = {}
+        for f, tp in fields:
+            key = f"{prefix}{f.name}"
+            present = f.name in data
+            if is_section_type(tp):
+                kwargs[f.name] = self.build(tp, data.get(f.name, {}) if present else {}, key + ".")
+                continue
+            value = self.check(tp, data[f.name], key, field_meta(f)) if present else field_default(f)
+            self._check_required(key, value, field_meta(f))
+            kwargs[f.name] = value
+        return cls(**kwargs)
+
+    def _unknown(self, cls: type, key: str, prefix: str, names: list[str]) -> None:
+        from_root = getattr(self, "root_keys", None) or [prefix + n for n in names]
+        near = _nearest(key, from_root)
+        hint = f"did you mean {near}?" if near else f"valid keys here: {', '.join(names)}"
+        self.issues.append(SpecIssue(key, "unknown key", hint))
+
+    def _check_required(self, key: str, value: Any, meta: dict[str, Any]) -> None:
+        required = meta.get("required")
+        needed = required is True or (self.action is not None and self.action in (required or ()))
+        if needed and value in (None, "", []):
+            for_action = f" for {self.action}" if self.action else ""
+            self.issues.append(SpecIssue(key, f"required{for_action} but not set", f"set {key}=..."))
+
+    def check(self, tp: Any, value: Any, key: str, meta: dict[str, Any]) -> Any:
+        base, optional = unwrap_optional(tp)
+        if value is None:
+            if not optional:
+                self.issues.append(SpecIssue(key, f"expected {type_name(tp)}, got null"))
+            return None
+        value = self._check_type(base, value, key, tp)
+        if value is _BAD:
+            return None
+        self._check_meta(value, key, meta)
+        return value
+
+    def _check_type(self, tp: Any, value: Any, key: str, full_tp: Any) -> Any:
+        origin = get_origin(tp)
+        if origin is Literal:
+            return value  # options are checked from metadata or below
+        if origin is list:
+            (item_tp,) = get_args(tp) or (Any,)
+            if isinstance(value, tuple):
+                value = list(value)
+            if not isinstance(value, list):
+                return self._type_issue(key, full_tp, value)
+            if is_section_type(item_tp):
+                return [self.build(item_tp, v, f"{key}[{i}].") for i, v in enumerate(value)]
+            out = [self._check_type(item_tp, v, f"{key}[{i}]", item_tp) for i, v in enumerate(value)]
+            return _BAD if any(v is _BAD for v in out) else out
+        if origin is dict:
+            return dict(value) if isinstance(value, Mapping) else self._type_issue(key, full_tp, value)
+        if is_section_type(tp):
+            return self.build(tp, value, key + ".")
+        return self._check_scalar(tp, value, key, full_tp)
+
+    def _check_scalar(self, tp: Any, value: Any, key: str, full_tp: Any) -> Any:
+        if tp is bool:
+            return value if isinstance(value, bool) else self._type_issue(key, full_tp, value)
+        if tp is int:
+            if isinstance(value, bool):
+                return self._type_issue(key, full_tp, value)
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            return value if isinstance(value, int) else self._type_issue(key, full_tp, value)
+        if tp is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return self._type_issue(key, full_tp, value)
+            return float(value)
+        if tp is str:
+            # YAML reads 1e-3 or 2 as numbers; a str field takes them as text.
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return str(value)
+            return value if isinstance(value, str) else self._type_issue(key, full_tp, value)
+        return value
+
+    def _type_issue(self, key: str, tp: Any, value: Any) -> Any:
+        shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
+        self.issues.append(SpecIssue(key, f"expected {type_name(tp)}, got {shown}"))
+        return _BAD
+
+    def _check_meta(self, value: Any, key: str, meta: dict[str, Any]) -> None:
+        items = value if isinstance(value, list) else [value]
+        options = meta.get("valid_options")
+        if options is not None:
+            bad = [v for v in items if v not in options]
+            if bad:
+                opts = ", ".join(str(o) for o in options)
+                self.issues.append(SpecIssue(key, f"{bad[0]!r} is not one of the options: {opts}"))
+        lo, hi = meta.get("valid_min"), meta.get("valid_max")
+        for v in items:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            if (lo is not None and v < lo) or (hi is not None and v > hi):
+                bounds = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
+                self.issues.append(SpecIssue(key, f"{v} is out of range {bounds}"))
+                break
+        regex = meta.get("regex")
+        if regex and isinstance(value, str) and value and not re.fullmatch(regex, value):
+            self.issues.append(SpecIssue(key, f"{value!r} does not match the pattern {regex}"))
+
+
+_BAD = object()
+
+
+def build_config(
+    cls: type,
+    data: Mapping[str, Any] | None = None,
+    *,
+    action: str | None = None,
+    source: str | None = None,
+) -> Any:
+    """Validate plain data against spec class ``cls`` and return the typed config.
+
+    Raises:
+        SpecError: with every issue found.
+    """
+    validator = _Validator(action)
+    validator.root_keys = leaf_keys(cls)  # type: ignore[attr-defined]
+    cfg = validator.build(cls, data or {})
+    if validator.issues:
+        raise SpecError(validator.issues, source=source)
+    return cfg
+
+
+def load_spec(
+    cls: type,
+    spec_file: str | Path | None = None,
+    overrides: Iterable[str] | Mapping[str, Any] = (),
+    *,
+    action: str | None = None,
+    resolve: Any = None,
+) -> Any:
+    """defaults <- spec file <- overrides -> validated config (then the network's resolve hook).
+
+    Args:
+        cls: the network's top-level spec dataclass.
+        spec_file: a YAML file holding only the keys that differ from the defaults.
+        overrides: ``"a.b=c"`` strings (or an already parsed ``{dotted key: value}`` mapping),
+            applied last.
+        action: the action the spec is for; fields required for it must be set.
+        resolve: optional ``cfg -> cfg`` hook for derived values and cross-field checks.
+    """
+    data: dict[str, Any] = read_yaml(spec_file) if spec_file is not None else {}
+    parsed = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides)
+    for key, value in parsed.items():
+        set_dotted(data, key, value)
+    cfg = build_config(cls, data, action=action, source=str(spec_file) if spec_file else None)
+    return resolve(cfg) if resolve is not None else cfg
