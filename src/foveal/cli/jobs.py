@@ -1,0 +1,86 @@
+"""``foveal jobs list|show|logs|cancel``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from foveal.cli.output import Format, echo_json, print_table
+
+jobs_app = typer.Typer(help="List, inspect and cancel jobs.", no_args_is_help=True)
+
+WorkspaceOpt = typer.Option(None, "--workspace", "-w", help="Workspace folder.")
+
+
+def _registry(workspace: Path | None):
+    from foveal.jobs.registry import JobRegistry
+    from foveal.jobs.workspace import Workspace
+
+    ws = Workspace.resolve(workspace)
+    ws.ensure()
+    return JobRegistry(ws.db_path)
+
+
+@jobs_app.command("list")
+def list_jobs(
+    network: str = typer.Option(None, help="Only this network."),
+    status: str = typer.Option(None, help="Only this status (Pending, Running, Done, Error, Canceled)."),
+    limit: int = typer.Option(50, help="At most this many, newest first."),
+    workspace: Path = WorkspaceOpt,
+    fmt: Format = typer.Option(Format.text, "--format", help="text or json"),
+) -> None:
+    """List jobs, newest first."""
+    registry = _registry(workspace)
+    registry.reap_dead()
+    jobs = registry.list(network=network, status=status, limit=limit)
+    if fmt is Format.json:
+        echo_json([j.to_dict() for j in jobs])
+        return
+    print_table(
+        ["id", "network", "action", "status", "parent", "created", "results"],
+        [
+            [j.id, j.network, j.action, j.status.value, j.parent_id or "", j.created_at, j.results_dir]
+            for j in jobs
+        ],
+    )
+
+
+@jobs_app.command("show")
+def show(
+    job_id: str,
+    workspace: Path = WorkspaceOpt,
+    fmt: Format = typer.Option(Format.json, "--format", help="json (default) or text"),
+) -> None:
+    """Show one job (id or unique prefix)."""
+    job = _registry(workspace).get(job_id)
+    data = job.to_dict()
+    if fmt is Format.json:
+        echo_json(data)
+        return
+    for key, value in data.items():
+        if key != "spec":
+            typer.echo(f"{key}: {value}")
+
+
+@jobs_app.command("logs")
+def logs(
+    job_id: str,
+    status: bool = typer.Option(False, "--status", help="Print status.json instead of the log."),
+    workspace: Path = WorkspaceOpt,
+) -> None:
+    """Print a job's log file (or its status.json lines)."""
+    job = _registry(workspace).get(job_id)
+    results = Path(job.results_dir)
+    path = results / "status.json" if status else results / "logs" / f"{job.action}.log"
+    if not path.is_file():
+        typer.echo(f"error: job {job.id} has no {path.name} yet ({path})", err=True)
+        raise typer.Exit(2)
+    typer.echo(path.read_text(encoding="utf-8"), nl=False)
+
+
+@jobs_app.command("cancel")
+def cancel(job_id: str, workspace: Path = WorkspaceOpt) -> None:
+    """Cancel a pending or running job."""
+    job = _registry(workspace).request_cancel(job_id)
+    typer.echo(f"job {job.id}: {job.status.value}")
