@@ -1,0 +1,297 @@
+"""Run one action of one network as a job: spec -> registry row -> results folder -> action.
+
+This is the local platform's runner and the single place where a job's lifecycle is written:
+``experiment.yaml``, ``status.json`` (STARTED ... SUCCESS|FAILURE), the registry row
+(Pending -> Running -> Done|Error|Canceled), the log file, KPIs and artifacts.
+
+Running the same command again after a crash or a SIGKILL picks the interrupted job up again
+(same id, same results folder), and the engine resumes from its newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from foveal.jobs.handoff import resolve_handoff
+from foveal.jobs.model import Job, JobStatus, new_job_id
+from foveal.jobs.model import spec_hash as compute_spec_hash
+from foveal.jobs.registry import JobRegistry
+from foveal.jobs.workspace import Workspace
+from foveal.networks.registry import ACTIONS, ActionResult, Network, get_network, list_networks
+from foveal.spec import SpecError, SpecIssue, load_spec, parse_overrides, read_yaml, save_spec, to_dict
+
+logger = logging.getLogger(__name__)
+
+
+class UsageError(ValueError):
+    """A one-line problem with what the user asked for (exit code 2)."""
+
+
+@dataclass
+class JobContext:
+    """What an action receives besides its config (``foveal.networks.registry.RunContext``)."""
+
+    job_id: str
+    network: str
+    action: str
+    results_dir: Path
+    workspace: Path
+    cache_dir: Path
+    debug: bool = False
+    resumed: bool = False
+    status_writer: Any = field(default=None, repr=False)
+
+    def status(self, status: str, message: str, **fields: Any) -> None:
+        if self.status_writer is not None:
+            self.status_writer.write(status, message, **fields)
+
+
+def find_network(name: str) -> Network:
+    """The network ``name``; a UsageError naming the known ones (nearest first) otherwise."""
+    try:
+        return get_network(name)
+    except KeyError:
+        import difflib
+
+        names = [n.name for n in list_networks()]
+        near = difflib.get_close_matches(name, names, n=1)
+        hint = f"did you mean {near[0]}?" if near else f"known networks: {', '.join(names)}"
+        raise UsageError(f"unknown network {name!r} ({hint})") from None
+
+
+def check_action(network: Network, action: str) -> None:
+    if action not in ACTIONS:
+        raise UsageError(f"unknown action {action!r} for {network.name} (actions: {', '.join(ACTIONS)})")
+
+
+@dataclass
+class PreparedJob:
+    network: Network
+    action: str
+    config: Any
+    job: Job
+    resumed: bool
+
+
+def resolve_spec(
+    network: Network,
+    action: str,
+    *,
+    spec_file: str | Path | None = None,
+    overrides: Iterable[str] | Mapping[str, Any] = (),
+    parent: Job | None = None,
+    parent_checkpoint: str = "best",
+    job_results_dir: Path | None = None,
+) -> Any:
+    """defaults <- spec file <- handoff from the parent (unset keys only) <- overrides."""
+    parsed = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides)
+    file_data = read_yaml(spec_file) if spec_file else {}
+    explicit = set(parsed) | set(_dotted_keys(file_data))
+    explicit_dir = parsed.get("results_dir") or file_data.get("results_dir")
+    handoff = resolve_handoff(
+        network,
+        action,
+        parent,
+        job_results_dir=Path(explicit_dir) if explicit_dir else (job_results_dir or Path(".")),
+        selection=parent_checkpoint,
+        explicit_keys=explicit,
+    )
+    for key, value in handoff.items():
+        # The runner already places the job in its own folder; writing that job-specific path
+        # into the spec would also change the spec hash that finds an interrupted run again.
+        if key not in explicit and key != "results_dir":
+            parsed.setdefault(key, value)
+            logger.info("handoff%s: %s=%s", f" from job {parent.id}" if parent else "", key, value)
+    return load_spec(network.config_cls, spec_file, parsed, action=action, resolve=network.resolve)
+
+
+def _dotted_keys(data: Mapping[str, Any], prefix: str = "") -> Iterable[str]:
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            yield from _dotted_keys(value, dotted + ".")
+        else:
+            yield dotted
+
+
+def _refuse_finished_results(results_dir: Path, action: str) -> None:
+    """Never overwrite a finished job's results silently (DESIGN.md, results dir contract)."""
+    status_file = results_dir / "status.json"
+    if not status_file.is_file():
+        return
+    from foveal.engine.status import read_status
+
+    lines = read_status(status_file)
+    if lines and lines[-1].get("status") == "SUCCESS":
+        raise UsageError(
+            f"results_dir {results_dir} already holds a finished {action} run; "
+            "set results_dir to a new folder (or remove that one) to run again"
+        )
+
+
+def prepare_job(
+    network_name: str,
+    action: str,
+    *,
+    spec_file: str | Path | None = None,
+    overrides: Iterable[str] | Mapping[str, Any] = (),
+    parent_id: str | None = None,
+    parent_checkpoint: str = "best",
+    workspace: Workspace | None = None,
+    new: bool = False,
+) -> PreparedJob:
+    """Resolve the spec, then create (or pick up an interrupted) job record and results folder."""
+    network = find_network(network_name)
+    check_action(network, action)
+    workspace = workspace or Workspace.resolve()
+    workspace.ensure()
+    registry = JobRegistry(workspace.db_path)
+    registry.reap_dead()
+    parent = registry.get(parent_id) if parent_id else None
+    # Handoff rules such as output_dir need the job's folder before the job exists: reserve an id.
+    job_id = new_job_id()
+    cfg = resolve_spec(
+        network,
+        action,
+        spec_file=spec_file,
+        overrides=overrides,
+        parent=parent,
+        parent_checkpoint=parent_checkpoint,
+        job_results_dir=workspace.results_dir(job_id),
+    )
+    if action not in network.actions:
+        available = ", ".join(network.actions) or "none yet"
+        raise UsageError(f"{network.name} {action} is not available in this version (available: {available})")
+    spec = to_dict(cfg)
+    spec_hash = compute_spec_hash(spec)
+    interrupted = (
+        None if new or action != "train" else registry.find_interrupted(network.name, action, spec_hash)
+    )
+    if interrupted is not None:
+        logger.info("resuming interrupted job %s (%s)", interrupted.id, interrupted.results_dir)
+        return PreparedJob(network, action, cfg, interrupted, resumed=True)
+    results_dir = Path(cfg.results_dir).expanduser() if getattr(cfg, "results_dir", None) else None
+    if results_dir is not None:
+        _refuse_finished_results(results_dir, action)
+    job = registry.create(
+        network.name,
+        action,
+        spec,
+        parent_id=parent.id if parent else None,
+        results_dir=str(results_dir or workspace.results_dir(job_id)),
+        job_id=job_id,
+    )
+    return PreparedJob(network, action, cfg, job, resumed=False)
+
+
+def _attach_log_file(results_dir: Path, action: str) -> logging.Handler:
+    logs = results_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(logs / f"{action}.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
+    return handler
+
+
+def execute_job(prepared: PreparedJob, *, workspace: Workspace | None = None, debug: bool = False) -> Job:
+    """Run a prepared job to its end and record the outcome; exceptions propagate after recording."""
+    from foveal.engine.status import StatusWriter
+
+    workspace = workspace or Workspace.resolve()
+    registry = JobRegistry(workspace.db_path)
+    job = prepared.job
+    results_dir = Path(job.results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    save_spec(prepared.config, results_dir / "experiment.yaml")
+    writer = StatusWriter(results_dir / "status.json")
+    handler = _attach_log_file(results_dir, prepared.action)
+    ctx = JobContext(
+        job_id=job.id,
+        network=prepared.network.name,
+        action=prepared.action,
+        results_dir=results_dir,
+        workspace=workspace.root,
+        cache_dir=workspace.cache_dir,
+        debug=debug,
+        resumed=prepared.resumed,
+        status_writer=writer,
+    )
+    registry.mark_running(job.id, os.getpid(), allow_restart=prepared.resumed)
+    verb = "resumed" if prepared.resumed else "started"
+    writer.write("STARTED", f"{prepared.network.name} {prepared.action} {verb} on {socket.gethostname()}")
+    try:
+        result = prepared.network.get_action(prepared.action)(prepared.config, ctx)
+        if not isinstance(result, ActionResult):
+            result = ActionResult()
+    except KeyboardInterrupt:
+        writer.write("FAILURE", "canceled by the user", verbosity="WARNING")
+        registry.finish(job.id, JobStatus.CANCELED, message="canceled by the user")
+        raise
+    except BaseException as exc:
+        line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        writer.write("FAILURE", line, verbosity="ERROR")
+        registry.finish(job.id, JobStatus.ERROR, message=line)
+        raise
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    writer.write("SUCCESS", result.message or f"{prepared.action} finished", kpi=result.kpis or None)
+    registry.finish(
+        job.id, JobStatus.DONE, kpis=result.kpis, artifacts=result.artifacts, message=result.message
+    )
+    return registry.get(job.id)
+
+
+def run_job(
+    network_name: str,
+    action: str,
+    *,
+    spec_file: str | Path | None = None,
+    overrides: Iterable[str] | Mapping[str, Any] = (),
+    parent_id: str | None = None,
+    parent_checkpoint: str = "best",
+    workspace: Workspace | str | Path | None = None,
+    new: bool = False,
+    debug: bool = False,
+) -> Job:
+    """Library entry point: run ``network action`` locally as a job and return its record.
+
+    Raises:
+        SpecError, UsageError, DatasetError, ...: one-line user errors (the CLI exits 2).
+    """
+    ws = workspace if isinstance(workspace, Workspace) else Workspace.resolve(workspace)
+    prepared = prepare_job(
+        network_name,
+        action,
+        spec_file=spec_file,
+        overrides=overrides,
+        parent_id=parent_id,
+        parent_checkpoint=parent_checkpoint,
+        workspace=ws,
+        new=new,
+    )
+    return execute_job(prepared, workspace=ws, debug=debug)
+
+
+__all__ = [
+    "JobContext",
+    "PreparedJob",
+    "SpecError",
+    "SpecIssue",
+    "UsageError",
+    "execute_job",
+    "find_network",
+    "prepare_job",
+    "resolve_spec",
+    "run_job",
+]
