@@ -105,6 +105,7 @@ def test_types_and_regex():
     assert "train.optim.milestones[1]: expected integer" in text
     assert "does not match the pattern" in text
     assert build_config(Spec, {"train": {"num_epochs": 2.0}}).train.num_epochs == 2
+    assert build_config(Spec, {"train": {"optim": {"lr": "1e-6"}}}).train.optim.lr == 1e-6
     with pytest.raises(SpecError, match="expected integer, got True"):
         build_config(Spec, {"train": {"num_epochs": True}})
 

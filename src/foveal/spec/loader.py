@@ -225,6 +225,12 @@ class _Validator:
                 return int(value)
             return value if isinstance(value, int) else self._type_issue(key, full_tp, value)
         if tp is float:
+            if isinstance(value, str):
+                # YAML 1.1 reads 1e-6 (no dot) as a string; TAO specs are full of those.
+                try:
+                    return float(value)
+                except ValueError:
+                    return self._type_issue(key, full_tp, value)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 return self._type_issue(key, full_tp, value)
             return float(value)

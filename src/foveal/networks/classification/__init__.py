@@ -1,0 +1,65 @@
+"""Image classification on a pretrained backbone (TAO's ``classification_pyt``)."""
+
+from __future__ import annotations
+
+from foveal.networks.classification.config import ClassificationConfig, resolve
+from foveal.networks.registry import Network, register_network
+
+_ACTIONS_MODULE = "foveal.networks.classification.actions"
+_COMMON_HANDOFF = {"results_dir": "output_dir", "encryption_key": "key"}
+
+NETWORK = register_network(
+    Network(
+        name="classification",
+        config_cls=ClassificationConfig,
+        description="Image classification: a linear or MLP head on a ViT / ConvNeXt V2 backbone.",
+        actions={
+            action: f"{_ACTIONS_MODULE}:{action}"
+            for action in ("train", "evaluate", "inference", "export", "gen_trt_engine")
+        },
+        action_sections={
+            "train": ("model", "dataset", "train"),
+            "evaluate": ("model", "dataset", "evaluate"),
+            "inference": ("model", "dataset", "inference"),
+            "export": ("model", "export"),
+            "gen_trt_engine": ("gen_trt_engine",),
+        },
+        handoff={
+            "train": {
+                **_COMMON_HANDOFF,
+                "train.resume_training_checkpoint_path": "resume_model",
+                # The parent of a classification train is a pretraining job: its backbone weights.
+                "model.backbone.pretrained_backbone_path": "ptm_if_no_resume_model",
+            },
+            "evaluate": {**_COMMON_HANDOFF, "evaluate.checkpoint": "parent_model"},
+            "inference": {**_COMMON_HANDOFF, "inference.checkpoint": "parent_model"},
+            "export": {
+                **_COMMON_HANDOFF,
+                "export.checkpoint": "parent_model",
+                "export.onnx_file": "create_onnx_file",
+            },
+            "gen_trt_engine": {**_COMMON_HANDOFF, "gen_trt_engine.onnx_file": "parent_onnx_file"},
+        },
+        metadata={
+            "task": "classification",
+            "automl_enabled": True,
+            "monitoring_metric": "val_top1",
+            "monitoring_mode": "max",
+            "dataset_requirements": {
+                "train": {
+                    "dataset.train_dataset.images_dir": {"labeled": True, "required": True},
+                    "dataset.val_dataset.images_dir": {"labeled": True, "required": False},
+                },
+                "evaluate": {"dataset.val_dataset.images_dir": {"labeled": True, "required": True}},
+                "inference": {"dataset.test_dataset.images_dir": {"labeled": False, "required": True}},
+            },
+            # val_top1 (the AutoML and best-checkpoint metric) needs a validation set.
+            "eval_dataset": "required",
+            "default_pretrained_checkpoint": None,
+            "image": "foveal:latest",
+        },
+        resolve=resolve,
+    )
+)
+
+__all__ = ["NETWORK", "ClassificationConfig", "resolve"]

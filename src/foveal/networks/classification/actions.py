@@ -1,0 +1,238 @@
+"""classification actions: train, evaluate, inference, export, gen_trt_engine.
+
+Every action but train rebuilds the model from the checkpoint alone (network name, resolved
+config and class list travel inside it), so a spec only has to name the checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from foveal.data import (
+    LabeledImageFolderDataset,
+    build_eval_transform,
+    build_train_transform,
+    resolve_dataset,
+)
+from foveal.engine import build_trainer, fit, load_checkpoint, resolve_resume_checkpoint
+from foveal.networks.classification.metrics import classification_report
+from foveal.networks.classification.model import (
+    Classifier,
+    build_classifier,
+    freeze_backbone,
+    load_backbone_weights,
+    read_backbone_state,
+)
+from foveal.networks.classification.module import ClassificationModule
+from foveal.networks.registry import ActionResult, RunContext
+from foveal.spec import build_config, to_dict
+
+logger = logging.getLogger(__name__)
+NETWORK = "classification"
+
+
+def _loader(dataset: Any, batch_size: int, workers: int, *, train: bool) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=min(batch_size, len(dataset)),
+        shuffle=train,
+        drop_last=train and len(dataset) > batch_size,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+def _class_weights(dataset: LabeledImageFolderDataset, mode: str) -> torch.Tensor | None:
+    counts = torch.tensor(dataset.class_counts(), dtype=torch.float)
+    if counts.min() > 0 and counts.max() / counts.min() >= 3:
+        logger.warning("imbalanced training set: %s", dict(zip(dataset.classes, counts.int().tolist())))
+    if mode != "auto":
+        return None
+    weights = counts.sum() / (len(counts) * counts.clamp(min=1))
+    return weights / weights.mean()
+
+
+def train(cfg: Any, ctx: RunContext) -> ActionResult:
+    """Fine-tune a backbone + head on a class-subfolder dataset."""
+    import lightning as L
+
+    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    aug = cfg.dataset.augmentation
+    train_root = resolve_dataset(cfg.dataset.train_dataset.images_dir, ctx.cache_dir)
+    train_tf = build_train_transform(aug.input_size, aug.mean, aug.std, scale=tuple(aug.scale),
+                                     ratio=tuple(aug.ratio), hflip=aug.hflip, color_jitter=aug.color_jitter)
+    train_set = LabeledImageFolderDataset(train_root, transform=train_tf)
+    val_set = None
+    if cfg.dataset.val_dataset.images_dir:
+        val_root = resolve_dataset(cfg.dataset.val_dataset.images_dir, ctx.cache_dir)
+        val_tf = build_eval_transform(aug.input_size, aug.mean, aug.std)
+        val_set = LabeledImageFolderDataset(val_root, transform=val_tf, classes=train_set.classes)
+    logger.info("train: %d images in %d classes from %s", len(train_set), len(train_set.classes), train_root)
+
+    model = build_classifier(cfg.model, len(train_set.classes), aug.input_size)
+    pretrained = cfg.model.backbone.pretrained_backbone_path or cfg.train.pretrained_model_path
+    if pretrained and not ctx.resumed:
+        state, kind = read_backbone_state(pretrained)
+        logger.info("backbone weights: %s checkpoint %s", kind, pretrained)
+        load_backbone_weights(model, state, pretrained)
+    freeze_backbone(model, cfg.model.backbone.freeze, list(cfg.model.backbone.freeze_blocks))
+
+    batch = cfg.dataset.batch_size
+    train_loader = _loader(train_set, batch, cfg.dataset.workers, train=True)
+    val_loader = _loader(val_set, batch, cfg.dataset.workers, train=False) if val_set else None
+    module = ClassificationModule(
+        model,
+        cfg.train,
+        label_smoothing=aug.label_smoothing,
+        class_weights=_class_weights(train_set, cfg.train.class_weights),
+        classes=train_set.classes,
+        steps_per_epoch=max(1, len(train_loader) // cfg.train.accum_grad_batches),
+    )
+    trainer = build_trainer(
+        results_dir=ctx.results_dir,
+        network=NETWORK,
+        config_dict=to_dict(cfg),
+        max_epochs=cfg.train.num_epochs,
+        checkpoint_interval=cfg.train.checkpoint_interval,
+        checkpoint_interval_unit=cfg.train.checkpoint_interval_unit,
+        validation_interval=cfg.train.validation_interval,
+        num_gpus=cfg.train.num_gpus,
+        gpu_ids=list(cfg.train.gpu_ids),
+        num_nodes=cfg.train.num_nodes,
+        precision=cfg.train.precision,
+        accumulate_grad_batches=cfg.train.accum_grad_batches,
+        gradient_clip_val=cfg.train.clip_grad_norm or None,
+        status=getattr(ctx, "status_writer", None),
+        monitor="val_top1" if val_loader is not None else "train_loss",
+        monitor_mode="max" if val_loader is not None else "min",
+    )
+    ckpt = resolve_resume_checkpoint(ctx.results_dir, cfg.train.resume_training_checkpoint_path)
+    fit(trainer, module, train_loader, val_loader, ckpt_path=ckpt)
+    kpis = {k: float(v) for k, v in trainer.callback_metrics.items() if k in _TRAIN_KPIS}
+    return ActionResult(kpis=kpis, artifacts=_checkpoint_artifacts(ctx.results_dir))
+
+
+_TRAIN_KPIS = ("train_loss", "train_loss_epoch", "train_top1", "val_loss", "val_top1", "val_top5")
+
+
+def _checkpoint_artifacts(results_dir: Path) -> dict[str, str]:
+    from foveal.engine import find_latest_checkpoint
+
+    artifacts = {}
+    latest = find_latest_checkpoint(results_dir)
+    if latest is not None:
+        artifacts["checkpoint"] = str(latest)
+    index = results_dir / "checkpoints.json"
+    if index.is_file():
+        best = json.loads(index.read_text()).get("best")
+        if best:
+            artifacts["best_checkpoint"] = str(best)
+    return artifacts
+
+
+def load_classifier(path: str | Path) -> tuple[Classifier, Any, list[str]]:
+    """Rebuild a trained classifier from its checkpoint: (model in eval mode, config, classes)."""
+    from foveal.networks.classification.config import ClassificationConfig
+
+    ckpt = load_checkpoint(path, network=NETWORK)
+    cfg = build_config(ClassificationConfig, ckpt["config"])
+    classes = list(ckpt.get("classes") or [])
+    model = build_classifier(cfg.model, len(classes), cfg.dataset.augmentation.input_size)
+    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    model.load_state_dict(state)
+    return model.eval(), cfg, classes
+
+
+def _predict(model: Classifier, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
+    logits, targets = [], []
+    with torch.inference_mode():
+        for images, target in loader:
+            logits.append(model(images).float())
+            targets.append(target)
+    return torch.cat(logits), torch.cat(targets)
+
+
+def evaluate(cfg: Any, ctx: RunContext) -> ActionResult:
+    """Top-1/top-5, per-class precision/recall/F1, confusion matrix and loss -> results.json."""
+    model, trained_cfg, classes = load_classifier(cfg.evaluate.checkpoint)
+    aug = trained_cfg.dataset.augmentation
+    source = cfg.dataset.test_dataset.images_dir or cfg.dataset.val_dataset.images_dir
+    root = resolve_dataset(source, ctx.cache_dir)
+    dataset = LabeledImageFolderDataset(root, transform=build_eval_transform(aug.input_size, aug.mean, aug.std),
+                                        classes=classes)
+    batch = cfg.evaluate.batch_size if cfg.evaluate.batch_size > 0 else cfg.dataset.batch_size
+    logits, targets = _predict(model, _loader(dataset, batch, cfg.dataset.workers, train=False))
+    report = classification_report(logits, targets, classes)
+    (ctx.results_dir / "results.json").write_text(json.dumps(report, indent=2))
+    kpis = {k: report[k] for k in ("top1", "top5", "loss")}
+    return ActionResult(kpis=kpis, artifacts={"results": str(ctx.results_dir / "results.json")},
+                        message=f"top-1 {report['top1']:.4f} on {len(dataset)} images")
+
+
+def inference(cfg: Any, ctx: RunContext) -> ActionResult:
+    """Top-k classes and scores per image -> results.csv."""
+    from foveal.data import ImageFolderDataset
+
+    model, trained_cfg, classes = load_classifier(cfg.inference.checkpoint)
+    aug = trained_cfg.dataset.augmentation
+    root = resolve_dataset(cfg.dataset.test_dataset.images_dir, ctx.cache_dir)
+    dataset = ImageFolderDataset(root, transform=build_eval_transform(aug.input_size, aug.mean, aug.std),
+                                 recursive=True, return_path=True)
+    batch = cfg.inference.batch_size if cfg.inference.batch_size > 0 else cfg.dataset.batch_size
+    k = min(5, len(classes))
+    out = ctx.results_dir / "results.csv"
+    with out.open("w", newline="") as f, torch.inference_mode():
+        writer = csv.writer(f)
+        writer.writerow(["path"] + [c for i in range(k) for c in (f"class_{i + 1}", f"score_{i + 1}")])
+        for images, paths in DataLoader(dataset, batch_size=batch, num_workers=cfg.dataset.workers):
+            scores, idx = model(images).float().softmax(dim=1).topk(k, dim=1)
+            for p, s, i in zip(paths, scores.tolist(), idx.tolist()):
+                writer.writerow([p] + [v for j in range(k) for v in (classes[i[j]], f"{s[j]:.6f}")])
+    return ActionResult(kpis={"num_images": float(len(dataset))}, artifacts={"results": str(out)},
+                        message=f"{len(dataset)} images -> {out}")
+
+
+def export(cfg: Any, ctx: RunContext) -> ActionResult:
+    """ONNX with class names in its metadata, checked against PyTorch with ONNX Runtime."""
+    from foveal.export import export_batch_settings, export_onnx
+
+    model, trained_cfg, classes = load_classifier(cfg.export.checkpoint)
+    aug = trained_cfg.dataset.augmentation
+    onnx_file = Path(cfg.export.onnx_file or ctx.results_dir / f"{NETWORK}.onnx")
+    batch, dynamic = export_batch_settings(cfg.export.batch_size)
+    example = torch.randn(batch, cfg.export.input_channel, aug.input_size, aug.input_size)
+    metadata = {
+        "network": NETWORK,
+        "classes": json.dumps(classes),
+        "input_size": str(aug.input_size),
+        "mean": json.dumps(list(aug.mean)),
+        "std": json.dumps(list(aug.std)),
+    }
+    report = export_onnx(model, example, onnx_file, opset_version=cfg.export.opset_version,
+                         dynamic_batch=dynamic, input_names=("input",), output_names=("logits",),
+                         metadata=metadata)
+    diff = max(report.max_abs_diff.values()) if report.max_abs_diff else float("nan")
+    return ActionResult(kpis={"onnx_max_abs_diff": diff}, artifacts={"onnx": str(onnx_file)},
+                        message=f"exported {onnx_file} (ONNX Runtime vs PyTorch max |diff| {diff:.2e})")
+
+
+def gen_trt_engine(cfg: Any, ctx: RunContext) -> ActionResult:
+    """Build a TensorRT engine from the exported ONNX file (needs TensorRT and a GPU)."""
+    from foveal.export.tensorrt import build_trt_engine
+
+    g = cfg.gen_trt_engine
+    engine = Path(g.trt_engine or ctx.results_dir / f"{NETWORK}.engine")
+    info = build_trt_engine(
+        Path(g.onnx_file), engine, data_type=g.tensorrt.data_type, workspace_size_mb=g.tensorrt.workspace_size,
+        min_batch=g.tensorrt.min_batch_size, opt_batch=g.tensorrt.opt_batch_size,
+        max_batch=g.tensorrt.max_batch_size, input_shape=(g.input_channel, g.input_height, g.input_width),
+    )
+    return ActionResult(artifacts={"trt_engine": str(engine)}, message=f"built {engine}: {info}")

@@ -1,0 +1,119 @@
+"""Lightning module for supervised fine-tuning: loss, metrics, optimiser and schedule."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from foveal.networks.classification.model import Classifier
+
+
+def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: float = 0.0) -> float:
+    """LR multiplier at ``step``: linear warm-up, then cosine decay to ``min_ratio``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def step_decay(step: int, steps_per_epoch: int, milestones: list[int], gamma: float, warmup_steps: int) -> float:
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    epoch = step // max(1, steps_per_epoch)
+    return gamma ** sum(1 for m in milestones if epoch >= m)
+
+
+def param_groups(model: Classifier, weight_decay: float, layer_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: no decay on biases, norms and tokens; layer-wise LR decay through the blocks."""
+    backbone = model.backbone
+    no_decay = {f"backbone.{n}" for n in backbone.no_weight_decay()}
+    num_layers = len(getattr(backbone, "blocks", [])) + 1
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        wd = 0.0 if param.ndim <= 1 or name in no_decay else weight_decay
+        if name.startswith("backbone.") and layer_decay < 1.0:
+            layer = _layer_id(name.removeprefix("backbone."), num_layers)
+            scale = layer_decay ** (num_layers - layer)
+        else:
+            scale = 1.0
+        groups.setdefault((wd, scale), []).append(param)
+    return [{"params": p, "weight_decay": wd, "lr_scale": s} for (wd, s), p in groups.items()]
+
+
+def _layer_id(name: str, num_layers: int) -> int:
+    """0 for the stem (patch embed, tokens), i+1 for block i, ``num_layers`` for the final norm."""
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    if name.startswith(("patch_embed", "cls_token", "pos_embed", "register_tokens", "mask_token")):
+        return 0
+    return num_layers
+
+
+class ClassificationModule(L.LightningModule):
+    """Cross-entropy fine-tuning with label smoothing, top-1/top-5 and a warm-up schedule."""
+
+    def __init__(self, model: Classifier, train_cfg: Any, *, label_smoothing: float = 0.0,
+                 class_weights: torch.Tensor | None = None, classes: list[str] | None = None,
+                 steps_per_epoch: int = 1) -> None:
+        super().__init__()
+        self.model = model
+        self.train_cfg = train_cfg
+        self.label_smoothing = label_smoothing
+        self.classes = list(classes or [])
+        self.steps_per_epoch = steps_per_epoch
+        self.register_buffer("class_weights", class_weights if class_weights is not None else torch.ones(0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def _loss(self, logits: torch.Tensor, target: torch.Tensor, smoothing: float) -> torch.Tensor:
+        weight = self.class_weights if self.class_weights.numel() else None
+        return F.cross_entropy(logits.float(), target, weight=weight, label_smoothing=smoothing)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, target = batch
+        logits = self(images)
+        loss = self._loss(logits, target, self.label_smoothing)
+        top1 = (logits.argmax(dim=1) == target).float().mean()
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(target))
+        self.log("train_top1", top1, on_step=False, on_epoch=True, batch_size=len(target))
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        images, target = batch
+        logits = self(images)
+        k = min(5, logits.shape[1])
+        topk = logits.topk(k, dim=1).indices
+        self.log("val_loss", self._loss(logits, target, 0.0), prog_bar=True, batch_size=len(target))
+        self.log("val_top1", (topk[:, 0] == target).float().mean(), prog_bar=True, batch_size=len(target))
+        self.log("val_top5", (topk == target[:, None]).any(dim=1).float().mean(), batch_size=len(target))
+
+    def configure_optimizers(self) -> Any:
+        optim = self.train_cfg.optim
+        groups = param_groups(self.model, optim.weight_decay, optim.layer_decay)
+        if optim.optimizer == "sgd":
+            opt = torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum, nesterov=True)
+        else:
+            opt = torch.optim.AdamW(groups, lr=optim.lr, betas=(0.9, 0.999))
+        total = max(1, self.trainer.estimated_stepping_batches)
+        warmup = int(optim.warmup_epochs * self.steps_per_epoch)
+        scales = [g["lr_scale"] for g in groups]
+
+        def multiplier(i: int):
+            if optim.scheduler == "step":
+                return lambda s: scales[i] * step_decay(s, self.steps_per_epoch, list(optim.milestones), optim.gamma, warmup)
+            return lambda s: scales[i] * warmup_cosine(s, total, warmup, optim.min_lr_ratio)
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, [multiplier(i) for i in range(len(groups))])
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Inference and export read the class list from the checkpoint, never from the spec.
+        checkpoint["classes"] = list(self.classes)

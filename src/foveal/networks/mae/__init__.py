@@ -1,0 +1,73 @@
+"""MAE: masked autoencoder pretraining and fine-tuning for ViT and ConvNeXt V2 (TAO's ``mae``)."""
+
+from __future__ import annotations
+
+from foveal.networks.mae.config import MAEConfig, resolve
+from foveal.networks.registry import Network, register_network
+
+_COMMON_HANDOFF = {"results_dir": "output_dir", "encryption_key": "key"}
+_FINETUNE = {"train.stage": "finetune"}  # labels (class subfolders) are needed only then
+
+NETWORK = register_network(
+    Network(
+        name="mae",
+        config_cls=MAEConfig,
+        description="Masked autoencoder (MAE / FCMAE) pretraining and fine-tuning for ViT and ConvNeXt V2.",
+        actions={},  # train / evaluate / inference / export land with their own issues
+        action_sections={
+            "train": ("model", "dataset", "train"),
+            "evaluate": ("model", "dataset", "evaluate"),
+            "inference": ("model", "dataset", "inference"),
+            "export": ("model", "export"),
+            "gen_trt_engine": ("gen_trt_engine",),
+        },
+        handoff={
+            "train": {
+                **_COMMON_HANDOFF,
+                "train.resume_training_checkpoint_path": "resume_model",
+                "train.pretrained_model_path": "ptm_if_no_resume_model",
+            },
+            "evaluate": {**_COMMON_HANDOFF, "evaluate.checkpoint": "parent_model"},
+            "inference": {**_COMMON_HANDOFF, "inference.checkpoint": "parent_model"},
+            "export": {
+                **_COMMON_HANDOFF,
+                "export.checkpoint": "parent_model",
+                "export.onnx_file": "create_onnx_file",
+            },
+            "gen_trt_engine": {**_COMMON_HANDOFF, "gen_trt_engine.onnx_file": "parent_onnx_file"},
+        },
+        metadata={
+            "task": "self-supervised",
+            "automl_enabled": True,
+            "monitoring_metric": "val_loss",
+            "monitoring_mode": "min",
+            # Without a validation set only the training loss is logged; finetune reports accuracy.
+            "monitoring_fallback_metric": "train_loss",
+            "monitoring_by_stage": {"pretrain": ("val_loss", "min"), "finetune": ("val_top1", "max")},
+            "dataset_requirements": {
+                "train": {
+                    "dataset.train_data_sources": {
+                        "labeled": False,
+                        "labeled_if": _FINETUNE,
+                        "required": True,
+                    },
+                    "dataset.val_data_sources": {
+                        "labeled": False,
+                        "labeled_if": _FINETUNE,
+                        "required": False,
+                    },
+                },
+                "evaluate": {
+                    "dataset.val_data_sources": {"labeled": False, "labeled_if": _FINETUNE, "required": True}
+                },
+                "inference": {"dataset.test_data_sources": {"labeled": False, "required": True}},
+            },
+            "eval_dataset": "optional",
+            "default_pretrained_checkpoint": None,
+            "image": "foveal:latest",
+        },
+        resolve=resolve,
+    )
+)
+
+__all__ = ["NETWORK", "MAEConfig", "resolve"]

@@ -1,0 +1,63 @@
+"""NVDINOv2: self-supervised ViT pretraining and distillation (TAO's ``nvdinov2``)."""
+
+from __future__ import annotations
+
+from foveal.networks.nvdinov2.config import NVDINOv2Config, resolve
+from foveal.networks.registry import Network, register_network
+
+_COMMON_HANDOFF = {"results_dir": "output_dir", "encryption_key": "key"}
+
+NETWORK = register_network(
+    Network(
+        name="nvdinov2",
+        config_cls=NVDINOv2Config,
+        description="NVDINOv2 self-supervised ViT pretraining (DINO + iBOT + KoLeo), with distillation.",
+        actions={},  # train / inference / export land with their own issues
+        action_sections={
+            "train": ("model", "dataset", "train"),
+            "evaluate": ("model", "dataset", "evaluate"),
+            "inference": ("model", "dataset", "inference"),
+            "export": ("model", "export"),
+            "gen_trt_engine": ("gen_trt_engine",),
+        },
+        handoff={
+            "train": {
+                **_COMMON_HANDOFF,
+                "train.resume_training_checkpoint_path": "resume_model",
+                "train.pretrained_model_path": "ptm_if_no_resume_model",
+            },
+            "inference": {**_COMMON_HANDOFF, "inference.checkpoint": "parent_model"},
+            "export": {
+                **_COMMON_HANDOFF,
+                "export.checkpoint": "parent_model",
+                "export.onnx_file": "create_onnx_file",
+            },
+            "gen_trt_engine": {**_COMMON_HANDOFF, "gen_trt_engine.onnx_file": "parent_onnx_file"},
+        },
+        # Student first: it exists in both self-training and distillation runs (TAO saves no
+        # teacher_epoch_* file when distilling), so it is what parent_model picks by default.
+        checkpoint_globs={
+            "student": "student_epoch_*.pth",
+            "teacher": "teacher_epoch_*.pth",
+            "model": "model_epoch_*.pth",
+        },
+        metadata={
+            "task": "self-supervised",
+            # The only progress signal is train_loss, whose scale moves with the very
+            # hyper-parameters a search would vary (temperatures, prototypes): not a fair ranking.
+            "automl_enabled": False,
+            "monitoring_metric": "train_loss",
+            "monitoring_mode": "min",
+            "dataset_requirements": {
+                "train": {"dataset.train_dataset.images_dir": {"labeled": False, "required": True}},
+                "inference": {"dataset.test_dataset.images_dir": {"labeled": False, "required": True}},
+            },
+            "eval_dataset": "none",
+            "default_pretrained_checkpoint": None,
+            "image": "foveal:latest",
+        },
+        resolve=resolve,
+    )
+)
+
+__all__ = ["NETWORK", "NVDINOv2Config", "resolve"]
