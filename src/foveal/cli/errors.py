@@ -6,7 +6,6 @@ import importlib
 import sys
 import traceback
 
-import click
 import typer
 
 DEBUG = False
@@ -49,32 +48,42 @@ def _say(lines: list[str]) -> None:
         typer.echo(line if line.startswith(("error:", "spec error:")) else f"error: {line}", err=True)
 
 
+def _click_kind(exc: BaseException) -> str:
+    """Which click exception family ``exc`` is (typer may vendor its own copy of click)."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    for kind in ("Exit", "UsageError", "ClickException", "Abort"):
+        if kind in names:
+            return kind
+    return ""
+
+
 def run_cli(app: typer.Typer, argv: list[str]) -> int:
     """Run the typer app and map every exception to a message and an exit code."""
     try:
         app(args=argv, prog_name="foveal", standalone_mode=False)
         return 0
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.UsageError as exc:
-        hint = f" (see: {exc.ctx.command_path} --help)" if exc.ctx else ""
-        _say([f"{exc.format_message()}{hint}"])
-        return 2
-    except click.ClickException as exc:
-        _say([exc.format_message()])
-        return exc.exit_code
-    except (click.Abort, KeyboardInterrupt):
+    except KeyboardInterrupt:
         typer.echo("canceled", err=True)
         return 130
     except Exception as exc:  # noqa: BLE001 - the one place every error becomes a line
+        kind = _click_kind(exc)
+        if kind == "Exit":
+            return exc.exit_code  # type: ignore[attr-defined]
+        if kind == "Abort":
+            typer.echo("canceled", err=True)
+            return 130
+        if kind == "UsageError":
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+            _say([f"{exc.format_message()}{hint}"])  # type: ignore[attr-defined]
+            return 2
+        if kind == "ClickException":
+            _say([exc.format_message()])  # type: ignore[attr-defined]
+            return exc.exit_code  # type: ignore[attr-defined]
         if DEBUG:
             traceback.print_exc()
         user = isinstance(exc, (UsageError, *_classes(_USER_ERRORS)))
-        lines = (
-            exc.lines()
-            if hasattr(exc, "lines")
-            else [str(exc).splitlines()[0] if str(exc) else type(exc).__name__]
-        )
+        lines = exc.lines() if hasattr(exc, "lines") else [str(exc).splitlines()[0] if str(exc) else type(exc).__name__]
         if user or isinstance(exc, _classes(_RUN_ERRORS)):
             _say(lines)
             return 2 if user else 1

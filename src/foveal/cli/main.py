@@ -38,7 +38,12 @@ WorkspaceOpt = typer.Option(
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors."),
+    workspace: Path = typer.Option(
+        None, "--workspace", "-w", help="Workspace folder for every command (default: ./foveal-workspace)."
+    ),
 ) -> None:
+    if workspace is not None:
+        os.environ["FOVEAL_WORKSPACE"] = str(workspace)
     errors.DEBUG = debug or os.environ.get("FOVEAL_DEBUG") == "1"
     level = logging.DEBUG if errors.DEBUG else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(message)s" if errors.DEBUG else "%(message)s")

@@ -128,8 +128,20 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+class _SpecDumper(yaml.SafeDumper):
+    """Block style for sections, flow style for short lists of scalars (``[0.32, 1.0]``)."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, data: list) -> yaml.Node:
+    flow = all(not isinstance(v, (dict, list)) for v in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+_SpecDumper.add_representer(list, _represent_list)
+
+
 def dump_yaml(data: Mapping[str, Any]) -> str:
-    return yaml.safe_dump(dict(data), sort_keys=False, default_flow_style=None, allow_unicode=True)
+    return yaml.dump(dict(data), Dumper=_SpecDumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
 
 
 def save_spec(cfg: Any, path: str | Path) -> Path:
@@ -165,8 +177,10 @@ class _Validator:
             if is_section_type(tp):
                 kwargs[f.name] = self.build(tp, data.get(f.name, {}) if present else {}, key + ".")
                 continue
+            before = len(self.issues)
             value = self.check(tp, data[f.name], key, field_meta(f)) if present else field_default(f)
-            self._check_required(key, value, field_meta(f))
+            if len(self.issues) == before:  # one line per key: a bad value is not also "missing"
+                self._check_required(key, value, field_meta(f))
             kwargs[f.name] = value
         return cls(**kwargs)
 
