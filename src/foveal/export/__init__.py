@@ -1,0 +1,31 @@
+"""Export: PyTorch → ONNX (checked against ONNX Runtime), ONNX Runtime inference, TensorRT engines."""
+
+from foveal.export.onnx import (
+    ExportError,
+    ExportReport,
+    ExportVerificationError,
+    export_batch_settings,
+    export_onnx,
+    verify_onnx,
+)
+from foveal.export.onnx_runtime import OnnxPredictor
+from foveal.export.tensorrt import (
+    EngineBuildError,
+    TensorRTUnavailableError,
+    build_trt_engine,
+    plan_profiles,
+)
+
+__all__ = [
+    "EngineBuildError",
+    "ExportError",
+    "ExportReport",
+    "ExportVerificationError",
+    "OnnxPredictor",
+    "TensorRTUnavailableError",
+    "build_trt_engine",
+    "export_batch_settings",
+    "export_onnx",
+    "plan_profiles",
+    "verify_onnx",
+]
