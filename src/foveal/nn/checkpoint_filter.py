@@ -1,0 +1,116 @@
+"""Adapt foreign ViT checkpoints (foveal, MAE, DINOv2, timm, Hugging Face) to a ``VisionTransformer``.
+
+The backbone is located by its patch-embedding weight, whatever wraps it (``module.``,
+``backbone.``, ``model.``, ``encoder.``, ``teacher.backbone.``, ...); position tables are resampled
+to the model's grid as in DINOv2 (Oquab et al., arXiv:2304.07193) and MAE fine-tuning (He et al.,
+arXiv:2111.06377).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from foveal.nn.convert_hf import convert_hf_state_dict
+from foveal.nn.pos_embed import grid_from_num_patches, resample_patch_pos_embed
+from foveal.nn.vit import VisionTransformer
+
+logger = logging.getLogger(__name__)
+
+COMMON_PREFIXES = ("module.", "backbone.", "model.", "encoder.", "student.backbone.", "teacher.backbone.")
+# Training checkpoints nest the weights; the first of these keys that holds a dict is used.
+_WRAPPER_KEYS = ("state_dict", "model", "teacher", "module", "network")
+_ANCHORS = {"patch_embed.proj.weight": "foveal", "embeddings.patch_embeddings.projection.weight": "hf"}
+# DINOv2 with block_chunks > 0 stores blocks.<chunk>.<index>.
+_CHUNKED_BLOCK = re.compile(r"^blocks\.\d+\.(\d+)\.")
+
+
+def _unwrap(checkpoint: Mapping[str, Any]) -> Mapping[str, Any]:
+    while not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        inner = next((checkpoint[k] for k in _WRAPPER_KEYS if isinstance(checkpoint.get(k), Mapping)), None)
+        if inner is None:
+            break
+        checkpoint = inner
+    return {k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
+
+
+def _find_backbone_prefix(state_dict: Mapping[str, torch.Tensor]) -> tuple[str, str]:
+    """(prefix, layout) of the backbone; the EMA teacher wins over the student, then the shortest."""
+    candidates = []
+    for key in state_dict:
+        for anchor, layout in _ANCHORS.items():
+            if key.endswith(anchor) and (len(key) == len(anchor) or key[-len(anchor) - 1] == "."):
+                candidates.append((key[: -len(anchor)], layout))
+    if not candidates:
+        raise ValueError("no ViT patch embedding (patch_embed.proj.weight) found in the checkpoint")
+    candidates.sort(key=lambda c: ("teacher" not in c[0], len(c[0])))
+    if len(candidates) > 1:
+        logger.info("checkpoint holds %d backbones; using prefix %r", len(candidates), candidates[0][0])
+    return candidates[0]
+
+
+def _resize_pos_embed(pos: torch.Tensor, model: VisionTransformer) -> torch.Tensor:
+    """Resample a (1, [1 +] N0, D) table to the model's (1, 1 + N, D) grid."""
+    target = model.pos_embed.shape
+    if pos.shape == target:
+        return pos
+    pos = pos.reshape(1, -1, pos.shape[-1])
+    count = pos.shape[1]
+    if math.isqrt(count - 1) ** 2 == count - 1:
+        cls_pos, patch_pos = pos[:, :1], pos[:, 1:]
+    else:  # tables without a class entry (timm no_embed_class)
+        cls_pos, patch_pos = torch.zeros_like(pos[:, :1]), pos
+    old_grid = grid_from_num_patches(patch_pos.shape[1])
+    if old_grid != model.patch_grid:
+        logger.info("resampling pos_embed from grid %s to %s", old_grid, model.patch_grid)
+        patch_pos = resample_patch_pos_embed(
+            patch_pos, old_grid, model.patch_grid, model.interpolate_antialias
+        )
+    return torch.cat([cls_pos, patch_pos], dim=1)
+
+
+def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: VisionTransformer) -> dict[str, torch.Tensor]:
+    """Turn a foreign checkpoint into a state dict that ``model.load_state_dict`` accepts.
+
+    Steps: unwrap training checkpoints (``{"model": ...}``, ``{"state_dict": ...}``); find the
+    backbone under any prefix (teacher preferred); convert HF layouts; un-chunk DINOv2 blocks;
+    reshape a (1, 1, D) mask token; resample ``pos_embed`` to the model's grid; drop what the
+    model lacks or cannot take (decoders, heads of another size), logging it.
+
+    Args:
+        state_dict: a state dict or a training checkpoint containing one.
+        model: the target backbone (only its shapes and grid are read).
+
+    Returns:
+        Filtered state dict; load it with ``strict=False`` if the checkpoint may miss keys
+        (e.g. ``mask_token`` of an MAE encoder) and check ``missing_keys``.
+    """
+    state = _unwrap(state_dict)
+    prefix, layout = _find_backbone_prefix(state)
+    state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    if layout == "hf":
+        state = convert_hf_state_dict(state, "dinov2" if "embeddings.mask_token" in state else "vit")
+    state = {_CHUNKED_BLOCK.sub(r"blocks.\1.", k): v for k, v in state.items()}
+
+    expected = model.state_dict()
+    out: dict[str, torch.Tensor] = {}
+    dropped = []
+    for key, value in state.items():
+        if key == "mask_token" and value.ndim == 3:
+            value = value.reshape(1, -1)
+        if key == "pos_embed":
+            value = _resize_pos_embed(value, model)
+        if key not in expected or value.shape != expected[key].shape:
+            dropped.append(key)
+            continue
+        out[key] = value
+    if dropped:
+        logger.warning(
+            "checkpoint keys not loaded (absent from the model or of another shape): %s", dropped[:20]
+        )
+    return out
