@@ -1,0 +1,357 @@
+"""Lightning callbacks for checkpoints and the non-finite loss stop.
+
+:class:`FovealCheckpoint` replaces Lightning's ``ModelCheckpoint``: it names files by the
+Foveal contract, embeds network + config, updates ``<network>_latest.pth`` and keeps an index
+(``checkpoints.json``) with the metrics of every checkpoint and the best one by a monitored
+metric. :class:`NonFiniteLossGuard` stops a run whose loss became NaN/inf *before* the bad
+update is applied (MAE's ``isfinite`` check), so the last checkpoint stays the last good one.
+
+Status and progress callbacks live in :mod:`foveal.engine.progress`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Checkpoint
+
+import foveal
+from foveal.engine.checkpoint import (
+    FULL_KIND,
+    atomic_write,
+    checkpoint_filename,
+    find_latest_checkpoint,
+    latest_link_name,
+    to_plain_config,
+    update_latest_link,
+)
+from foveal.engine.checkpoint_io import SafeCheckpointIO
+
+logger = logging.getLogger(__name__)
+
+INDEX_FILENAME = "checkpoints.json"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def extract_loss(outputs: Any) -> torch.Tensor | None:
+    """The loss from a ``training_step`` output (a tensor or a dict with ``"loss"``)."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs
+    if isinstance(outputs, dict) and isinstance(outputs.get("loss"), torch.Tensor):
+        return outputs["loss"]
+    return None
+
+
+def is_finite(value: Any) -> bool:
+    """True if a tensor / number is finite (all elements)."""
+    if isinstance(value, torch.Tensor):
+        return bool(torch.isfinite(value.detach()).all())
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return True
+
+
+def scalar_metrics(trainer: L.Trainer) -> dict[str, float]:
+    """``trainer.callback_metrics`` as floats; ``x_epoch`` is reported as ``x``, ``x_step`` dropped."""
+    raw = dict(trainer.callback_metrics)
+    metrics: dict[str, float] = {}
+    for key, value in raw.items():
+        if isinstance(value, torch.Tensor):
+            if value.numel() != 1:
+                continue
+            value = value.item()
+        if not isinstance(value, (int, float)):
+            continue
+        base = key.rsplit("_", 1)[0]
+        if key.endswith("_step") and (base in raw or f"{base}_epoch" in raw):
+            continue  # per-step twin of a metric logged with on_step=True and on_epoch=True
+        metrics[base if key.endswith("_epoch") else key] = float(value)
+    return metrics
+
+
+def epoch_number(trainer: L.Trainer) -> int:
+    """1-based number of the running epoch (or the one just finished, at epoch end or after fit).
+
+    Lightning's ``current_epoch`` counts *completed* epochs, which is E-1 inside the hooks of
+    epoch E but E after it; the loop's ``ready`` counter is E in both places.
+    """
+    return int(trainer.fit_loop.epoch_progress.current.ready)
+
+
+def find_checkpoint_callback(trainer: L.Trainer) -> FovealCheckpoint | None:
+    """The trainer's :class:`FovealCheckpoint`, if any."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, FovealCheckpoint):
+            return callback
+    return None
+
+
+def _json_number(value: float) -> float | str:
+    return value if math.isfinite(value) else str(value)
+
+
+# --------------------------------------------------------------------------- checkpoint
+
+
+class FovealCheckpoint(Checkpoint):
+    """Save full training state every ``interval`` epochs or steps (and at the end of training).
+
+    Args:
+        dirpath: folder for checkpoints, the latest link and ``checkpoints.json``.
+        network: network name embedded in every file, e.g. ``"classification"``.
+        config_dict: the resolved spec (dict or dataclass), embedded as a plain dict.
+        interval: save every ``interval`` units (TAO ``train.checkpoint_interval``).
+        unit: ``"epoch"`` or ``"step"`` (global optimizer steps).
+        monitor: metric name (as logged with ``self.log``) used to pick the best checkpoint.
+        mode: ``"min"`` or ``"max"`` for ``monitor``.
+    """
+
+    def __init__(
+        self,
+        dirpath: str | os.PathLike[str],
+        network: str,
+        config_dict: Any = None,
+        *,
+        interval: int = 1,
+        unit: str = "epoch",
+        monitor: str | None = None,
+        mode: str = "min",
+    ) -> None:
+        if unit not in ("epoch", "step"):
+            raise ValueError(f"checkpoint interval unit must be 'epoch' or 'step', got {unit!r}")
+        if mode not in ("min", "max"):
+            raise ValueError(f"monitor mode must be 'min' or 'max', got {mode!r}")
+        if int(interval) < 1:
+            raise ValueError(f"checkpoint interval must be >= 1, got {interval}")
+        self.dirpath = Path(dirpath)
+        self.network = network
+        self.config = to_plain_config(config_dict)
+        self.interval = int(interval)
+        self.unit = unit
+        self.monitor = monitor
+        self.mode = mode
+        self.best_model_path = ""  # names Lightning's `ckpt_path="best"` reads
+        self.best_model_score: torch.Tensor | None = None
+        self.last_model_path = ""
+        self._entries: list[dict[str, Any]] = []
+        self._last_saved_step = -1
+        self._nonfinite_seen: torch.Tensor | None = None
+
+    # -- Lightning hooks
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._entries = self._read_index()
+        self._nonfinite_seen = None
+        self._refresh_best()
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        loss = extract_loss(outputs)
+        if loss is not None:  # accumulate on the loss's device: no host sync per step
+            bad = ~torch.isfinite(loss.detach()).all()
+            self._nonfinite_seen = bad if self._nonfinite_seen is None else self._nonfinite_seen | bad
+        if self.unit == "step" and trainer.global_step > 0 and trainer.global_step % self.interval == 0:
+            self._save(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = epoch_number(trainer)
+        max_epochs, max_steps = trainer.max_epochs or -1, trainer.max_steps or -1
+        last = (
+            (max_epochs > 0 and epoch >= max_epochs)
+            or (max_steps > 0 and trainer.global_step >= max_steps)
+            or trainer.should_stop
+        )  # always keep the final state, whatever the interval
+        if last or (self.unit == "epoch" and epoch % self.interval == 0):
+            self._save(trainer)
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        checkpoint["network"] = self.network
+        checkpoint["config"] = self.config
+        checkpoint["foveal_version"] = foveal.__version__
+        checkpoint["kind"] = FULL_KIND
+        # Lightning's own "epoch" is the 0-based epoch index and unused on restore; ours matches
+        # the file name.
+        checkpoint["epoch"] = epoch_number(trainer)
+        checkpoint["global_step"] = trainer.global_step
+
+    # -- saving
+
+    def _save(self, trainer: L.Trainer) -> None:
+        if trainer.global_step == self._last_saved_step or trainer.sanity_checking:
+            return
+        # every rank must take the same decision: saving is collective under DDP/FSDP
+        nonfinite = bool(self._nonfinite_seen) if self._nonfinite_seen is not None else False
+        if trainer.strategy.reduce_boolean_decision(nonfinite or self._metric_nonfinite(trainer), all=False):
+            logger.warning("not saving a checkpoint: the training loss was not finite")
+            return
+        epoch, step = epoch_number(trainer), trainer.global_step
+        path = self.dirpath / checkpoint_filename(epoch, step)
+        if isinstance(trainer.strategy.checkpoint_io, SafeCheckpointIO):
+            trainer.save_checkpoint(path, weights_only=False)
+        else:  # someone else's CheckpointIO: still never expose a partial file
+            tmp = path.with_name(f".tmp-{path.name}")
+            trainer.save_checkpoint(tmp, weights_only=False)
+            if trainer.is_global_zero:
+                with open(tmp, "rb+") as handle:
+                    os.fsync(handle.fileno())
+                os.replace(tmp, path)
+        self._last_saved_step = step
+        self.last_model_path = str(path)
+        if trainer.is_global_zero:
+            update_latest_link(path, self.dirpath / latest_link_name(self.network))
+            self._record(path, epoch, step, trainer)
+        logger.info("saved checkpoint %s", path)
+
+    def _metric_nonfinite(self, trainer: L.Trainer) -> bool:
+        value = trainer.callback_metrics.get("train_loss")
+        return value is not None and not is_finite(value)
+
+    def _record(self, path: Path, epoch: int, step: int, trainer: L.Trainer) -> None:
+        metrics = {k: _json_number(v) for k, v in scalar_metrics(trainer).items()}
+        now = _dt.datetime.now(_dt.timezone.utc)
+        entry = {"file": path.name, "epoch": epoch, "step": step, "metrics": metrics,
+                 "date": now.strftime("%Y-%m-%d"), "time": now.strftime("%H:%M:%S")}
+        if self.monitor is not None and self.monitor not in metrics:
+            logger.warning("monitored metric %r was not logged; available: %s", self.monitor, sorted(metrics))
+        self._entries = [e for e in self._entries if e.get("file") != path.name] + [entry]
+        self._refresh_best()
+        self._write_index()
+
+    # -- index (checkpoints.json)
+
+    def _refresh_best(self) -> None:
+        best = self.best_entry()
+        self.best_model_path = str(self.dirpath / best["file"]) if best else ""
+        self.best_model_score = torch.tensor(best["metrics"][self.monitor]) if best else None
+
+    def best_entry(self) -> dict[str, Any] | None:
+        """Index entry of the best checkpoint by ``monitor`` (``None`` without a monitor)."""
+        if self.monitor is None:
+            return None
+        scored = [
+            e for e in self._entries
+            if isinstance(e.get("metrics", {}).get(self.monitor), (int, float))
+            and (self.dirpath / e["file"]).is_file()
+        ]
+        if not scored:
+            return None
+        pick = min if self.mode == "min" else max
+        return pick(scored, key=lambda e: e["metrics"][self.monitor])
+
+    def _read_index(self) -> list[dict[str, Any]]:
+        path = self.dirpath / INDEX_FILENAME
+        try:
+            index = json.loads(path.read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return []
+        if not isinstance(index, dict) or index.get("network") != self.network:
+            return []
+        return [e for e in index.get("checkpoints", []) if isinstance(e, dict) and "file" in e]
+
+    def _write_index(self) -> None:
+        best = self.best_entry()
+        latest = find_latest_checkpoint(self.dirpath)
+        index = {
+            "network": self.network,
+            "monitor": self.monitor,
+            "mode": self.mode,
+            "latest_checkpoint": latest.name if latest else None,
+            "best_checkpoint": None if best is None else {
+                "file": best["file"], "epoch": best["epoch"], "step": best["step"],
+                "metric": self.monitor, "value": best["metrics"][self.monitor],
+            },
+            "checkpoints": sorted(self._entries, key=lambda e: (e.get("epoch", 0), e.get("step", 0))),
+        }
+        data = json.dumps(index, indent=2).encode("utf-8")
+        atomic_write(self.dirpath / INDEX_FILENAME, lambda handle: handle.write(data))
+
+
+# --------------------------------------------------------------------------- non-finite loss
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training stopped because the loss became NaN or infinite."""
+
+    def __init__(self, message: str, *, epoch: int, step: int, last_checkpoint: Path | None) -> None:
+        super().__init__(message)
+        self.epoch = epoch
+        self.step = step
+        self.last_checkpoint = last_checkpoint
+
+
+class NonFiniteLossGuard(L.Callback):
+    """Raise :class:`NonFiniteLossError` as soon as the training loss is NaN/inf.
+
+    The loss is checked before backward (so the bad update never reaches the weights); in a
+    batch without backward, the ``training_step`` output or the logged ``train_loss`` is checked
+    at batch end. Every rank takes the same decision, so DDP runs stop together instead of
+    hanging. Costs one host sync per step (as MAE's ``loss.item()`` check does).
+
+    Args:
+        checkpoint_dir: where to look for the last good checkpoint to name in the message;
+            defaults to the trainer's :class:`FovealCheckpoint` folder.
+        metric: name of the logged training loss.
+    """
+
+    def __init__(self, checkpoint_dir: str | os.PathLike[str] | None = None, metric: str = "train_loss") -> None:
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.metric = metric
+        self._checked_backward = False
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._checked_backward = False
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
+        self._checked_backward = True
+        self._check(trainer, [loss])
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._checked_backward:
+            return  # the same on every rank, so skipping keeps the collectives in step
+        # no backward this batch (manual optimization without manual_backward): check what we have
+        loss = extract_loss(outputs)
+        if loss is None:
+            metrics = trainer.callback_metrics
+            loss = metrics.get(self.metric, metrics.get(f"{self.metric}_step"))
+        self._check(trainer, [] if loss is None else [loss])
+
+    def _check(self, trainer: L.Trainer, values: list[Any]) -> None:
+        bad = [v for v in values if not is_finite(v)]
+        if not trainer.strategy.reduce_boolean_decision(bool(bad), all=False):
+            return
+        if not bad:
+            shown = "not finite (on another rank)"
+        else:
+            first = torch.as_tensor(bad[0]).detach()
+            shown = "nan" if bool(torch.isnan(first).any()) else "inf"
+        raise self._error(trainer, shown)
+
+    def _error(self, trainer: L.Trainer, shown: str) -> NonFiniteLossError:
+        epoch, step = epoch_number(trainer), trainer.global_step
+        folder = self.checkpoint_dir
+        if folder is None:
+            callback = find_checkpoint_callback(trainer)
+            folder = callback.dirpath if callback is not None else None
+        last = find_latest_checkpoint(folder) if folder is not None else None
+        kept = f"last good checkpoint kept: {last}" if last else "no checkpoint was saved before it"
+        message = (
+            f"training loss is {shown} at epoch {epoch}, step {step}; stopped before applying the update, "
+            f"{kept}. Try a lower learning rate, fp32 precision, or gradient clipping (gradient_clip_val)."
+        )
+        return NonFiniteLossError(message, epoch=epoch, step=step, last_checkpoint=last)

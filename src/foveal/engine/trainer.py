@@ -1,0 +1,262 @@
+"""Trainer factory, resume resolution and the ``fit`` wrapper every network uses.
+
+:func:`build_trainer` maps TAO-style train options (``num_gpus``, ``precision: fp32``,
+``checkpoint_interval``...) onto a configured ``lightning.Trainer`` with Foveal's checkpoint,
+status, non-finite-loss and progress callbacks. :func:`resolve_resume_checkpoint` picks the
+file to resume from, and :func:`fit` resumes with ``weights_only`` loading.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.strategies import Strategy
+
+from foveal.engine.callbacks import FovealCheckpoint, NonFiniteLossGuard, find_checkpoint_callback
+from foveal.engine.checkpoint import FULL_KIND, CheckpointError, find_latest_checkpoint, load_checkpoint
+from foveal.engine.checkpoint_io import SafeCheckpointIO
+from foveal.engine.progress import PlainProgress, StatusCallback
+from foveal.engine.status import StatusWriter
+
+logger = logging.getLogger(__name__)
+
+_PRECISION_ALIASES = {
+    "fp32": "fp32", "32": "fp32", "float32": "fp32", "32-true": "fp32",
+    "bf16": "bf16", "bfloat16": "bf16", "bf16-mixed": "bf16",
+    "fp16": "fp16", "16": "fp16", "float16": "fp16", "half": "fp16", "16-mixed": "fp16",
+}
+LIGHTNING_PRECISION = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}
+PROGRESS_MODES = ("auto", "bar", "plain", "off")
+
+
+def resolve_devices(num_gpus: int = 1, gpu_ids: Sequence[int] | None = None) -> tuple[str, int | list[int]]:
+    """``(accelerator, devices)``: CUDA when present and asked for, else one CPU process.
+
+    ``gpu_ids`` (TAO ``train.gpu_ids``) wins over ``num_gpus`` when given.
+    """
+    wanted = len(gpu_ids) if gpu_ids else int(num_gpus)
+    if wanted <= 0:
+        return "cpu", 1
+    if not torch.cuda.is_available():
+        logger.info("no CUDA device found; training on CPU")
+        return "cpu", 1
+    if gpu_ids:
+        return "gpu", [int(i) for i in gpu_ids]
+    available = torch.cuda.device_count()
+    if wanted > available:
+        raise ValueError(f"train.num_gpus={wanted} but only {available} CUDA device(s) are visible")
+    return "gpu", wanted
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """Lightning precision flag for a TAO precision name (``fp32``, ``bf16``, ``fp16``).
+
+    fp16 on CPU falls back to fp32 (CPU AMP is bf16-only); bf16 on a GPU without bf16 support
+    falls back to fp16 mixed precision. Both fallbacks log a warning.
+    """
+    name = _PRECISION_ALIASES.get(str(precision).lower())
+    if name is None:
+        raise ValueError(f"train.precision must be one of fp32, bf16, fp16; got {precision!r}")
+    if accelerator == "cpu" and name == "fp16":
+        logger.warning("train.precision=fp16 is not supported on CPU; using fp32")
+        name = "fp32"
+    if accelerator == "gpu" and name == "bf16" and not torch.cuda.is_bf16_supported():
+        logger.warning("this GPU does not support bf16; using fp16 mixed precision")
+        name = "fp16"
+    return LIGHTNING_PRECISION[name]
+
+
+def _progress_callbacks(progress: str, every_n_steps: int) -> tuple[list[L.Callback], bool]:
+    """Callbacks for a progress mode and whether Lightning's own bar stays enabled."""
+    if progress not in PROGRESS_MODES:
+        raise ValueError(f"progress must be one of {', '.join(PROGRESS_MODES)}, got {progress!r}")
+    if progress == "auto":
+        progress = "bar" if sys.stdout.isatty() else "plain"
+    if progress == "bar":
+        try:
+            from lightning.pytorch.callbacks import RichProgressBar
+
+            return [RichProgressBar()], True
+        except (ImportError, ModuleNotFoundError):
+            from lightning.pytorch.callbacks import TQDMProgressBar
+
+            return [TQDMProgressBar()], True
+    if progress == "plain":
+        return [PlainProgress(every_n_steps)], False
+    return [], False
+
+
+def _make_logger(results_dir: Path) -> Any:
+    """TensorBoard logger in ``results_dir/tensorboard`` (CSV in ``csv_logs`` without tensorboard).
+
+    ``version=""`` keeps one folder per results dir, so a resumed run appends to the same logs.
+    """
+    try:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        return TensorBoardLogger(save_dir=str(results_dir), name="tensorboard", version="", default_hp_metric=False)
+    except (ImportError, ModuleNotFoundError):
+        from lightning.pytorch.loggers import CSVLogger
+
+        logger.info("tensorboard is not installed; logging metrics to CSV")
+        return CSVLogger(save_dir=str(results_dir), name="csv_logs", version="")
+
+
+def build_trainer(
+    *,
+    results_dir: str | os.PathLike[str],
+    network: str,
+    config_dict: Any,
+    max_epochs: int,
+    checkpoint_interval: int = 1,
+    checkpoint_interval_unit: str = "epoch",
+    validation_interval: int = 1,
+    num_gpus: int = 1,
+    gpu_ids: Sequence[int] | None = None,
+    num_nodes: int = 1,
+    precision: str = "fp32",
+    strategy: str | Strategy = "auto",
+    accumulate_grad_batches: int = 1,
+    gradient_clip_val: float | None = None,
+    status: StatusWriter | None = None,
+    monitor: str | None = None,
+    monitor_mode: str = "min",
+    limit_train_batches: int | float | None = None,
+    limit_val_batches: int | float | None = None,
+    progress: str = "auto",
+    log_every_n_steps: int = 50,
+    callbacks: Iterable[L.Callback] = (),
+    **trainer_kwargs: Any,
+) -> L.Trainer:
+    """A ``lightning.Trainer`` wired to Foveal's checkpoint, status and progress contracts.
+
+    Args:
+        results_dir: the job's results folder: checkpoints, ``checkpoints.json``, ``tensorboard/``.
+        network: network name embedded in checkpoints (``classification``...).
+        config_dict: the resolved spec, embedded in checkpoints as a plain dict.
+        max_epochs: TAO ``train.num_epochs``.
+        checkpoint_interval, checkpoint_interval_unit: save every N ``"epoch"`` or ``"step"``.
+        validation_interval: validate every N epochs.
+        num_gpus, gpu_ids, num_nodes: devices; CPU when no CUDA device is present.
+        precision: ``fp32`` | ``bf16`` | ``fp16`` (see :func:`resolve_precision`).
+        strategy: ``auto`` | ``ddp`` | ``fsdp`` or a Lightning ``Strategy``.
+        accumulate_grad_batches, gradient_clip_val: as in Lightning.
+        status: writer for status.json (STARTED/RUNNING lines); ``None``: no status lines.
+        monitor, monitor_mode: metric that picks the best checkpoint in ``checkpoints.json``.
+        limit_train_batches, limit_val_batches: as in Lightning (for smoke runs).
+        progress: ``auto`` (rich bar on a TTY, plain log lines otherwise) | ``bar`` | ``plain`` | ``off``.
+        log_every_n_steps: logger and plain-progress interval.
+        callbacks: extra callbacks.
+        **trainer_kwargs: any other ``lightning.Trainer`` argument; wins over the above.
+    """
+    results_dir = Path(results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    accelerator, devices = resolve_devices(num_gpus, gpu_ids)
+    progress_callbacks, progress_bar = _progress_callbacks(progress, log_every_n_steps)
+    all_callbacks: list[L.Callback] = [
+        FovealCheckpoint(results_dir, network, config_dict, interval=checkpoint_interval,
+                         unit=checkpoint_interval_unit, monitor=monitor, mode=monitor_mode),
+        NonFiniteLossGuard(),
+        *progress_callbacks,
+    ]
+    if status is not None:
+        all_callbacks.append(StatusCallback(status))
+    all_callbacks.extend(callbacks)
+    kwargs: dict[str, Any] = {
+        "accelerator": accelerator,
+        "devices": devices,
+        "num_nodes": num_nodes,
+        "strategy": strategy,
+        "precision": resolve_precision(precision, accelerator),
+        "max_epochs": max_epochs,
+        "default_root_dir": str(results_dir),
+        "logger": _make_logger(results_dir),
+        "callbacks": all_callbacks,
+        "plugins": [SafeCheckpointIO()],
+        "enable_checkpointing": True,  # satisfied by FovealCheckpoint: no default ModelCheckpoint
+        "enable_progress_bar": progress_bar,
+        "enable_model_summary": True,  # Lightning's default summary: top-level modules only
+        "check_val_every_n_epoch": validation_interval,
+        "accumulate_grad_batches": accumulate_grad_batches,
+        "gradient_clip_val": gradient_clip_val,
+        "log_every_n_steps": log_every_n_steps,
+    }
+    if limit_train_batches is not None:
+        kwargs["limit_train_batches"] = limit_train_batches
+    if limit_val_batches is not None:
+        kwargs["limit_val_batches"] = limit_val_batches
+    kwargs.update(trainer_kwargs)
+    return L.Trainer(**kwargs)
+
+
+def resolve_resume_checkpoint(
+    results_dir: str | os.PathLike[str], explicit_path: str | os.PathLike[str] | None = None
+) -> Path | None:
+    """The checkpoint to resume from: ``explicit_path`` if given, else the newest in ``results_dir``.
+
+    ``explicit_path`` is TAO's ``train.resume_training_checkpoint_path``; a folder means its
+    newest checkpoint. Returns ``None`` when nothing is there to resume (a fresh start).
+
+    Raises:
+        CheckpointError: ``explicit_path`` does not exist or is a folder without checkpoints.
+    """
+    if explicit_path is not None and str(explicit_path) != "":
+        path = Path(explicit_path)
+        if path.is_dir():
+            latest = find_latest_checkpoint(path)
+            if latest is None:
+                raise CheckpointError(f"train.resume_training_checkpoint_path: no model_epoch_*.pth in {path}")
+            return latest
+        if not path.is_file():
+            raise CheckpointError(f"train.resume_training_checkpoint_path: checkpoint not found: {path}")
+        return path
+    return find_latest_checkpoint(results_dir)
+
+
+def _loads_through_checkpoint_io(strategy: Strategy) -> bool:
+    """Whether the strategy reads checkpoints via ``checkpoint_io`` (single device, DDP; not FSDP)."""
+    return type(strategy).load_checkpoint is Strategy.load_checkpoint
+
+
+def fit(
+    trainer: L.Trainer,
+    module: L.LightningModule,
+    train_loader: Any = None,
+    val_loader: Any = None,
+    ckpt_path: str | os.PathLike[str] | None = None,
+    *,
+    datamodule: L.LightningDataModule | None = None,
+) -> None:
+    """``trainer.fit`` with a validated, ``weights_only``-safe resume.
+
+    The checkpoint is read once with ``torch.load(weights_only=True)`` and checked (a Foveal
+    full checkpoint of this trainer's network); that dict is handed to Lightning through
+    :class:`SafeCheckpointIO`. Strategies that read the file themselves (FSDP) re-read a file
+    already proven to contain plain data only. Training continues at the epoch after the
+    checkpoint's, with optimizer, scheduler and loop state restored.
+
+    Raises:
+        CheckpointError: the checkpoint is missing, unsafe, corrupt or of another network/kind.
+    """
+    io = trainer.strategy.checkpoint_io
+    if ckpt_path is not None:
+        callback = find_checkpoint_callback(trainer)
+        checkpoint = load_checkpoint(ckpt_path, network=callback.network if callback else None, kind=FULL_KIND)
+        logger.info("resuming from %s (epoch %s, step %s)", ckpt_path, checkpoint.get("epoch"),
+                    checkpoint.get("global_step"))
+        if isinstance(io, SafeCheckpointIO) and _loads_through_checkpoint_io(trainer.strategy):
+            io.preload(ckpt_path, checkpoint)
+        del checkpoint
+    try:
+        trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader,
+                    datamodule=datamodule, ckpt_path=None if ckpt_path is None else str(ckpt_path))
+    finally:
+        if isinstance(io, SafeCheckpointIO):
+            io.clear_preloaded()
