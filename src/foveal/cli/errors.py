@@ -50,7 +50,7 @@ def _say(lines: list[str]) -> None:
 
 def _click_kind(exc: BaseException) -> str:
     """Which click exception family ``exc`` is (typer may vendor its own copy of click)."""
-    names = {cls.__name__ for cls in type(exc).__mro__}
+    names = {cls.__name__ for cls in type(exc).__mro__ if cls.__module__.split(".")[0] in ("click", "typer")}
     for kind in ("Exit", "UsageError", "ClickException", "Abort"):
         if kind in names:
             return kind

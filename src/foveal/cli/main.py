@@ -135,8 +135,8 @@ def demo(
     fmt: Format = typer.Option(Format.text, "--format", help="text or json"),
 ) -> None:
     """Make the synthetic dataset, train, evaluate and export a small model on CPU."""
-    from foveal.demo import run_demo
     from foveal.jobs.workspace import Workspace
+    from foveal.workflows.demo import run_demo
 
     summary = run_demo(Workspace.resolve(workspace), epochs=epochs)
     if fmt is Format.json:

@@ -1,0 +1,125 @@
+"""The foveal command as a user and an agent see it: output formats, errors, exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from foveal.cli.main import main
+from foveal.networks.registry import list_networks
+from foveal.spec import action_schema, default_dict
+
+pytestmark = pytest.mark.unit
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_models_json_lists_every_network(capsys):
+    code, out, _ = run(capsys, "models", "--format", "json")
+    assert code == 0
+    rows = json.loads(out)
+    assert {r["name"] for r in rows} == {n.name for n in list_networks()} >= {"mae", "nvdinov2", "classification"}
+    cls = next(r for r in rows if r["name"] == "classification")
+    assert cls["actions"] == ["train", "evaluate", "inference", "export", "gen_trt_engine"]
+
+
+def test_schema_reflects_the_typed_schema(capsys):
+    code, out, _ = run(capsys, "schema", "mae", "train")
+    assert code == 0
+    schema = json.loads(out)
+    from foveal.networks.registry import get_network
+
+    net = get_network("mae")
+    assert schema == json.loads(json.dumps(action_schema(net.config_cls, "train", net.action_sections["train"])))
+    mask = schema["properties"]["train"]["properties"]["mask_ratio"]
+    assert mask["type"] == "number" and mask["default"] == 0.75 and mask["automl_enabled"] is True
+    assert "minimum" in mask and "maximum" in mask
+    assert "train.mask_ratio" in schema["automl_default_parameters"]
+    assert "dataset.train_data_sources" in schema["required"]
+
+
+def test_spec_template_is_the_defaults(capsys):
+    code, out, _ = run(capsys, "spec", "nvdinov2", "train")
+    assert code == 0
+    from foveal.networks.registry import get_network
+
+    net = get_network("nvdinov2")
+    assert yaml.safe_load(out) == default_dict(net.config_cls, net.action_sections["train"])
+    assert yaml.safe_load(out)["model"]["backbone"]["teacher_type"] == "vit_l"
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("train.num_epoch=3", "train.num_epoch: unknown key (did you mean train.num_epochs?)"),
+        ("train.num_epochs=0", "train.num_epochs: 0 is out of range [1, inf]"),
+        ("train.stage=posttrain", "train.stage: 'posttrain' is not one of the options: pretrain, finetune"),
+        ("train.mask_ratio=lots", "train.mask_ratio: expected number, got 'lots'"),
+    ],
+)
+def test_bad_spec_values_exit_2_with_one_line(capsys, tmp_path, override, expected):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("dataset:\n  train_data_sources: /data/train\n")
+    code, out, err = run(capsys, "-w", str(tmp_path / "ws"), "mae", "train", "-e", str(spec), override)
+    assert code == 2
+    assert expected in err
+    assert "Traceback" not in err and out == ""
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_all_spec_errors_reported_together(capsys, tmp_path):
+    code, _, err = run(capsys, "-w", str(tmp_path), "mae", "train", "train.num_epoch=3", "train.num_epochs=0")
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert any("train.num_epoch:" in line for line in lines)
+    assert any("train.num_epochs: 0 is out of range" in line for line in lines)
+    assert any("dataset.train_data_sources: required for train" in line for line in lines)
+
+
+def test_malformed_yaml_names_the_line(capsys, tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("train:\n  num_epochs: [3\n")
+    code, _, err = run(capsys, "-w", str(tmp_path), "mae", "train", "-e", str(spec))
+    assert code == 2 and "malformed YAML at line" in err and str(spec) in err
+
+
+def test_unknown_network_and_action(capsys, tmp_path):
+    code, _, err = run(capsys, "schema", "mea", "train")
+    assert code == 2 and "did you mean mae?" in err
+    code, _, err = run(capsys, "mae", "trian")
+    assert code == 2 and "No such command" in err
+    code, _, err = run(capsys, "-w", str(tmp_path), "jobs", "show", "nope")
+    assert code == 2 and "nope" in err
+
+
+def test_missing_dataset_is_one_line(capsys, tmp_path):
+    code, _, err = run(
+        capsys, "-w", str(tmp_path), "classification", "train",
+        f"dataset.train_dataset.images_dir={tmp_path / 'missing'}",
+    )
+    assert code == 2
+    assert str(tmp_path / "missing") in err and "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and "not found" in errors[0]
+    # The failed job is on record with the same line, for agents reading the registry.
+    code, out, _ = run(capsys, "-w", str(tmp_path), "jobs", "list", "--format", "json")
+    (job,) = json.loads(out)
+    assert job["status"] == "Error" and "not found" in job["message"]
+
+
+def test_console_script_runs_without_torch_import_for_listings():
+    code = (
+        "import sys; from foveal.cli.main import main; rc = main(['models', '--format', 'json']);"
+        "print('torch' in sys.modules, file=sys.stderr); sys.exit(rc)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0
+    assert proc.stderr.strip().endswith("False")
