@@ -26,7 +26,11 @@ def test_models_json_lists_every_network(capsys):
     code, out, _ = run(capsys, "models", "--format", "json")
     assert code == 0
     rows = json.loads(out)
-    assert {r["name"] for r in rows} == {n.name for n in list_networks()} >= {"mae", "nvdinov2", "classification"}
+    assert (
+        {r["name"] for r in rows}
+        == {n.name for n in list_networks()}
+        >= {"mae", "nvdinov2", "classification"}
+    )
     cls = next(r for r in rows if r["name"] == "classification")
     assert cls["actions"] == ["train", "evaluate", "inference", "export", "gen_trt_engine"]
 
@@ -38,7 +42,9 @@ def test_schema_reflects_the_typed_schema(capsys):
     from foveal.networks.registry import get_network
 
     net = get_network("mae")
-    assert schema == json.loads(json.dumps(action_schema(net.config_cls, "train", net.action_sections["train"])))
+    assert schema == json.loads(
+        json.dumps(action_schema(net.config_cls, "train", net.action_sections["train"]))
+    )
     mask = schema["properties"]["train"]["properties"]["mask_ratio"]
     assert mask["type"] == "number" and mask["default"] == 0.75 and mask["automl_enabled"] is True
     assert "minimum" in mask and "maximum" in mask
@@ -102,7 +108,11 @@ def test_unknown_network_and_action(capsys, tmp_path):
 
 def test_missing_dataset_is_one_line(capsys, tmp_path):
     code, _, err = run(
-        capsys, "-w", str(tmp_path), "classification", "train",
+        capsys,
+        "-w",
+        str(tmp_path),
+        "classification",
+        "train",
         f"dataset.train_dataset.images_dir={tmp_path / 'missing'}",
     )
     assert code == 2

@@ -74,10 +74,22 @@ def train(
     module = module or TinyModule()
     kwargs.setdefault("progress", "off")
     kwargs.setdefault("log_every_n_steps", 1)
-    trainer = build_trainer(results_dir=results_dir, network=network, config_dict={"train": {"num_epochs": max_epochs}},
-                            max_epochs=max_epochs, num_gpus=0, **kwargs)
+    trainer = build_trainer(
+        results_dir=results_dir,
+        network=network,
+        config_dict={"train": {"num_epochs": max_epochs}},
+        max_epochs=max_epochs,
+        num_gpus=0,
+        **kwargs,
+    )
     loader = make_loader()
-    fit(trainer, module, loader, make_loader(), ckpt_path=resolve_resume_checkpoint(results_dir) if resume else None)
+    fit(
+        trainer,
+        module,
+        loader,
+        make_loader(),
+        ckpt_path=resolve_resume_checkpoint(results_dir) if resume else None,
+    )
     return module, trainer
 
 

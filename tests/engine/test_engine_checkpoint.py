@@ -33,8 +33,15 @@ pytestmark = pytest.mark.unit
 
 
 def _full(network="classification", **extra):
-    obj = {"network": network, "config": {"a": 1}, "foveal_version": foveal.__version__, "kind": "full",
-           "epoch": 1, "global_step": 4, "state_dict": OrderedDict(w=torch.ones(2))}
+    obj = {
+        "network": network,
+        "config": {"a": 1},
+        "foveal_version": foveal.__version__,
+        "kind": "full",
+        "epoch": 1,
+        "global_step": 4,
+        "state_dict": OrderedDict(w=torch.ones(2)),
+    }
     obj.update(extra)
     return obj
 
@@ -55,19 +62,28 @@ def test_names():
     assert weights_filename("student", 3) == "student_epoch_003.pth"
     assert latest_link_name("nvdinov2") == "nvdinov2_latest.pth"
     assert parse_checkpoint_filename("model_epoch_002_step_00040.pth") == (2, 40)
-    for name in ("classification_latest.pth", ".tmp-model_epoch_002_step_00040.pth.abc", "student_epoch_003.pth"):
+    for name in (
+        "classification_latest.pth",
+        ".tmp-model_epoch_002_step_00040.pth.abc",
+        "student_epoch_003.pth",
+    ):
         assert parse_checkpoint_filename(name) is None
 
 
 def test_find_latest_orders_by_epoch_and_step_and_ignores_others(tmp_path):
     for epoch, step in [(2, 40), (10, 200), (9, 180), (10, 150)]:
-        save_checkpoint_atomic(_full(epoch=epoch, global_step=step), tmp_path / checkpoint_filename(epoch, step))
+        save_checkpoint_atomic(
+            _full(epoch=epoch, global_step=step), tmp_path / checkpoint_filename(epoch, step)
+        )
     (tmp_path / ".tmp-model_epoch_099_step_99999.pth.x1y2").write_bytes(b"partial")
     (tmp_path / "student_epoch_050.pth").write_bytes(b"x")
     update_latest_link(tmp_path / checkpoint_filename(2, 40), tmp_path / "classification_latest.pth")
     assert [p.name for p in list_checkpoints(tmp_path)] == [
-        "model_epoch_002_step_00040.pth", "model_epoch_009_step_00180.pth",
-        "model_epoch_010_step_00150.pth", "model_epoch_010_step_00200.pth"]
+        "model_epoch_002_step_00040.pth",
+        "model_epoch_009_step_00180.pth",
+        "model_epoch_010_step_00150.pth",
+        "model_epoch_010_step_00200.pth",
+    ]
     assert find_latest_checkpoint(tmp_path).name == "model_epoch_010_step_00200.pth"
     assert find_latest_checkpoint(tmp_path / "missing") is None
 
@@ -155,9 +171,18 @@ def test_wrong_network_and_kind(tmp_path):
     path = save_checkpoint_atomic(_full(network="nvdinov2"), tmp_path / "a.pth")
     with pytest.raises(CheckpointError, match="is a nvdinov2 checkpoint; this is classification"):
         load_checkpoint(path, network="classification")
-    student = save_weights_only({"w": torch.zeros(3)}, tmp_path / weights_filename("student", 3),
-                                network="nvdinov2", config={"x": 1}, kind="student", epoch=3, step=30)
-    with pytest.raises(CheckpointError, match="student weights only; resuming needs a full training checkpoint"):
+    student = save_weights_only(
+        {"w": torch.zeros(3)},
+        tmp_path / weights_filename("student", 3),
+        network="nvdinov2",
+        config={"x": 1},
+        kind="student",
+        epoch=3,
+        step=30,
+    )
+    with pytest.raises(
+        CheckpointError, match="student weights only; resuming needs a full training checkpoint"
+    ):
         load_checkpoint(student, kind="full")
     loaded = load_checkpoint(student, network="nvdinov2", kind="student")
     assert (loaded["epoch"], loaded["global_step"], loaded["config"]) == (3, 30, {"x": 1})
@@ -178,8 +203,15 @@ class Cfg:
 def test_non_plain_values_are_converted_so_weights_only_loads(tmp_path, caplog):
     obj = _full(
         config=Cfg(Path("/data/x"), np.float32(0.5), {"b", "a"}),
-        extras={"color": Color.RED, "arr": np.arange(3), "n": np.int64(7), "obj": object(),
-                "size": torch.Size([2, 3]), "dtype": torch.float16, "tuple": (1, Path("y"))},
+        extras={
+            "color": Color.RED,
+            "arr": np.arange(3),
+            "n": np.int64(7),
+            "obj": object(),
+            "size": torch.Size([2, 3]),
+            "dtype": torch.float16,
+            "tuple": (1, Path("y")),
+        },
     )
     path = save_checkpoint_atomic(obj, tmp_path / "x.pth")
     loaded = load_checkpoint(path)

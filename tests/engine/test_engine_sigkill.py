@@ -20,22 +20,29 @@ from foveal.engine import (
     read_status,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore::UserWarning"),
-              pytest.mark.filterwarnings("ignore:.*LeafSpec.*")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+    pytest.mark.filterwarnings("ignore:.*LeafSpec.*"),
+]
 
 
 def test_sigkilled_run_resumes_from_its_last_checkpoint(tmp_path, tiny):
     results = tmp_path / "results"
     script = tmp_path / "slow_train.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from conftest import TinyModule, train
         from foveal.engine import StatusWriter
         results = {str(results)!r}
         train(results, 100, module=TinyModule(step_sleep=0.1), status=StatusWriter(results + "/status.json"))
-    """))
-    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    """)
+    )
+    process = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     try:
         deadline = time.monotonic() + 120
         while find_latest_checkpoint(results) is None:
@@ -56,7 +63,9 @@ def test_sigkilled_run_resumes_from_its_last_checkpoint(tmp_path, tiny):
 
     module, _ = tiny.train(results, epoch + 2, resume=True, status=StatusWriter(results / "status.json"))
     assert module.epochs_trained == [epoch + 1, epoch + 2]
-    assert find_latest_checkpoint(results).name == f"model_epoch_{epoch + 2:03d}_step_{4 * (epoch + 2):05d}.pth"
+    assert (
+        find_latest_checkpoint(results).name == f"model_epoch_{epoch + 2:03d}_step_{4 * (epoch + 2):05d}.pth"
+    )
     records = read_status(results / "status.json")
     assert records[0]["message"] == "Training started"
     assert records[-3]["message"] == f"Training resumed after epoch {epoch}"

@@ -16,8 +16,17 @@ pytestmark = pytest.mark.unit
 def test_lines_have_the_contract_keys(tmp_path):
     writer = StatusWriter(tmp_path / "sub" / "status.json")
     writer.write("STARTED", "Training started", epoch=0, max_epoch=3)
-    writer.write("RUNNING", "Epoch 1/3 done", kpi={"train_loss": 0.5, "val_acc": 0.25}, epoch=1, max_epoch=3,
-                 step=10, max_step=30, time_per_epoch=1.25, eta=2.5)
+    writer.write(
+        "RUNNING",
+        "Epoch 1/3 done",
+        kpi={"train_loss": 0.5, "val_acc": 0.25},
+        epoch=1,
+        max_epoch=3,
+        step=10,
+        max_step=30,
+        time_per_epoch=1.25,
+        eta=2.5,
+    )
     lines = (tmp_path / "sub" / "status.json").read_text().splitlines()
     assert len(lines) == 2
     first, second = (json.loads(line) for line in lines)
@@ -33,8 +42,12 @@ def test_lines_have_the_contract_keys(tmp_path):
 def test_non_finite_and_tensor_values_stay_valid_json(tmp_path):
     torch = pytest.importorskip("torch")
     writer = StatusWriter(tmp_path / "status.json")
-    record = writer.write("FAILURE", "loss diverged", verbosity="ERROR",
-                          kpi={"train_loss": float("nan"), "lr": torch.tensor(0.1), "big": float("inf")})
+    record = writer.write(
+        "FAILURE",
+        "loss diverged",
+        verbosity="ERROR",
+        kpi={"train_loss": float("nan"), "lr": torch.tensor(0.1), "big": float("inf")},
+    )
     assert record["kpi"]["train_loss"] == "nan" and record["kpi"]["big"] == "inf"
     (line,) = read_status(tmp_path / "status.json")
     assert line["kpi"]["lr"] == pytest.approx(0.1)
@@ -65,7 +78,9 @@ def test_read_tolerates_a_truncated_last_line(tmp_path, caplog):
 
 def test_read_skips_a_malformed_middle_line_with_a_warning(tmp_path, caplog):
     path = tmp_path / "status.json"
-    path.write_text('{"status": "STARTED", "message": "a"}\nnot json\n{"status": "RUNNING", "message": "b"}\n')
+    path.write_text(
+        '{"status": "STARTED", "message": "a"}\nnot json\n{"status": "RUNNING", "message": "b"}\n'
+    )
     assert [r["message"] for r in read_status(path)] == ["a", "b"]
     assert "line 2" in caplog.text
 

@@ -28,8 +28,11 @@ from foveal.engine import (
     resolve_resume_checkpoint,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore::UserWarning"),
-              pytest.mark.filterwarnings("ignore:.*LeafSpec.*")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+    pytest.mark.filterwarnings("ignore:.*LeafSpec.*"),
+]
 
 
 class Evil:
@@ -65,7 +68,8 @@ def test_resume_continues_where_it_stopped_and_matches_an_uninterrupted_run(tmp_
     for a, b in zip(resumed.parameters(), reference.parameters(), strict=True):
         assert torch.equal(a, b)
     assert [p.name for p in sorted(interrupted.glob("model_epoch_*"))] == [
-        f"model_epoch_00{e}_step_000{4 * e:02d}.pth" for e in (1, 2, 3, 4)]
+        f"model_epoch_00{e}_step_000{4 * e:02d}.pth" for e in (1, 2, 3, 4)
+    ]
 
 
 def test_checkpoint_contents_latest_link_and_index(tmp_path, tiny, monkeypatch):
@@ -98,7 +102,10 @@ def test_checkpoint_contents_latest_link_and_index(tmp_path, tiny, monkeypatch):
 def test_step_checkpoints_use_the_running_epoch(tmp_path, tiny):
     tiny.train(tmp_path, 2, checkpoint_interval=3, checkpoint_interval_unit="step")
     assert sorted(p.name for p in tmp_path.glob("model_epoch_*")) == [
-        "model_epoch_001_step_00003.pth", "model_epoch_002_step_00006.pth", "model_epoch_002_step_00008.pth"]
+        "model_epoch_001_step_00003.pth",
+        "model_epoch_002_step_00006.pth",
+        "model_epoch_002_step_00008.pth",
+    ]
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny):
@@ -112,7 +119,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny
     assert "\n" not in message and info.value.last_checkpoint.name == "model_epoch_002_step_00008.pth"
 
     assert sorted(p.name for p in tmp_path.glob("model_epoch_*")) == [
-        "model_epoch_001_step_00004.pth", "model_epoch_002_step_00008.pth"]
+        "model_epoch_001_step_00004.pth",
+        "model_epoch_002_step_00008.pth",
+    ]
     link = tmp_path / "classification_latest.pth"
     assert os.readlink(link) == "model_epoch_002_step_00008.pth"
     kept = load_checkpoint(link)
@@ -125,7 +134,14 @@ def test_status_lines_per_epoch(tmp_path, tiny):
     tiny.train(tmp_path, 3, status=StatusWriter(tmp_path / "status.json"))
     tiny.train(tmp_path, 4, resume=True, status=StatusWriter(tmp_path / "status.json"))
     records = read_status(tmp_path / "status.json")
-    assert [r["status"] for r in records] == ["STARTED", "RUNNING", "RUNNING", "RUNNING", "STARTED", "RUNNING"]
+    assert [r["status"] for r in records] == [
+        "STARTED",
+        "RUNNING",
+        "RUNNING",
+        "RUNNING",
+        "STARTED",
+        "RUNNING",
+    ]
     started, running = records[0], records[1]
     assert (started["epoch"], started["max_epoch"], started["step"], started["max_step"]) == (0, 3, 0, 12)
     assert set(running["kpi"]) == {"train_loss", "val_loss"}
@@ -139,15 +155,25 @@ def test_resume_reads_with_weights_only(tmp_path, tiny):
     marker = tmp_path / "pwned"
     results = tmp_path / "results"
     results.mkdir()
-    torch.save({"network": "classification", "kind": "full", "x": Evil(marker)},
-               results / "model_epoch_009_step_00090.pth")
+    torch.save(
+        {"network": "classification", "kind": "full", "x": Evil(marker)},
+        results / "model_epoch_009_step_00090.pth",
+    )
     with pytest.raises(CheckpointError, match="weights_only"):
         tiny.train(results, 10, resume=True)
     # even straight through Lightning (bypassing fit()), the plugin loads with weights_only=True
-    trainer = build_trainer(results_dir=results, network="classification", config_dict={}, max_epochs=10,
-                            num_gpus=0, progress="off")
+    trainer = build_trainer(
+        results_dir=results,
+        network="classification",
+        config_dict={},
+        max_epochs=10,
+        num_gpus=0,
+        progress="off",
+    )
     with pytest.raises(CheckpointError):
-        trainer.fit(tiny.TinyModule(), tiny.make_loader(), ckpt_path=str(results / "model_epoch_009_step_00090.pth"))
+        trainer.fit(
+            tiny.TinyModule(), tiny.make_loader(), ckpt_path=str(results / "model_epoch_009_step_00090.pth")
+        )
     assert not marker.exists()
 
 
@@ -174,8 +200,9 @@ def test_rich_bar_on_a_tty(tmp_path, monkeypatch):
     from lightning.pytorch.callbacks import RichProgressBar
 
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
-    trainer = build_trainer(results_dir=tmp_path, network="classification", config_dict={}, max_epochs=1,
-                            num_gpus=0)
+    trainer = build_trainer(
+        results_dir=tmp_path, network="classification", config_dict={}, max_epochs=1, num_gpus=0
+    )
     assert isinstance(trainer.progress_bar_callback, RichProgressBar)
     assert not any(isinstance(c, PlainProgress) for c in trainer.callbacks)
     assert isinstance(trainer.strategy.checkpoint_io, SafeCheckpointIO)
@@ -201,8 +228,15 @@ def test_bf16_on_cpu_trains(tmp_path, tiny):
 
 def test_checkpoint_callback_alone_never_saves_after_a_non_finite_loss(tmp_path, tiny):
     callback = FovealCheckpoint(tmp_path, "classification", {})
-    trainer = L.Trainer(max_epochs=3, callbacks=[callback], plugins=[SafeCheckpointIO()], logger=False,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_epochs=3,
+        callbacks=[callback],
+        plugins=[SafeCheckpointIO()],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(tiny.TinyModule(nan_at_step=6), tiny.make_loader())  # no guard: training goes on
     assert [p.name for p in tmp_path.glob("model_epoch_*")] == ["model_epoch_001_step_00004.pth"]
     assert os.readlink(tmp_path / "classification_latest.pth") == "model_epoch_001_step_00004.pth"
@@ -220,15 +254,27 @@ def test_resume_reads_the_file_once_and_keeps_hyperparameters_loadable(tmp_path,
 
     loads = []
     real_load = torch.load
-    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(k.get("weights_only")) or real_load(*a, **k))
+    monkeypatch.setattr(
+        torch, "load", lambda *a, **k: loads.append(k.get("weights_only")) or real_load(*a, **k)
+    )
     module, _ = tiny.train(tmp_path, 2, resume=True, module=WithHparams(tmp_path / "data", np.float64(2.0)))
     assert module.epochs_trained == [2] and loads == [True]
 
 
 def test_checkpoint_callback_without_the_plugin_still_writes_final_names_only(tmp_path, tiny):
-    trainer = L.Trainer(max_epochs=2, callbacks=[FovealCheckpoint(tmp_path, "mae", {"a": 1})], logger=False,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_epochs=2,
+        callbacks=[FovealCheckpoint(tmp_path, "mae", {"a": 1})],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(tiny.TinyModule(), tiny.make_loader())
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "checkpoints.json", "mae_latest.pth", "model_epoch_001_step_00004.pth", "model_epoch_002_step_00008.pth"]
+        "checkpoints.json",
+        "mae_latest.pth",
+        "model_epoch_001_step_00004.pth",
+        "model_epoch_002_step_00008.pth",
+    ]
     assert load_checkpoint(tmp_path / "mae_latest.pth", network="mae")["config"] == {"a": 1}

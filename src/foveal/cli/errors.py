@@ -83,7 +83,11 @@ def run_cli(app: typer.Typer, argv: list[str]) -> int:
         if DEBUG:
             traceback.print_exc()
         user = isinstance(exc, (UsageError, *_classes(_USER_ERRORS)))
-        lines = exc.lines() if hasattr(exc, "lines") else [str(exc).splitlines()[0] if str(exc) else type(exc).__name__]
+        lines = (
+            exc.lines()
+            if hasattr(exc, "lines")
+            else [str(exc).splitlines()[0] if str(exc) else type(exc).__name__]
+        )
         if user or isinstance(exc, _classes(_RUN_ERRORS)):
             _say(lines)
             return 2 if user else 1

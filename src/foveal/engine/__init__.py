@@ -65,17 +65,36 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
-    "foveal.engine.callbacks": ("INDEX_FILENAME", "FovealCheckpoint", "NonFiniteLossError", "NonFiniteLossGuard"),
+    "foveal.engine.callbacks": (
+        "INDEX_FILENAME",
+        "FovealCheckpoint",
+        "NonFiniteLossError",
+        "NonFiniteLossGuard",
+    ),
     "foveal.engine.checkpoint": (
-        "FULL_KIND", "CheckpointError", "checkpoint_filename", "find_latest_checkpoint", "latest_link_name",
-        "list_checkpoints", "load_checkpoint", "parse_checkpoint_filename", "save_checkpoint_atomic",
-        "save_weights_only", "to_weights_only_safe", "update_latest_link", "weights_filename",
+        "FULL_KIND",
+        "CheckpointError",
+        "checkpoint_filename",
+        "find_latest_checkpoint",
+        "latest_link_name",
+        "list_checkpoints",
+        "load_checkpoint",
+        "parse_checkpoint_filename",
+        "save_checkpoint_atomic",
+        "save_weights_only",
+        "to_weights_only_safe",
+        "update_latest_link",
+        "weights_filename",
     ),
     "foveal.engine.checkpoint_io": ("SafeCheckpointIO",),
     "foveal.engine.progress": ("PlainProgress", "StatusCallback"),
     "foveal.engine.status": ("StatusWriter", "read_status"),
     "foveal.engine.trainer": (
-        "build_trainer", "fit", "resolve_devices", "resolve_precision", "resolve_resume_checkpoint",
+        "build_trainer",
+        "fit",
+        "resolve_devices",
+        "resolve_precision",
+        "resolve_resume_checkpoint",
     ),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -223,8 +223,14 @@ class FovealCheckpoint(Checkpoint):
     def _record(self, path: Path, epoch: int, step: int, trainer: L.Trainer) -> None:
         metrics = {k: _json_number(v) for k, v in scalar_metrics(trainer).items()}
         now = _dt.datetime.now(_dt.timezone.utc)
-        entry = {"file": path.name, "epoch": epoch, "step": step, "metrics": metrics,
-                 "date": now.strftime("%Y-%m-%d"), "time": now.strftime("%H:%M:%S")}
+        entry = {
+            "file": path.name,
+            "epoch": epoch,
+            "step": step,
+            "metrics": metrics,
+            "date": now.strftime("%Y-%m-%d"),
+            "time": now.strftime("%H:%M:%S"),
+        }
         if self.monitor is not None and self.monitor not in metrics:
             logger.warning("monitored metric %r was not logged; available: %s", self.monitor, sorted(metrics))
         self._entries = [e for e in self._entries if e.get("file") != path.name] + [entry]
@@ -243,7 +249,8 @@ class FovealCheckpoint(Checkpoint):
         if self.monitor is None:
             return None
         scored = [
-            e for e in self._entries
+            e
+            for e in self._entries
             if isinstance(e.get("metrics", {}).get(self.monitor), (int, float))
             and (self.dirpath / e["file"]).is_file()
         ]
@@ -270,9 +277,14 @@ class FovealCheckpoint(Checkpoint):
             "monitor": self.monitor,
             "mode": self.mode,
             "latest_checkpoint": latest.name if latest else None,
-            "best_checkpoint": None if best is None else {
-                "file": best["file"], "epoch": best["epoch"], "step": best["step"],
-                "metric": self.monitor, "value": best["metrics"][self.monitor],
+            "best_checkpoint": None
+            if best is None
+            else {
+                "file": best["file"],
+                "epoch": best["epoch"],
+                "step": best["step"],
+                "metric": self.monitor,
+                "value": best["metrics"][self.monitor],
             },
             "checkpoints": sorted(self._entries, key=lambda e: (e.get("epoch", 0), e.get("step", 0))),
         }
@@ -307,15 +319,21 @@ class NonFiniteLossGuard(L.Callback):
         metric: name of the logged training loss.
     """
 
-    def __init__(self, checkpoint_dir: str | os.PathLike[str] | None = None, metric: str = "train_loss") -> None:
+    def __init__(
+        self, checkpoint_dir: str | os.PathLike[str] | None = None, metric: str = "train_loss"
+    ) -> None:
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.metric = metric
         self._checked_backward = False
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._checked_backward = False
 
-    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
+    def on_before_backward(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor
+    ) -> None:
         self._checked_backward = True
         self._check(trainer, [loss])
 

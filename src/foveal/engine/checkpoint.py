@@ -130,7 +130,9 @@ def to_weights_only_safe(obj: Any, _path: str = "checkpoint") -> Any:
     if _is_omegaconf(obj):
         return to_weights_only_safe(_omegaconf_to_container(obj), _path)
     if isinstance(obj, Mapping):
-        return {to_weights_only_safe(k, _path): to_weights_only_safe(v, f"{_path}.{k}") for k, v in obj.items()}
+        return {
+            to_weights_only_safe(k, _path): to_weights_only_safe(v, f"{_path}.{k}") for k, v in obj.items()
+        }
     if isinstance(obj, (list, tuple)):
         converted = [to_weights_only_safe(v, f"{_path}[{i}]") for i, v in enumerate(obj)]
         return converted if isinstance(obj, list) else tuple(converted)

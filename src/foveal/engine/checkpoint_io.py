@@ -40,7 +40,9 @@ class SafeCheckpointIO(TorchCheckpointIO):
         """Drop checkpoints handed over by :meth:`preload` that Lightning did not ask for."""
         self._preloaded.clear()
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
         if "://" in str(path) and not str(path).startswith("file://"):
             return super().save_checkpoint(checkpoint, path, storage_options)  # remote: fsspec's transaction
         if storage_options is not None:
@@ -50,9 +52,13 @@ class SafeCheckpointIO(TorchCheckpointIO):
             checkpoint.pop(key, None)
         save_checkpoint_atomic(checkpoint, Path(str(path).removeprefix("file://")))
 
-    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+    def load_checkpoint(
+        self, path: Any, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
         # `weights_only` from Lightning is ignored on purpose: we never unpickle arbitrary objects.
         preloaded = self._preloaded.pop(os.path.realpath(path), None)
         if preloaded is not None:
             return preloaded
-        return load_checkpoint(path, map_location="cpu" if map_location is None else map_location, require_foveal=False)
+        return load_checkpoint(
+            path, map_location="cpu" if map_location is None else map_location, require_foveal=False
+        )

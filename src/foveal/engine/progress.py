@@ -79,10 +79,16 @@ class StatusCallback(_EpochTimer):
         if not trainer.is_global_zero:
             return
         done = trainer.current_epoch
-        message = f"Training resumed after epoch {done}" if done or trainer.global_step else "Training started"
+        message = (
+            f"Training resumed after epoch {done}" if done or trainer.global_step else "Training started"
+        )
         self.writer.write(
-            "STARTED", message, epoch=done, max_epoch=trainer.max_epochs,
-            step=trainer.global_step, max_step=_max_steps(trainer),
+            "STARTED",
+            message,
+            epoch=done,
+            max_epoch=trainer.max_epochs,
+            step=trainer.global_step,
+            max_step=_max_steps(trainer),
         )
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -94,9 +100,15 @@ class StatusCallback(_EpochTimer):
         if time_per_epoch is not None and max_epoch and max_epoch > 0:
             eta = round(time_per_epoch * max(0, max_epoch - epoch), 3)
         self.writer.write(
-            "RUNNING", f"Epoch {epoch}/{max_epoch} done", kpi=scalar_metrics(trainer),
-            epoch=epoch, max_epoch=max_epoch, step=trainer.global_step, max_step=_max_steps(trainer),
-            time_per_epoch=None if time_per_epoch is None else round(time_per_epoch, 3), eta=eta,
+            "RUNNING",
+            f"Epoch {epoch}/{max_epoch} done",
+            kpi=scalar_metrics(trainer),
+            epoch=epoch,
+            max_epoch=max_epoch,
+            step=trainer.global_step,
+            max_step=_max_steps(trainer),
+            time_per_epoch=None if time_per_epoch is None else round(time_per_epoch, 3),
+            eta=eta,
         )
 
 
@@ -126,9 +138,11 @@ class PlainProgress(_EpochTimer):
         elapsed = max(time.monotonic() - self._window_start, 1e-9)
         rate = self._window_batches / elapsed
         total = trainer.num_training_batches
-        parts = [f"epoch {epoch_number(trainer)}/{trainer.max_epochs}",
-                 f"batch {batch_idx + 1}/{total if math.isfinite(total) else '?'}",
-                 f"step {trainer.global_step}"]
+        parts = [
+            f"epoch {epoch_number(trainer)}/{trainer.max_epochs}",
+            f"batch {batch_idx + 1}/{total if math.isfinite(total) else '?'}",
+            f"step {trainer.global_step}",
+        ]
         loss = extract_loss(outputs)
         if loss is not None:
             parts.append(f"loss={float(loss.detach().float().mean()):.4g}")
@@ -148,4 +162,6 @@ class PlainProgress(_EpochTimer):
         if mean is not None and trainer.max_epochs and trainer.max_epochs > 0:
             eta = f", eta {format_seconds(mean * max(0, trainer.max_epochs - epoch))}"
         metrics = _format_metrics(scalar_metrics(trainer))
-        logger.info("epoch %d/%s done%s%s%s", epoch, trainer.max_epochs, took, eta, f": {metrics}" if metrics else "")
+        logger.info(
+            "epoch %d/%s done%s%s%s", epoch, trainer.max_epochs, took, eta, f": {metrics}" if metrics else ""
+        )

@@ -28,9 +28,18 @@ from foveal.engine.status import StatusWriter
 logger = logging.getLogger(__name__)
 
 _PRECISION_ALIASES = {
-    "fp32": "fp32", "32": "fp32", "float32": "fp32", "32-true": "fp32",
-    "bf16": "bf16", "bfloat16": "bf16", "bf16-mixed": "bf16",
-    "fp16": "fp16", "16": "fp16", "float16": "fp16", "half": "fp16", "16-mixed": "fp16",
+    "fp32": "fp32",
+    "32": "fp32",
+    "float32": "fp32",
+    "32-true": "fp32",
+    "bf16": "bf16",
+    "bfloat16": "bf16",
+    "bf16-mixed": "bf16",
+    "fp16": "fp16",
+    "16": "fp16",
+    "float16": "fp16",
+    "half": "fp16",
+    "16-mixed": "fp16",
 }
 LIGHTNING_PRECISION = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}
 PROGRESS_MODES = ("auto", "bar", "plain", "off")
@@ -101,7 +110,9 @@ def _make_logger(results_dir: Path) -> Any:
     try:
         from lightning.pytorch.loggers import TensorBoardLogger
 
-        return TensorBoardLogger(save_dir=str(results_dir), name="tensorboard", version="", default_hp_metric=False)
+        return TensorBoardLogger(
+            save_dir=str(results_dir), name="tensorboard", version="", default_hp_metric=False
+        )
     except (ImportError, ModuleNotFoundError):
         from lightning.pytorch.loggers import CSVLogger
 
@@ -161,8 +172,15 @@ def build_trainer(
     accelerator, devices = resolve_devices(num_gpus, gpu_ids)
     progress_callbacks, progress_bar = _progress_callbacks(progress, log_every_n_steps)
     all_callbacks: list[L.Callback] = [
-        FovealCheckpoint(results_dir, network, config_dict, interval=checkpoint_interval,
-                         unit=checkpoint_interval_unit, monitor=monitor, mode=monitor_mode),
+        FovealCheckpoint(
+            results_dir,
+            network,
+            config_dict,
+            interval=checkpoint_interval,
+            unit=checkpoint_interval_unit,
+            monitor=monitor,
+            mode=monitor_mode,
+        ),
         NonFiniteLossGuard(),
         *progress_callbacks,
     ]
@@ -212,7 +230,9 @@ def resolve_resume_checkpoint(
         if path.is_dir():
             latest = find_latest_checkpoint(path)
             if latest is None:
-                raise CheckpointError(f"train.resume_training_checkpoint_path: no model_epoch_*.pth in {path}")
+                raise CheckpointError(
+                    f"train.resume_training_checkpoint_path: no model_epoch_*.pth in {path}"
+                )
             return latest
         if not path.is_file():
             raise CheckpointError(f"train.resume_training_checkpoint_path: checkpoint not found: {path}")
@@ -248,15 +268,26 @@ def fit(
     io = trainer.strategy.checkpoint_io
     if ckpt_path is not None:
         callback = find_checkpoint_callback(trainer)
-        checkpoint = load_checkpoint(ckpt_path, network=callback.network if callback else None, kind=FULL_KIND)
-        logger.info("resuming from %s (epoch %s, step %s)", ckpt_path, checkpoint.get("epoch"),
-                    checkpoint.get("global_step"))
+        checkpoint = load_checkpoint(
+            ckpt_path, network=callback.network if callback else None, kind=FULL_KIND
+        )
+        logger.info(
+            "resuming from %s (epoch %s, step %s)",
+            ckpt_path,
+            checkpoint.get("epoch"),
+            checkpoint.get("global_step"),
+        )
         if isinstance(io, SafeCheckpointIO) and _loads_through_checkpoint_io(trainer.strategy):
             io.preload(ckpt_path, checkpoint)
         del checkpoint
     try:
-        trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader,
-                    datamodule=datamodule, ckpt_path=None if ckpt_path is None else str(ckpt_path))
+        trainer.fit(
+            module,
+            train_dataloaders=train_loader,
+            val_dataloaders=val_loader,
+            datamodule=datamodule,
+            ckpt_path=None if ckpt_path is None else str(ckpt_path),
+        )
     finally:
         if isinstance(io, SafeCheckpointIO):
             io.clear_preloaded()

@@ -126,6 +126,10 @@ class _FlatOutputs(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
+        # A new module starts in training mode; the legacy exporter "restores" that mode on
+        # the whole tree after tracing, which would switch dropout/drop-path back on for the
+        # parity check that follows.
+        self.train(model.training)
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return flatten_outputs(self.model(*inputs))[1]

@@ -141,7 +141,9 @@ _SpecDumper.add_representer(list, _represent_list)
 
 
 def dump_yaml(data: Mapping[str, Any]) -> str:
-    return yaml.dump(dict(data), Dumper=_SpecDumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
+    return yaml.dump(
+        dict(data), Dumper=_SpecDumper, sort_keys=False, default_flow_style=False, allow_unicode=True
+    )
 
 
 def save_spec(cfg: Any, path: str | Path) -> Path:

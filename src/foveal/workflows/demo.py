@@ -18,7 +18,14 @@ from foveal.jobs.workspace import Workspace
 
 logger = logging.getLogger(__name__)
 
-DEMO_DATA = {"num_train": 2400, "num_val": 400, "num_test": 400, "image_size": 64, "num_classes": 4, "seed": 0}
+DEMO_DATA = {
+    "num_train": 2400,
+    "num_val": 400,
+    "num_test": 400,
+    "image_size": 64,
+    "num_classes": 4,
+    "seed": 0,
+}
 DEMO_EPOCHS = 12
 DEMO_TRAIN = [
     "model.backbone.type=vit_tiny_patch16",
@@ -78,7 +85,13 @@ def run_demo(workspace: Workspace, epochs: int | None = None) -> dict[str, Any]:
         "workspace": str(workspace.root),
         "seconds": round(seconds, 1),
         "stages": [
-            {"stage": name, "job_id": job.id, "status": job.status.value, "kpis": job.kpis, "artifacts": job.artifacts}
+            {
+                "stage": name,
+                "job_id": job.id,
+                "status": job.status.value,
+                "kpis": job.kpis,
+                "artifacts": job.artifacts,
+            }
             for name, job in stages
         ],
         "message": (

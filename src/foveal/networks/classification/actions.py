@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,8 @@ NETWORK = "classification"
 
 
 def _loader(dataset: Any, batch_size: int, workers: int, *, train: bool) -> DataLoader:
+    # TAO's default of 8 workers oversubscribes small machines; more workers than cores never helps.
+    workers = min(workers, os.cpu_count() or 1)
     return DataLoader(
         dataset,
         batch_size=min(batch_size, len(dataset)),
@@ -54,7 +57,9 @@ def _class_weights(dataset: LabeledImageFolderDataset, mode: str) -> torch.Tenso
     per_class = dataset.class_counts()
     counts = torch.tensor([per_class[c] for c in dataset.classes], dtype=torch.float)
     if counts.min() > 0 and counts.max() / counts.min() >= 3:
-        logger.warning("imbalanced training set: %s", dict(zip(dataset.classes, counts.int().tolist())))
+        logger.warning(
+            "imbalanced training set: %s", dict(zip(dataset.classes, counts.int().tolist(), strict=True))
+        )
     if mode != "auto":
         return None
     weights = counts.sum() / (len(counts) * counts.clamp(min=1))
@@ -74,7 +79,9 @@ def _refuse_unbuilt(cfg: Any) -> None:
     if keys:
         from foveal.jobs.runner import UsageError
 
-        raise UsageError(f"{', '.join(keys)}: not supported by classification train yet; leave at the default")
+        raise UsageError(
+            f"{', '.join(keys)}: not supported by classification train yet; leave at the default"
+        )
 
 
 def train(cfg: Any, ctx: RunContext) -> ActionResult:
@@ -85,8 +92,15 @@ def train(cfg: Any, ctx: RunContext) -> ActionResult:
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     aug = cfg.dataset.augmentation
     train_root = resolve_dataset(cfg.dataset.train_dataset.images_dir, ctx.cache_dir)
-    train_tf = build_train_transform(aug.input_size, aug.mean, aug.std, scale=tuple(aug.scale),
-                                     ratio=tuple(aug.ratio), hflip=aug.hflip, color_jitter=aug.color_jitter)
+    train_tf = build_train_transform(
+        aug.input_size,
+        aug.mean,
+        aug.std,
+        scale=tuple(aug.scale),
+        ratio=tuple(aug.ratio),
+        hflip=aug.hflip,
+        color_jitter=aug.color_jitter,
+    )
     train_set = LabeledImageFolderDataset(train_root, transform=train_tf)
     val_set = None
     if cfg.dataset.val_dataset.images_dir:
@@ -183,15 +197,19 @@ def evaluate(cfg: Any, ctx: RunContext) -> ActionResult:
     model, trained_cfg, classes = load_classifier(cfg.evaluate.checkpoint)
     aug = trained_cfg.dataset.augmentation
     root = resolve_dataset(cfg.dataset.val_dataset.images_dir, ctx.cache_dir)
-    dataset = LabeledImageFolderDataset(root, transform=build_eval_transform(aug.input_size, aug.mean, aug.std),
-                                        classes=classes)
+    dataset = LabeledImageFolderDataset(
+        root, transform=build_eval_transform(aug.input_size, aug.mean, aug.std), classes=classes
+    )
     batch = cfg.evaluate.batch_size if cfg.evaluate.batch_size > 0 else cfg.dataset.batch_size
     logits, targets = _predict(model, _loader(dataset, batch, cfg.dataset.workers, train=False))
     report = classification_report(logits, targets, classes)
     (ctx.results_dir / "results.json").write_text(json.dumps(report, indent=2))
     kpis = {k: report[k] for k in ("top1", "top5", "loss")}
-    return ActionResult(kpis=kpis, artifacts={"results": str(ctx.results_dir / "results.json")},
-                        message=f"top-1 {report['top1']:.4f} on {len(dataset)} images")
+    return ActionResult(
+        kpis=kpis,
+        artifacts={"results": str(ctx.results_dir / "results.json")},
+        message=f"top-1 {report['top1']:.4f} on {len(dataset)} images",
+    )
 
 
 def inference(cfg: Any, ctx: RunContext) -> ActionResult:
@@ -201,20 +219,27 @@ def inference(cfg: Any, ctx: RunContext) -> ActionResult:
     model, trained_cfg, classes = load_classifier(cfg.inference.checkpoint)
     aug = trained_cfg.dataset.augmentation
     root = resolve_dataset(cfg.dataset.test_dataset.images_dir, ctx.cache_dir)
-    dataset = ImageFolderDataset(root, transform=build_eval_transform(aug.input_size, aug.mean, aug.std),
-                                 recursive=True, return_path=True)
+    dataset = ImageFolderDataset(
+        root,
+        transform=build_eval_transform(aug.input_size, aug.mean, aug.std),
+        recursive=True,
+        return_path=True,
+    )
     batch = cfg.inference.batch_size if cfg.inference.batch_size > 0 else cfg.dataset.batch_size
     k = min(5, len(classes))
     out = ctx.results_dir / "results.csv"
     with out.open("w", newline="") as f, torch.inference_mode():
         writer = csv.writer(f)
         writer.writerow(["path"] + [c for i in range(k) for c in (f"class_{i + 1}", f"score_{i + 1}")])
-        for images, paths in DataLoader(dataset, batch_size=batch, num_workers=cfg.dataset.workers):
+        for images, paths in _loader(dataset, batch, cfg.dataset.workers, train=False):
             scores, idx = model(images).float().softmax(dim=1).topk(k, dim=1)
-            for p, s, i in zip(paths, scores.tolist(), idx.tolist()):
+            for p, s, i in zip(paths, scores.tolist(), idx.tolist(), strict=True):
                 writer.writerow([p] + [v for j in range(k) for v in (classes[i[j]], f"{s[j]:.6f}")])
-    return ActionResult(kpis={"num_images": float(len(dataset))}, artifacts={"results": str(out)},
-                        message=f"{len(dataset)} images -> {out}")
+    return ActionResult(
+        kpis={"num_images": float(len(dataset))},
+        artifacts={"results": str(out)},
+        message=f"{len(dataset)} images -> {out}",
+    )
 
 
 def export(cfg: Any, ctx: RunContext) -> ActionResult:
@@ -233,12 +258,22 @@ def export(cfg: Any, ctx: RunContext) -> ActionResult:
         "mean": json.dumps(list(aug.mean)),
         "std": json.dumps(list(aug.std)),
     }
-    report = export_onnx(model, example, onnx_file, opset_version=cfg.export.opset_version,
-                         dynamic_batch=dynamic, input_names=("input",), output_names=("logits",),
-                         metadata=metadata)
+    report = export_onnx(
+        model,
+        example,
+        onnx_file,
+        opset_version=cfg.export.opset_version,
+        dynamic_batch=dynamic,
+        input_names=("input",),
+        output_names=("logits",),
+        metadata=metadata,
+    )
     diff = max(report.max_abs_diff.values()) if report.max_abs_diff else float("nan")
-    return ActionResult(kpis={"onnx_max_abs_diff": diff}, artifacts={"onnx": str(onnx_file)},
-                        message=f"exported {onnx_file} (ONNX Runtime vs PyTorch max |diff| {diff:.2e})")
+    return ActionResult(
+        kpis={"onnx_max_abs_diff": diff},
+        artifacts={"onnx": str(onnx_file)},
+        message=f"exported {onnx_file} (ONNX Runtime vs PyTorch max |diff| {diff:.2e})",
+    )
 
 
 def gen_trt_engine(cfg: Any, ctx: RunContext) -> ActionResult:
@@ -248,8 +283,13 @@ def gen_trt_engine(cfg: Any, ctx: RunContext) -> ActionResult:
     g = cfg.gen_trt_engine
     engine = Path(g.trt_engine or ctx.results_dir / f"{NETWORK}.engine")
     info = build_trt_engine(
-        Path(g.onnx_file), engine, data_type=g.tensorrt.data_type, workspace_size_mb=g.tensorrt.workspace_size,
-        min_batch=g.tensorrt.min_batch_size, opt_batch=g.tensorrt.opt_batch_size,
-        max_batch=g.tensorrt.max_batch_size, input_shape=(g.input_channel, g.input_height, g.input_width),
+        Path(g.onnx_file),
+        engine,
+        data_type=g.tensorrt.data_type,
+        workspace_size_mb=g.tensorrt.workspace_size,
+        min_batch=g.tensorrt.min_batch_size,
+        opt_batch=g.tensorrt.opt_batch_size,
+        max_batch=g.tensorrt.max_batch_size,
+        input_shape=(g.input_channel, g.input_height, g.input_width),
     )
     return ActionResult(artifacts={"trt_engine": str(engine)}, message=f"built {engine}: {info}")

@@ -18,8 +18,15 @@ logger = logging.getLogger(__name__)
 class Classifier(nn.Module):
     """``backbone.forward_features`` -> pool (cls | avg) -> head -> logits (B, num_classes)."""
 
-    def __init__(self, backbone: nn.Module, num_classes: int, *, head_type: str = "linear",
-                 dropout: float = 0.0, global_pool: str = "cls") -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        *,
+        head_type: str = "linear",
+        dropout: float = 0.0,
+        global_pool: str = "cls",
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.global_pool = global_pool
@@ -67,8 +74,13 @@ def load_backbone_weights(model: Classifier, state_dict: dict[str, torch.Tensor]
     loaded = len(filtered) - len(unexpected)
     if loaded == 0:
         raise ValueError(f"{source}: no tensor matches the backbone {type(model.backbone).__name__}")
-    logger.info("loaded %d backbone tensors from %s (%d missing, %d unexpected)",
-                loaded, source, len(missing), len(unexpected))
+    logger.info(
+        "loaded %d backbone tensors from %s (%d missing, %d unexpected)",
+        loaded,
+        source,
+        len(missing),
+        len(unexpected),
+    )
 
 
 def freeze_backbone(model: Classifier, freeze: bool, freeze_blocks: list[int]) -> None:
@@ -92,7 +104,9 @@ def read_backbone_state(path: str | Path) -> tuple[dict[str, torch.Tensor], str]
     """
     path = Path(path).expanduser()
     if not path.exists():
-        raise CheckpointError(f"pretrained weights {path} not found; check model.backbone.pretrained_backbone_path")
+        raise CheckpointError(
+            f"pretrained weights {path} not found; check model.backbone.pretrained_backbone_path"
+        )
     if path.is_dir():
         from foveal.nn import load_hf_folder
 

@@ -21,7 +21,9 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: flo
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def step_decay(step: int, steps_per_epoch: int, milestones: list[int], gamma: float, warmup_steps: int) -> float:
+def step_decay(
+    step: int, steps_per_epoch: int, milestones: list[int], gamma: float, warmup_steps: int
+) -> float:
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
     epoch = step // max(1, steps_per_epoch)
@@ -59,9 +61,16 @@ def _layer_id(name: str, num_layers: int) -> int:
 class ClassificationModule(L.LightningModule):
     """Cross-entropy fine-tuning with label smoothing, top-1/top-5 and a warm-up schedule."""
 
-    def __init__(self, model: Classifier, train_cfg: Any, *, label_smoothing: float = 0.0,
-                 class_weights: torch.Tensor | None = None, classes: list[str] | None = None,
-                 steps_per_epoch: int = 1) -> None:
+    def __init__(
+        self,
+        model: Classifier,
+        train_cfg: Any,
+        *,
+        label_smoothing: float = 0.0,
+        class_weights: torch.Tensor | None = None,
+        classes: list[str] | None = None,
+        steps_per_epoch: int = 1,
+    ) -> None:
         super().__init__()
         self.model = model
         self.train_cfg = train_cfg
@@ -108,7 +117,10 @@ class ClassificationModule(L.LightningModule):
 
         def multiplier(i: int):
             if optim.scheduler == "step":
-                return lambda s: scales[i] * step_decay(s, self.steps_per_epoch, list(optim.milestones), optim.gamma, warmup)
+                return lambda s: (
+                    scales[i]
+                    * step_decay(s, self.steps_per_epoch, list(optim.milestones), optim.gamma, warmup)
+                )
             return lambda s: scales[i] * warmup_cosine(s, total, warmup, optim.min_lr_ratio)
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, [multiplier(i) for i in range(len(groups))])
