@@ -133,3 +133,22 @@ def test_console_script_runs_without_torch_import_for_listings():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0
     assert proc.stderr.strip().endswith("False")
+
+
+def test_empty_dataset_folder_is_a_clear_error(capsys, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = run(
+        capsys, "-w", str(tmp_path / "ws"), "classification", "train", f"dataset.train_dataset.images_dir={empty}"
+    )
+    errors = [line for line in err.splitlines() if line.startswith("error")]
+    assert code == 2 and len(errors) == 1
+    assert str(empty) in errors[0] and "empty" in errors[0]
+
+
+def test_data_demo_writes_the_tao_layout(capsys, tmp_path):
+    code, out, _ = run(capsys, "data", "demo", str(tmp_path / "d"), "--num-train", "8", "--num-val", "4",
+                       "--num-test", "4", "--image-size", "16")
+    assert code == 0
+    for name in ("images_train.tar.gz", "images_val.tar.gz", "images_test.tar.gz", "labeled_train.tar.gz"):
+        assert (tmp_path / "d" / name).is_file() and name in out

@@ -99,6 +99,7 @@ def test_s3_archive_is_downloaded_once_and_refreshed_on_change(pack, s3, image_t
     cache = tmp_path / "cache"
     root = resolve_dataset("s3://arch/sets/images_train.tar.gz", cache)
     assert _listing(root) == _listing(image_tree)
+    caplog.clear()  # only what the second call logs
     with caplog.at_level(logging.INFO, logger="foveal.data"):
         assert resolve_dataset("s3://arch/sets/images_train.tar.gz", cache) == root
     assert "Downloading" not in caplog.text and "Extracting" not in caplog.text
@@ -123,6 +124,7 @@ def test_s3_folder_is_mirrored_and_synced(s3, labeled_tree, tmp_path, caplog):
     assert resolve_dataset("s3://folders/train/", cache) == root  # the same folder, with or without "/"
     s3.delete_object(Bucket="folders", Key="train/cat/cat0.png")
     s3.upload_file(str(labeled_tree / "dog" / "dog0.png"), "folders", "train/dog/new.png")
+    caplog.clear()  # only what the second call logs
     with caplog.at_level(logging.INFO, logger="foveal.data"):
         again = resolve_dataset("s3://folders/train", cache)
     assert again == root and "(1 fetched)" in caplog.text
@@ -164,6 +166,7 @@ def test_http_archive(pack, http_root, image_tree, tmp_path, caplog, monkeypatch
     cache = tmp_path / "cache"
     root = resolve_dataset(f"{base}/images_train.tar.gz", cache)
     assert _listing(root) == _listing(image_tree)
+    caplog.clear()  # only what the second call logs
     with caplog.at_level(logging.INFO, logger="foveal.data"):
         assert resolve_dataset(f"{base}/images_train.tar.gz", cache) == root
     assert "Downloading" not in caplog.text  # Last-Modified and size unchanged

@@ -187,6 +187,8 @@ def build_trainer(
     if status is not None:
         all_callbacks.append(StatusCallback(status))
     all_callbacks.extend(callbacks)
+    verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
+    _quiet_lightning(verbose)
     kwargs: dict[str, Any] = {
         "accelerator": accelerator,
         "devices": devices,
@@ -200,7 +202,7 @@ def build_trainer(
         "plugins": [SafeCheckpointIO()],
         "enable_checkpointing": True,  # satisfied by FovealCheckpoint: no default ModelCheckpoint
         "enable_progress_bar": progress_bar,
-        "enable_model_summary": True,  # Lightning's default summary: top-level modules only
+        "enable_model_summary": verbose,  # Lightning's module table, with --debug
         "check_val_every_n_epoch": validation_interval,
         "accumulate_grad_batches": accumulate_grad_batches,
         "gradient_clip_val": gradient_clip_val,
@@ -212,6 +214,14 @@ def build_trainer(
         kwargs["limit_val_batches"] = limit_val_batches
     kwargs.update(trainer_kwargs)
     return L.Trainer(**kwargs)
+
+
+def _quiet_lightning(verbose: bool) -> None:
+    """Lightning logs device banners and loop messages at INFO through its own handler (set up
+    at import time, so earlier CLI settings do not reach it); ours say what matters instead."""
+    level = logging.DEBUG if verbose else logging.WARNING
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(level)
 
 
 def resolve_resume_checkpoint(

@@ -10,10 +10,11 @@ Running the same command again after a crash or a SIGKILL picks the interrupted 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,17 +191,25 @@ def prepare_job(
     return PreparedJob(network, action, cfg, job, resumed=False)
 
 
-def _attach_log_file(results_dir: Path, action: str) -> logging.Handler:
+@contextlib.contextmanager
+def _job_log_file(results_dir: Path, action: str) -> Iterator[None]:
+    """Copy every INFO+ record to ``logs/<action>.log`` while the job runs, then put logging back."""
     logs = results_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(logs / f"{action}.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.INFO)
     root = logging.getLogger()
+    previous = root.level
     root.addHandler(handler)
     if root.level > logging.INFO or root.level == logging.NOTSET:
         root.setLevel(logging.INFO)
-    return handler
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(previous)
+        handler.close()
 
 
 def execute_job(prepared: PreparedJob, *, workspace: Workspace | None = None, debug: bool = False) -> Job:
@@ -214,7 +223,6 @@ def execute_job(prepared: PreparedJob, *, workspace: Workspace | None = None, de
     results_dir.mkdir(parents=True, exist_ok=True)
     save_spec(prepared.config, results_dir / "experiment.yaml")
     writer = StatusWriter(results_dir / "status.json")
-    handler = _attach_log_file(results_dir, prepared.action)
     ctx = JobContext(
         job_id=job.id,
         network=prepared.network.name,
@@ -230,7 +238,8 @@ def execute_job(prepared: PreparedJob, *, workspace: Workspace | None = None, de
     verb = "resumed" if prepared.resumed else "started"
     writer.write("STARTED", f"{prepared.network.name} {prepared.action} {verb} on {socket.gethostname()}")
     try:
-        result = prepared.network.get_action(prepared.action)(prepared.config, ctx)
+        with _job_log_file(results_dir, prepared.action):
+            result = prepared.network.get_action(prepared.action)(prepared.config, ctx)
         if not isinstance(result, ActionResult):
             result = ActionResult()
     except KeyboardInterrupt:
@@ -242,9 +251,6 @@ def execute_job(prepared: PreparedJob, *, workspace: Workspace | None = None, de
         writer.write("FAILURE", line, verbosity="ERROR")
         registry.finish(job.id, JobStatus.ERROR, message=line)
         raise
-    finally:
-        logging.getLogger().removeHandler(handler)
-        handler.close()
     writer.write("SUCCESS", result.message or f"{prepared.action} finished", kpi=result.kpis or None)
     registry.finish(
         job.id, JobStatus.DONE, kpis=result.kpis, artifacts=result.artifacts, message=result.message
