@@ -31,7 +31,7 @@ from foveal.networks.classification.model import (
     load_backbone_weights,
     read_backbone_state,
 )
-from foveal.networks.classification.module import ClassificationModule
+from foveal.networks.classification.module import ClassificationModule, OptimSettings
 from foveal.networks.registry import ActionResult, RunContext
 from foveal.spec import build_config, to_dict
 
@@ -122,7 +122,7 @@ def train(cfg: Any, ctx: RunContext) -> ActionResult:
     val_loader = _loader(val_set, batch, cfg.dataset.workers, train=False) if val_set else None
     module = ClassificationModule(
         model,
-        cfg.train,
+        OptimSettings.from_classification(cfg.train.optim),
         label_smoothing=aug.label_smoothing,
         class_weights=_class_weights(train_set, cfg.train.class_weights),
         classes=train_set.classes,

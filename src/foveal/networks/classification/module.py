@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import lightning as L
@@ -11,6 +12,38 @@ import torch.nn.functional as F
 from torch import nn
 
 from foveal.networks.classification.model import Classifier
+
+
+@dataclass(frozen=True)
+class OptimSettings:
+    """What the fine-tuning loop needs to know about the optimiser, whatever network's spec
+    it came from (classification's ``train.optim`` or mae's finetune ``train.optim``)."""
+
+    optimizer: str = "adamw"  # adamw | sgd
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    layer_decay: float = 1.0
+    momentum: float = 0.9
+    scheduler: str = "cosine"  # cosine | step
+    warmup_epochs: float = 0.0
+    min_lr_ratio: float = 0.0
+    milestones: tuple[int, ...] = field(default_factory=tuple)
+    gamma: float = 0.1
+
+    @classmethod
+    def from_classification(cls, optim: Any) -> OptimSettings:
+        return cls(
+            optimizer=optim.optimizer,
+            lr=optim.lr,
+            weight_decay=optim.weight_decay,
+            layer_decay=optim.layer_decay,
+            momentum=optim.momentum,
+            scheduler=optim.scheduler,
+            warmup_epochs=optim.warmup_epochs,
+            min_lr_ratio=optim.min_lr_ratio,
+            milestones=tuple(optim.milestones),
+            gamma=optim.gamma,
+        )
 
 
 def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: float = 0.0) -> float:
@@ -64,7 +97,7 @@ class ClassificationModule(L.LightningModule):
     def __init__(
         self,
         model: Classifier,
-        train_cfg: Any,
+        optim: OptimSettings,
         *,
         label_smoothing: float = 0.0,
         class_weights: torch.Tensor | None = None,
@@ -73,7 +106,7 @@ class ClassificationModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.model = model
-        self.train_cfg = train_cfg
+        self.optim = optim
         self.label_smoothing = label_smoothing
         self.classes = list(classes or [])
         self.steps_per_epoch = steps_per_epoch
@@ -105,7 +138,7 @@ class ClassificationModule(L.LightningModule):
         self.log("val_top5", (topk == target[:, None]).any(dim=1).float().mean(), batch_size=len(target))
 
     def configure_optimizers(self) -> Any:
-        optim = self.train_cfg.optim
+        optim = self.optim
         groups = param_groups(self.model, optim.weight_decay, optim.layer_decay)
         if optim.optimizer == "sgd":
             opt = torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum, nesterov=True)
