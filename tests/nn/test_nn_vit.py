@@ -11,7 +11,7 @@ from foveal.nn import VisionTransformer, create_backbone, layer_id_for_param, li
 
 pytestmark = pytest.mark.unit
 
-BACKBONES = list_backbones()
+BACKBONES = list_backbones("vit_*")  # ConvNeXt V2 has its own tests (test_nn_convnextv2.py)
 _CACHE: dict[str, VisionTransformer] = {}
 
 

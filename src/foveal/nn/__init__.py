@@ -1,18 +1,22 @@
-"""foveal.nn: the shared Vision Transformer backbone, its registry and weight converters.
+"""foveal.nn: the shared backbones (ViT, ConvNeXt V2), their registry and weight converters.
 
 ViT (Dosovitskiy et al., arXiv:2010.11929) with the DINOv2 (arXiv:2304.07193) interface, used by
-the nvdinov2, mae and classification networks.
+the nvdinov2, mae and classification networks; ConvNeXt V2 (Woo et al., arXiv:2301.00808) with the
+same interface, used by mae (FCMAE) and classification.
 """
 
 from foveal.nn.checkpoint_filter import checkpoint_filter_fn
 from foveal.nn.convert_hf import convert_hf_state_dict, load_hf_folder, vit_from_hf_config
+from foveal.nn.convnextv2 import ConvNeXtV2, convnextv2_checkpoint_filter_fn
 from foveal.nn.registry import create_backbone, list_backbones, register_backbone
 from foveal.nn.vit import VisionTransformer, layer_id_for_param
 
 __all__ = [
+    "ConvNeXtV2",
     "VisionTransformer",
     "checkpoint_filter_fn",
     "convert_hf_state_dict",
+    "convnextv2_checkpoint_filter_fn",
     "create_backbone",
     "layer_id_for_param",
     "list_backbones",
