@@ -16,8 +16,7 @@ _USER_ERRORS = (
     ("foveal.jobs.runner", "UsageError"),
     ("foveal.data.errors", "DatasetError"),
     ("foveal.engine.checkpoint", "CheckpointError"),
-    ("foveal.jobs.handoff", "HandoffError"),
-    ("foveal.jobs.registry", "JobNotFoundError"),
+    ("foveal.jobs.errors", "JobError"),  # not found, ambiguous id, wrong state, handoff
     ("foveal.export.tensorrt", "TensorRTUnavailableError"),
 )
 # Failures of a run that deserve one clear line but are not usage errors: exit 1.
