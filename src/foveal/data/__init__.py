@@ -7,7 +7,8 @@ Public API (all importable from `foveal.data`):
 - `extract_archive(archive, cache_dir)`: safe, content-addressed, once-only extraction (`archive.py`).
 - `load_image`, `scan_images`, `verify_images`, `IMG_EXTENSIONS` (`images.py`);
   `ImageFolderDataset`, `LabeledImageFolderDataset` (`folders.py`).
-- Transforms without torchvision and `build_train_transform` / `build_eval_transform` (`transforms.py`).
+- Transforms without torchvision and `build_train_transform` / `build_eval_transform` (`transforms.py`);
+  `RandAugment` from a timm-style policy string (`randaugment.py`).
 - `make_demo_dataset`: synthetic shape datasets (`synthetic.py`).
 - `DatasetError`: the one error type; its message is one line.
 
@@ -49,6 +50,7 @@ _EXPORTS = {
     "Normalize": "transforms",
     "build_train_transform": "transforms",
     "build_eval_transform": "transforms",
+    "RandAugment": "randaugment",
     "SHAPE_CLASSES": "synthetic",
     "make_demo_dataset": "synthetic",
 }
@@ -66,6 +68,7 @@ __all__ = [
     "ImageFolderDataset",
     "LabeledImageFolderDataset",
     "Normalize",
+    "RandAugment",
     "RandomGrayscale",
     "RandomHorizontalFlip",
     "RandomResizedCrop",
@@ -91,6 +94,7 @@ if TYPE_CHECKING:  # static tools see plain imports
     from .errors import DatasetError
     from .folders import ImageFolderDataset, LabeledImageFolderDataset
     from .images import IMG_EXTENSIONS, is_image_file, load_image, scan_images, verify_images
+    from .randaugment import RandAugment
     from .synthetic import SHAPE_CLASSES, make_demo_dataset
     from .transforms import (
         IMAGENET_DEFAULT_MEAN,

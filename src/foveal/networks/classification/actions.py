@@ -24,13 +24,8 @@ from foveal.data import (
 )
 from foveal.engine import build_trainer, fit, load_checkpoint, resolve_resume_checkpoint
 from foveal.networks.classification.metrics import classification_report
-from foveal.networks.classification.model import (
-    Classifier,
-    build_classifier,
-    freeze_backbone,
-    load_backbone_weights,
-    read_backbone_state,
-)
+from foveal.networks.classification.mixup import MixupSettings
+from foveal.networks.classification.model import Classifier, build_classifier, freeze_backbone
 from foveal.networks.classification.module import ClassificationModule, OptimSettings
 from foveal.networks.registry import ActionResult, RunContext
 from foveal.spec import build_config, to_dict
@@ -66,42 +61,103 @@ def _class_weights(dataset: LabeledImageFolderDataset, mode: str) -> torch.Tenso
     return weights / weights.mean()
 
 
-def _refuse_unbuilt(cfg: Any) -> None:
-    """Options the schema names but this version does not train with yet: say so, never ignore."""
-    aug = cfg.dataset.augmentation
-    unbuilt = {
-        "train.ema.enable": cfg.train.ema.enable,
-        "dataset.augmentation.mixup": aug.mixup > 0,
-        "dataset.augmentation.cutmix": aug.cutmix > 0,
-        "dataset.augmentation.randaugment": bool(aug.randaugment),
-    }
-    keys = [k for k, used in unbuilt.items() if used]
+def _refuse_unbuilt(options: dict[str, bool]) -> None:
+    """Options the schema names but this version does not run with yet: say so, never ignore."""
+    keys = [k for k, used in options.items() if used]
     if keys:
         from foveal.jobs.runner import UsageError
 
-        raise UsageError(
-            f"{', '.join(keys)}: not supported by classification train yet; leave at the default"
-        )
+        raise UsageError(f"{', '.join(keys)}: not supported by classification yet; leave empty")
 
 
-def train(cfg: Any, ctx: RunContext) -> ActionResult:
-    """Fine-tune a backbone + head on a class-subfolder dataset."""
-    import lightning as L
+def _train_transform(aug: Any) -> Any:
+    """Random resized crop, flip, colour jitter or RandAugment (timm's recipe: not both), normalise."""
+    from foveal.data import RandAugment, ToTensor
 
-    _refuse_unbuilt(cfg)
-    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
-    aug = cfg.dataset.augmentation
-    train_root = resolve_dataset(cfg.dataset.train_dataset.images_dir, ctx.cache_dir)
-    train_tf = build_train_transform(
+    jitter = aug.color_jitter
+    if aug.randaugment and jitter > 0:
+        logger.info("RandAugment %s replaces the colour jitter (%.2f)", aug.randaugment, jitter)
+        jitter = 0.0
+    transform = build_train_transform(
         aug.input_size,
         aug.mean,
         aug.std,
         scale=tuple(aug.scale),
         ratio=tuple(aug.ratio),
         hflip=aug.hflip,
-        color_jitter=aug.color_jitter,
+        color_jitter=jitter,
     )
-    train_set = LabeledImageFolderDataset(train_root, transform=train_tf)
+    if aug.randaugment:
+        at = next(i for i, t in enumerate(transform.transforms) if isinstance(t, ToTensor))
+        transform.transforms.insert(at, RandAugment(aug.randaugment))
+    return transform
+
+
+def _mixup_settings(aug: Any, num_classes: int) -> MixupSettings | None:
+    minmax = tuple(aug.cutmix_minmax) or None
+    if (aug.mixup <= 0 and aug.cutmix <= 0 and minmax is None) or aug.mixup_prob <= 0:
+        return None
+    settings = MixupSettings(
+        mixup_alpha=aug.mixup,
+        cutmix_alpha=aug.cutmix,
+        cutmix_minmax=minmax,
+        prob=aug.mixup_prob,
+        switch_prob=aug.mixup_switch_prob,
+        mode=aug.mixup_mode,
+        label_smoothing=aug.label_smoothing,
+        num_classes=num_classes,
+    )
+    logger.info(
+        "mixup alpha %g, cutmix alpha %g%s (prob %g, switch %g, per %s): soft-target cross entropy; "
+        "train_top1 counts the dominant class of each mixed target",
+        aug.mixup,
+        aug.cutmix,
+        f", cutmix box {list(minmax)}" if minmax else "",
+        aug.mixup_prob,
+        aug.mixup_switch_prob,
+        aug.mixup_mode,
+    )
+    return settings
+
+
+def _load_pretrained(cfg: Any, model: Classifier, classes: list[str], resuming: bool) -> None:
+    """Start from model.backbone.pretrained_backbone_path (backbone) or train.pretrained_model_path
+    (backbone, and the head of a classification checkpoint with the same classes)."""
+    from foveal.networks.classification.pretrained import load_pretrained
+
+    backbone_path = cfg.model.backbone.pretrained_backbone_path
+    model_path = cfg.train.pretrained_model_path
+    if backbone_path and model_path:
+        from foveal.jobs.runner import UsageError
+
+        raise UsageError(
+            "model.backbone.pretrained_backbone_path and train.pretrained_model_path are both set; "
+            "keep one (the first loads a backbone, the second a whole classifier)"
+        )
+    if not (backbone_path or model_path):
+        return
+    if resuming:
+        logger.info("resuming: the pretrained weights are not re-read (the checkpoint holds the weights)")
+        return
+    key = "model.backbone.pretrained_backbone_path" if backbone_path else "train.pretrained_model_path"
+    load_pretrained(
+        model,
+        backbone_path or model_path,
+        cfg.model.backbone.type,
+        key=key,
+        with_head=bool(model_path),
+        classes=classes,
+    )
+
+
+def train(cfg: Any, ctx: RunContext) -> ActionResult:
+    """Fine-tune a backbone + head on a class-subfolder dataset."""
+    import lightning as L
+
+    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    aug = cfg.dataset.augmentation
+    train_root = resolve_dataset(cfg.dataset.train_dataset.images_dir, ctx.cache_dir)
+    train_set = LabeledImageFolderDataset(train_root, transform=_train_transform(aug))
     val_set = None
     if cfg.dataset.val_dataset.images_dir:
         val_root = resolve_dataset(cfg.dataset.val_dataset.images_dir, ctx.cache_dir)
@@ -109,13 +165,17 @@ def train(cfg: Any, ctx: RunContext) -> ActionResult:
         val_set = LabeledImageFolderDataset(val_root, transform=val_tf, classes=train_set.classes)
     logger.info("train: %d images in %d classes from %s", len(train_set), len(train_set.classes), train_root)
 
+    ckpt = resolve_resume_checkpoint(ctx.results_dir, cfg.train.resume_training_checkpoint_path)
     model = build_classifier(cfg.model, len(train_set.classes), aug.input_size)
-    pretrained = cfg.model.backbone.pretrained_backbone_path or cfg.train.pretrained_model_path
-    if pretrained and not ctx.resumed:
-        state, kind = read_backbone_state(pretrained)
-        logger.info("backbone weights: %s checkpoint %s", kind, pretrained)
-        load_backbone_weights(model, state, pretrained)
+    _load_pretrained(cfg, model, train_set.classes, resuming=ckpt is not None)
     freeze_backbone(model, cfg.model.backbone.freeze, list(cfg.model.backbone.freeze_blocks))
+    ema = cfg.train.ema
+    if ema.enable:
+        logger.info(
+            "weight EMA on (decay %g): validation, evaluate, inference and export use the averaged "
+            "weights; checkpoints keep both (state_dict: live, ema_state_dict: EMA)",
+            ema.decay,
+        )
 
     batch = cfg.dataset.batch_size
     train_loader = _loader(train_set, batch, cfg.dataset.workers, train=True)
@@ -127,6 +187,8 @@ def train(cfg: Any, ctx: RunContext) -> ActionResult:
         class_weights=_class_weights(train_set, cfg.train.class_weights),
         classes=train_set.classes,
         steps_per_epoch=max(1, len(train_loader) // cfg.train.accum_grad_batches),
+        mixup=_mixup_settings(aug, len(train_set.classes)),
+        ema_decay=ema.decay if ema.enable else None,
     )
     trainer = build_trainer(
         results_dir=ctx.results_dir,
@@ -146,7 +208,6 @@ def train(cfg: Any, ctx: RunContext) -> ActionResult:
         monitor="val_top1" if val_loader is not None else "train_loss",
         monitor_mode="max" if val_loader is not None else "min",
     )
-    ckpt = resolve_resume_checkpoint(ctx.results_dir, cfg.train.resume_training_checkpoint_path)
     fit(trainer, module, train_loader, val_loader, ckpt_path=ckpt)
     kpis = {k: float(v) for k, v in trainer.callback_metrics.items() if k in _TRAIN_KPIS}
     return ActionResult(kpis=kpis, artifacts=_checkpoint_artifacts(ctx.results_dir))
@@ -170,16 +231,32 @@ def _checkpoint_artifacts(results_dir: Path) -> dict[str, str]:
     return artifacts
 
 
-def load_classifier(path: str | Path) -> tuple[Classifier, Any, list[str]]:
-    """Rebuild a trained classifier from its checkpoint: (model in eval mode, config, classes)."""
+def load_classifier(path: str | Path, weights: str = "auto") -> tuple[Classifier, Any, list[str]]:
+    """Rebuild a trained classifier from its checkpoint: (model in eval mode, config, classes).
+
+    Args:
+        path: a classification checkpoint.
+        weights: ``auto`` (the EMA weights when the checkpoint has them, else the live ones),
+            ``ema`` or ``live``.
+    """
+    from foveal.engine import CheckpointError
     from foveal.networks.classification.config import ClassificationConfig
 
     ckpt = load_checkpoint(path, network=NETWORK)
     cfg = build_config(ClassificationConfig, ckpt["config"])
     classes = list(ckpt.get("classes") or [])
     model = build_classifier(cfg.model, len(classes), cfg.dataset.augmentation.input_size)
-    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    ema = ckpt.get("ema_state_dict")
+    if weights == "ema" and ema is None:
+        raise CheckpointError(f"{path} has no EMA weights (trained without train.ema.enable)")
+    use_ema = ema is not None and weights != "live"
+    if use_ema:
+        logger.info("using the EMA weights of %s (trained with train.ema.enable)", path)
+        state = dict(ema)
+    else:
+        state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     model.load_state_dict(state)
+    model.weights_kind = "ema" if use_ema else "live"  # reported by evaluate and export
     return model.eval(), cfg, classes
 
 
@@ -193,7 +270,10 @@ def _predict(model: Classifier, loader: DataLoader) -> tuple[torch.Tensor, torch
 
 
 def evaluate(cfg: Any, ctx: RunContext) -> ActionResult:
-    """Top-1/top-5, per-class precision/recall/F1, confusion matrix and loss -> results.json."""
+    """Top-1/top-5, per-class precision/recall/F1, confusion matrix (JSON + PNG) and loss."""
+    from foveal.networks.classification.plots import draw_confusion_matrix
+
+    _refuse_unbuilt({"evaluate.trt_engine": bool(cfg.evaluate.trt_engine)})
     model, trained_cfg, classes = load_classifier(cfg.evaluate.checkpoint)
     aug = trained_cfg.dataset.augmentation
     root = resolve_dataset(cfg.dataset.val_dataset.images_dir, ctx.cache_dir)
@@ -203,28 +283,32 @@ def evaluate(cfg: Any, ctx: RunContext) -> ActionResult:
     batch = cfg.evaluate.batch_size if cfg.evaluate.batch_size > 0 else cfg.dataset.batch_size
     logits, targets = _predict(model, _loader(dataset, batch, cfg.dataset.workers, train=False))
     report = classification_report(logits, targets, classes)
-    (ctx.results_dir / "results.json").write_text(json.dumps(report, indent=2))
-    kpis = {k: report[k] for k in ("top1", "top5", "loss")}
+    report["weights"] = model.weights_kind
+    results = ctx.results_dir / "results.json"
+    results.write_text(json.dumps(report, indent=2))
+    png = draw_confusion_matrix(
+        report["confusion_matrix"],
+        classes,
+        ctx.results_dir / "confusion_matrix.png",
+        title=f"top-1 {report['top1']:.4f} on {report['num_images']} images ({model.weights_kind} weights)",
+    )
+    kpis = {k: report[k] for k in ("top1", "top5", "loss", "macro_f1")}
     return ActionResult(
         kpis=kpis,
-        artifacts={"results": str(ctx.results_dir / "results.json")},
+        artifacts={"results": str(results), "confusion_matrix": str(png)},
         message=f"top-1 {report['top1']:.4f} on {len(dataset)} images",
     )
 
 
 def inference(cfg: Any, ctx: RunContext) -> ActionResult:
-    """Top-k classes and scores per image -> results.csv."""
-    from foveal.data import ImageFolderDataset
+    """Top-k classes and scores per image -> results.csv, for an image file, a folder or an archive."""
+    from foveal.data.files import resolve_image_inputs
 
+    _refuse_unbuilt({"inference.trt_engine": bool(cfg.inference.trt_engine)})
     model, trained_cfg, classes = load_classifier(cfg.inference.checkpoint)
     aug = trained_cfg.dataset.augmentation
-    root = resolve_dataset(cfg.dataset.test_dataset.images_dir, ctx.cache_dir)
-    dataset = ImageFolderDataset(
-        root,
-        transform=build_eval_transform(aug.input_size, aug.mean, aug.std),
-        recursive=True,
-        return_path=True,
-    )
+    transform = build_eval_transform(aug.input_size, aug.mean, aug.std)
+    dataset = resolve_image_inputs(cfg.dataset.test_dataset.images_dir, ctx.cache_dir, transform)
     batch = cfg.inference.batch_size if cfg.inference.batch_size > 0 else cfg.dataset.batch_size
     k = min(5, len(classes))
     out = ctx.results_dir / "results.csv"
@@ -243,11 +327,16 @@ def inference(cfg: Any, ctx: RunContext) -> ActionResult:
 
 
 def export(cfg: Any, ctx: RunContext) -> ActionResult:
-    """ONNX with class names in its metadata, checked against PyTorch with ONNX Runtime."""
+    """ONNX (optionally ending in a softmax) with class names in its metadata, checked against
+    PyTorch with ONNX Runtime."""
     from foveal.export import export_batch_settings, export_onnx
 
     model, trained_cfg, classes = load_classifier(cfg.export.checkpoint)
+    weights = model.weights_kind
     aug = trained_cfg.dataset.augmentation
+    softmax = bool(cfg.export.softmax)
+    output = "probabilities" if softmax else "logits"
+    graph = torch.nn.Sequential(model, torch.nn.Softmax(dim=-1)).eval() if softmax else model
     onnx_file = Path(cfg.export.onnx_file or ctx.results_dir / f"{NETWORK}.onnx")
     batch, dynamic = export_batch_settings(cfg.export.batch_size)
     example = torch.randn(batch, cfg.export.input_channel, aug.input_size, aug.input_size)
@@ -257,22 +346,24 @@ def export(cfg: Any, ctx: RunContext) -> ActionResult:
         "input_size": str(aug.input_size),
         "mean": json.dumps(list(aug.mean)),
         "std": json.dumps(list(aug.std)),
+        "output": output,
+        "weights": weights,
     }
     report = export_onnx(
-        model,
+        graph,
         example,
         onnx_file,
         opset_version=cfg.export.opset_version,
         dynamic_batch=dynamic,
         input_names=("input",),
-        output_names=("logits",),
+        output_names=(output,),
         metadata=metadata,
     )
     diff = max(report.max_abs_diff.values()) if report.max_abs_diff else float("nan")
     return ActionResult(
         kpis={"onnx_max_abs_diff": diff},
         artifacts={"onnx": str(onnx_file)},
-        message=f"exported {onnx_file} (ONNX Runtime vs PyTorch max |diff| {diff:.2e})",
+        message=f"exported {onnx_file} ({output}, {weights} weights; ONNX Runtime vs PyTorch max |diff| {diff:.2e})",
     )
 
 

@@ -151,7 +151,10 @@ class AugmentationConfig:
         description="Brightness/contrast/saturation jitter strength; 0 = off.",
     )
     randaugment: str | None = field(
-        None, description="timm RandAugment policy, e.g. 'rand-m9-mstd0.5-inc1'; empty = off."
+        None,
+        description="RandAugment policy 'rand-m<magnitude>[-n<ops>][-mstd<std>][-mmax<max>][-p<prob>]"
+        "[-inc<0|1>]', e.g. 'rand-m9-mstd0.5-inc1' (timm's syntax); empty = off. Replaces the colour "
+        "jitter.",
     )
     mixup: float = field(
         0.0,
@@ -162,6 +165,27 @@ class AugmentationConfig:
     )
     cutmix: float = field(
         0.0, valid_min=0.0, valid_max=2.0, description="CutMix Beta(alpha, alpha); 0 = off."
+    )
+    cutmix_minmax: list[float] = field(
+        default_factory=list,
+        valid_min=0.0,
+        valid_max=1.0,
+        description="CutMix box side as [min, max] fractions of the image, drawn uniformly instead of "
+        "from cutmix's Beta; empty = use cutmix.",
+    )
+    mixup_prob: float = field(
+        1.0, valid_min=0.0, valid_max=1.0, description="Probability of mixing a batch (pair, element)."
+    )
+    mixup_switch_prob: float = field(
+        0.5,
+        valid_min=0.0,
+        valid_max=1.0,
+        description="When mixup and cutmix are both on: probability of CutMix.",
+    )
+    mixup_mode: str = field(
+        "batch",
+        valid_options=("batch", "pair", "elem"),
+        description="Mixup/CutMix drawn once per batch, per pair of images, or per image.",
     )
     label_smoothing: float = field(
         0.1,
@@ -269,11 +293,26 @@ class ClassificationTrainConfig(TrainConfig):
     clip_grad_norm: float = field(
         0.0, valid_min=0.0, description="Clip the gradient norm to this value; 0 = off."
     )
-    ema: EmaConfig = section(EmaConfig, description="Weight EMA.")
+    ema: EmaConfig = section(
+        EmaConfig,
+        description="Weight EMA. Validation, evaluate, inference and export use the averaged weights.",
+    )
     class_weights: str = field(
         "none",
         valid_options=("none", "auto"),
         description="Loss class weights: none, or auto (inverse class frequency of the training set).",
+    )
+
+
+# --------------------------------------------------------------------------------------- export
+
+
+@dataclass
+class ClassificationExportConfig(ExportConfig):
+    softmax: bool = field(
+        False,
+        description="End the graph with a softmax: the output is 'probabilities' (rows sum to 1) "
+        "instead of 'logits'.",
     )
 
 
@@ -296,7 +335,7 @@ class ClassificationConfig:
     train: ClassificationTrainConfig = section(ClassificationTrainConfig, description="Training.")
     evaluate: EvaluateConfig = section(EvaluateConfig, description="Evaluation on dataset.val_dataset.")
     inference: InferenceConfig = section(InferenceConfig, description="Inference on dataset.test_dataset.")
-    export: ExportConfig = section(ExportConfig, description="ONNX export.")
+    export: ClassificationExportConfig = section(ClassificationExportConfig, description="ONNX export.")
     gen_trt_engine: GenTrtEngineConfig = section(GenTrtEngineConfig, description="TensorRT engine build.")
 
 
@@ -348,6 +387,15 @@ def _check_model(issues: list[SpecIssue], cfg: ClassificationConfig) -> None:
 def _check_data(issues: list[SpecIssue], aug: AugmentationConfig) -> None:
     _check_pair(issues, "dataset.augmentation.scale", aug.scale)
     _check_pair(issues, "dataset.augmentation.ratio", aug.ratio)
+    if aug.cutmix_minmax:
+        _check_pair(issues, "dataset.augmentation.cutmix_minmax", aug.cutmix_minmax)
+    if aug.randaugment:
+        from foveal.data.randaugment import parse_policy
+
+        try:
+            parse_policy(aug.randaugment)
+        except ValueError as exc:
+            issues.append(SpecIssue("dataset.augmentation.randaugment", str(exc)))
     for name in ("mean", "std"):
         values = getattr(aug, name)
         if len(values) != 3:
@@ -360,6 +408,8 @@ def _check_data(issues: list[SpecIssue], aug: AugmentationConfig) -> None:
 
 def _check_train(issues: list[SpecIssue], train: ClassificationTrainConfig) -> None:
     optim = train.optim
+    if train.ema.enable and train.ema.decay >= 1.0:
+        issues.append(SpecIssue("train.ema.decay", "1.0 never updates the average", "use e.g. 0.9998"))
     if optim.warmup_epochs >= train.num_epochs:
         issues.append(
             SpecIssue(

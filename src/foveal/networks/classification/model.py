@@ -9,8 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from foveal.engine.checkpoint import CheckpointError, load_checkpoint
-from foveal.nn import checkpoint_filter_fn, create_backbone
+from foveal.nn import create_backbone
 
 logger = logging.getLogger(__name__)
 
@@ -68,19 +67,17 @@ def build_classifier(model_cfg: Any, num_classes: int, img_size: int) -> Classif
 
 
 def load_backbone_weights(model: Classifier, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """Load backbone weights from any supported checkpoint kind, reporting what did not match."""
-    filtered = checkpoint_filter_fn(state_dict, model.backbone)
-    missing, unexpected = model.backbone.load_state_dict(filtered, strict=False)
-    loaded = len(filtered) - len(unexpected)
-    if loaded == 0:
-        raise ValueError(f"{source}: no tensor matches the backbone {type(model.backbone).__name__}")
-    logger.info(
-        "loaded %d backbone tensors from %s (%d missing, %d unexpected)",
-        loaded,
-        source,
-        len(missing),
-        len(unexpected),
+    """Load backbone weights from a state dict of any supported layout (see :mod:`.pretrained`).
+
+    Raises:
+        CheckpointError: nothing (or too little) of the backbone matches.
+    """
+    from foveal.networks.classification.pretrained import PretrainedWeights, load_backbone
+
+    count = load_backbone(
+        model, PretrainedWeights(dict(state_dict), "state dict"), type(model.backbone).__name__, source
     )
+    logger.info("loaded %d backbone tensors from %s", count, source)
 
 
 def freeze_backbone(model: Classifier, freeze: bool, freeze_blocks: list[int]) -> None:
@@ -96,31 +93,9 @@ def freeze_backbone(model: Classifier, freeze: bool, freeze_blocks: list[int]) -
 
 
 def read_backbone_state(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
-    """Tensors of a backbone checkpoint of any supported kind, and the kind's name.
+    """Tensors of a pretrained checkpoint of any supported kind, and the kind's name
+    (see :func:`foveal.networks.classification.pretrained.read_pretrained`)."""
+    from foveal.networks.classification.pretrained import read_pretrained
 
-    Kinds: a Hugging Face folder (config.json + weights), a safetensors file, a Foveal
-    checkpoint (full training state or backbone-only handoff file), a plain state dict.
-    Loading never unpickles code (``weights_only=True``).
-    """
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise CheckpointError(
-            f"pretrained weights {path} not found; check model.backbone.pretrained_backbone_path"
-        )
-    if path.is_dir():
-        from foveal.nn import load_hf_folder
-
-        hf_model, info = load_hf_folder(path)
-        return hf_model.state_dict(), f"Hugging Face {info.get('model_type', 'model')}"
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path)), "safetensors"
-    ckpt = load_checkpoint(path)
-    network = ckpt.get("network") if isinstance(ckpt, dict) else None
-    state = ckpt.get("state_dict", ckpt.get("model", ckpt)) if isinstance(ckpt, dict) else ckpt
-    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
-    if not tensors:
-        raise CheckpointError(f"{path} holds no weights; expected a backbone or model checkpoint")
-    kind = f"foveal {network}" if network else "state dict"
-    return tensors, kind
+    weights = read_pretrained(path)
+    return weights.tensors, weights.kind

@@ -1,4 +1,10 @@
-"""Lightning module for supervised fine-tuning: loss, metrics, optimiser and schedule."""
+"""Lightning module for supervised fine-tuning: loss, metrics, optimiser and schedule.
+
+The loop around the model: Mixup/CutMix on the batch (:mod:`.mixup`), soft-target or
+label-smoothed cross entropy, and the weight EMA (:mod:`.ema`) updated after each optimizer
+step. Validation uses the EMA weights when there is one; checkpoints keep both
+(``state_dict``: live, ``ema_state_dict``: average).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from foveal.networks.classification.ema import WeightEma
+from foveal.networks.classification.mixup import Mixup, MixupSettings, soft_target_cross_entropy
 from foveal.networks.classification.model import Classifier
 
 
@@ -92,7 +100,19 @@ def _layer_id(name: str, num_layers: int) -> int:
 
 
 class ClassificationModule(L.LightningModule):
-    """Cross-entropy fine-tuning with label smoothing, top-1/top-5 and a warm-up schedule."""
+    """Cross-entropy fine-tuning with label smoothing, Mixup/CutMix, weight EMA, top-1/top-5 and
+    a warm-up schedule.
+
+    Args:
+        model: the classifier to train.
+        optim: optimiser and schedule.
+        label_smoothing: for plain cross entropy (with ``mixup``, its own ``label_smoothing`` applies).
+        class_weights: (C,) loss weight per class, or None.
+        classes: class names, saved in checkpoints.
+        steps_per_epoch: optimizer steps per epoch (for warm-up and step schedules).
+        mixup: Mixup/CutMix settings, or None for none.
+        ema_decay: keep an EMA of the weights with this decay, or None for none.
+    """
 
     def __init__(
         self,
@@ -103,6 +123,8 @@ class ClassificationModule(L.LightningModule):
         class_weights: torch.Tensor | None = None,
         classes: list[str] | None = None,
         steps_per_epoch: int = 1,
+        mixup: MixupSettings | None = None,
+        ema_decay: float | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -111,26 +133,54 @@ class ClassificationModule(L.LightningModule):
         self.classes = list(classes or [])
         self.steps_per_epoch = steps_per_epoch
         self.register_buffer("class_weights", class_weights if class_weights is not None else torch.ones(0))
+        self.mixup_settings = mixup if mixup is not None and mixup.enabled else None
+        self._mixup: Mixup | None = None  # built at fit start, seeded per rank
+        self.ema = WeightEma(model, ema_decay) if ema_decay is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
+    def _weight(self) -> torch.Tensor | None:
+        return self.class_weights if self.class_weights.numel() else None
+
     def _loss(self, logits: torch.Tensor, target: torch.Tensor, smoothing: float) -> torch.Tensor:
-        weight = self.class_weights if self.class_weights.numel() else None
-        return F.cross_entropy(logits.float(), target, weight=weight, label_smoothing=smoothing)
+        return F.cross_entropy(logits.float(), target, weight=self._weight(), label_smoothing=smoothing)
+
+    def on_fit_start(self) -> None:
+        if self.ema is not None:
+            self.ema.to(self.device)
+
+    def _mixer(self, settings: MixupSettings) -> Mixup:
+        if self._mixup is None:
+            # Seeded from the run's seed (train.seed), different on each rank.
+            seed = (torch.initial_seed() + 7919 * self.global_rank) % 2**32
+            self._mixup = Mixup(settings, seed=seed)
+        return self._mixup
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, target = batch
-        logits = self(images)
-        loss = self._loss(logits, target, self.label_smoothing)
+        if self.mixup_settings is not None:
+            images, soft = self._mixer(self.mixup_settings)(images, target)
+            logits = self(images)
+            loss = soft_target_cross_entropy(logits, soft, self._weight())
+            # Top-1 against the dominant class of the mixed target.
+            target = soft.argmax(dim=1)
+        else:
+            logits = self(images)
+            loss = self._loss(logits, target, self.label_smoothing)
         top1 = (logits.argmax(dim=1) == target).float().mean()
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(target))
         self.log("train_top1", top1, on_step=False, on_epoch=True, batch_size=len(target))
         return loss
 
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:
+            self.ema.update(self.model)
+
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         images, target = batch
-        logits = self(images)
+        logits = self.ema.forward(self.model, images) if self.ema is not None else self(images)
         k = min(5, logits.shape[1])
         topk = logits.topk(k, dim=1).indices
         self.log("val_loss", self._loss(logits, target, 0.0), prog_bar=True, batch_size=len(target))
@@ -162,3 +212,16 @@ class ClassificationModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Inference and export read the class list from the checkpoint, never from the spec.
         checkpoint["classes"] = list(self.classes)
+        if self.ema is not None:
+            checkpoint["ema_state_dict"] = self.ema.state_dict()
+            checkpoint["ema_updates"] = self.ema.num_updates
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.ema is None:
+            return
+        saved = checkpoint.get("ema_state_dict")
+        if saved is None:
+            # EMA switched on for a run that had none: start the average at the resumed weights.
+            prefix = "model."
+            saved = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+        self.ema.load_state_dict(saved, int(checkpoint.get("ema_updates", 0)))
