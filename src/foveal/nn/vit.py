@@ -128,6 +128,10 @@ class VisionTransformer(nn.Module):
         self.head: nn.Module = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.init_weights()
 
+    def layer_id_for_param(self, name: str) -> int:
+        """Layer index of a parameter for layer-wise LR decay: 0 stem, i+1 block i, n_blocks+1 rest."""
+        return layer_id_for_param(name, self.n_blocks)
+
     @property
     def n_blocks(self) -> int:
         return len(self.blocks)

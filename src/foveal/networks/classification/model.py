@@ -86,9 +86,10 @@ def freeze_backbone(model: Classifier, freeze: bool, freeze_blocks: list[int]) -
         for p in model.backbone.parameters():
             p.requires_grad_(False)
         return
-    blocks = getattr(model.backbone, "blocks", [])
-    for idx in freeze_blocks:
-        for p in blocks[idx].parameters():
+    # Block k of the backbone has layer id k + 1 (ViT blocks and ConvNeXt V2 blocks alike).
+    frozen = {idx + 1 for idx in freeze_blocks}
+    for name, p in model.backbone.named_parameters():
+        if model.backbone.layer_id_for_param(name) in frozen:
             p.requires_grad_(False)
 
 

@@ -72,31 +72,24 @@ def step_decay(
 
 
 def param_groups(model: Classifier, weight_decay: float, layer_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: no decay on biases, norms and tokens; layer-wise LR decay through the blocks."""
+    """AdamW groups: no decay on biases, norms and tokens; layer-wise LR decay through the blocks.
+
+    The backbone numbers its own layers (``layer_id_for_param``: 0 for the stem, k for the k-th
+    block, ``n_blocks + 1`` for the final norm), so ViTs and ConvNeXt V2 decay alike.
+    """
     backbone = model.backbone
     no_decay = {f"backbone.{n}" for n in backbone.no_weight_decay()}
-    num_layers = len(getattr(backbone, "blocks", [])) + 1
+    top = backbone.n_blocks + 1
     groups: dict[tuple[float, float], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         wd = 0.0 if param.ndim <= 1 or name in no_decay else weight_decay
+        scale = 1.0
         if name.startswith("backbone.") and layer_decay < 1.0:
-            layer = _layer_id(name.removeprefix("backbone."), num_layers)
-            scale = layer_decay ** (num_layers - layer)
-        else:
-            scale = 1.0
+            scale = layer_decay ** (top - backbone.layer_id_for_param(name.removeprefix("backbone.")))
         groups.setdefault((wd, scale), []).append(param)
     return [{"params": p, "weight_decay": wd, "lr_scale": s} for (wd, s), p in groups.items()]
-
-
-def _layer_id(name: str, num_layers: int) -> int:
-    """0 for the stem (patch embed, tokens), i+1 for block i, ``num_layers`` for the final norm."""
-    if name.startswith("blocks."):
-        return int(name.split(".")[1]) + 1
-    if name.startswith(("patch_embed", "cls_token", "pos_embed", "register_tokens", "mask_token")):
-        return 0
-    return num_layers
 
 
 class ClassificationModule(L.LightningModule):
