@@ -5,6 +5,7 @@ from __future__ import annotations
 from foveal.networks.mae.config import MAEConfig, resolve
 from foveal.networks.registry import Network, register_network
 
+_ACTIONS_MODULE = "foveal.networks.mae.actions"
 _COMMON_HANDOFF = {"results_dir": "output_dir", "encryption_key": "key"}
 _FINETUNE = {"train.stage": "finetune"}  # labels (class subfolders) are needed only then
 
@@ -13,7 +14,10 @@ NETWORK = register_network(
         name="mae",
         config_cls=MAEConfig,
         description="Masked autoencoder (MAE / FCMAE) pretraining and fine-tuning for ViT and ConvNeXt V2.",
-        actions={},  # train / evaluate / inference / export land with their own issues
+        actions={
+            action: f"{_ACTIONS_MODULE}:{action}"
+            for action in ("train", "evaluate", "inference", "export", "gen_trt_engine")
+        },
         action_sections={
             "train": ("model", "dataset", "train"),
             "evaluate": ("model", "dataset", "evaluate"),

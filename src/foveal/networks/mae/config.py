@@ -51,8 +51,11 @@ class ModelConfig:
         display_name="Architecture",
         description="Encoder: a ViT (MAE) or a ConvNeXt V2 (FCMAE).",
     )
-    num_classes: int = field(
-        1000, valid_min=1, description="Classes of the fine-tuning head (finetune stage only)."
+    num_classes: int | None = field(
+        None,
+        valid_min=1,
+        description="Classes of the fine-tuning head (finetune stage only). Empty: the number of class "
+        "folders in dataset.train_data_sources; when set it must match them.",
     )
     drop_path_rate: float = field(0.1, valid_min=0.0, valid_max=0.9, description="Stochastic depth rate.")
     global_pool: bool = field(
@@ -167,10 +170,16 @@ class DatasetConfig:
 @dataclass
 class OptimConfig:
     type: str = field(
-        "AdamW", valid_options=("AdamW", "SGD"), description="Optimizer (AdamW uses betas 0.9, 0.95)."
+        "AdamW",
+        valid_options=("AdamW", "SGD"),
+        description="Optimizer. AdamW uses betas (0.9, 0.95) for pretraining (MAE) and (0.9, 0.999) for "
+        "fine-tuning.",
     )
     monitor_name: str = field(
-        "train_loss", valid_options=("train_loss", "val_loss"), description="Metric the scheduler monitors."
+        "train_loss",
+        valid_options=("train_loss", "val_loss"),
+        description="Pretrain: the metric that picks the best checkpoint (val_loss needs "
+        "dataset.val_data_sources). Fine-tuning picks by val_top1 when there is a validation set.",
     )
     lr: float = field(
         2e-4,
@@ -195,7 +204,7 @@ class OptimConfig:
         valid_min=0.4,
         valid_max=1.0,
         automl_enabled=True,
-        description="Layer-wise learning rate decay from the top block down; 1.0 = off.",
+        description="Fine-tuning: layer-wise learning rate decay from the top block down; 1.0 = off.",
     )
     lr_scheduler: str = field(
         "MultiStep",
@@ -273,6 +282,13 @@ class MAEGenTrtEngineConfig(GenTrtEngineConfig):
 
 
 @dataclass
+class MAEExportConfig(ExportConfig):
+    overwrite: bool = field(
+        False, description="Replace an existing export.onnx_file; false refuses to overwrite it."
+    )
+
+
+@dataclass
 class MAEConfig:
     """Top-level MAE spec."""
 
@@ -288,7 +304,7 @@ class MAEConfig:
     train: MAETrainConfig = section(MAETrainConfig, description="Training (pretrain or finetune).")
     evaluate: EvaluateConfig = section(EvaluateConfig, description="Evaluation.")
     inference: InferenceConfig = section(InferenceConfig, description="Inference.")
-    export: ExportConfig = section(ExportConfig, description="ONNX export.")
+    export: MAEExportConfig = section(MAEExportConfig, description="ONNX export.")
     gen_trt_engine: MAEGenTrtEngineConfig = section(
         MAEGenTrtEngineConfig, description="TensorRT engine build."
     )

@@ -1,0 +1,456 @@
+"""mae actions: train (pretrain | finetune), evaluate, inference, export, gen_trt_engine.
+
+Every action but train rebuilds the model from the checkpoint alone: the network name, resolved
+spec, stage and (finetune) class list travel inside it, so evaluate / inference / export work on
+either stage's checkpoint and only need ``*.checkpoint`` (``--parent`` fills it).
+
+Handoff: ``train --parent <pretrain job> train.stage=finetune`` receives the parent's newest
+checkpoint as ``train.resume_training_checkpoint_path`` (the network's ``resume_model`` rule).
+A pretrain checkpoint cannot resume a fine-tuning run, so fine-tuning *starts* from it instead
+(as if given as ``train.pretrained_model_path``) and says so in the log.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from foveal.data import (
+    ImageFolderDataset,
+    LabeledImageFolderDataset,
+    build_eval_transform,
+    resolve_dataset,
+)
+from foveal.engine import CheckpointError, build_trainer, fit, load_checkpoint, resolve_resume_checkpoint
+from foveal.networks.mae import checkpoints
+from foveal.networks.mae.models import EncoderFeatures, build_finetune_model, build_pretrain_model
+from foveal.networks.mae.module import (
+    MAEFinetuneModule,
+    MAEPretrainModule,
+    mixup_settings_from_mae,
+    optim_settings_from_mae,
+)
+from foveal.networks.mae.transforms import finetune_transform, pretrain_transform
+from foveal.networks.registry import ActionResult, RunContext
+from foveal.spec import SpecError, SpecIssue, to_dict
+
+logger = logging.getLogger(__name__)
+NETWORK = "mae"
+_TRAIN_KPIS = ("train_loss", "train_loss_epoch", "train_top1", "val_loss", "val_top1", "val_top5")
+GRID_IMAGES = 8  # images in the inference reconstruction grid
+
+
+def _loader(dataset: Any, batch_size: int, workers: int, *, train: bool) -> DataLoader:
+    # More workers than cores never helps (TAO's defaults oversubscribe small machines).
+    workers = min(workers, os.cpu_count() or 1)
+    return DataLoader(
+        dataset,
+        batch_size=min(batch_size, len(dataset)),
+        shuffle=train,
+        drop_last=train and len(dataset) > batch_size,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+def _batch(cfg: Any, section: Any) -> int:
+    return section.batch_size if section.batch_size > 0 else cfg.dataset.batch_size
+
+
+# ------------------------------------------------------------------------------------ train
+
+
+def train(cfg: Any, ctx: RunContext) -> ActionResult:
+    """Pretrain (masked reconstruction on unlabeled images) or fine-tune (classification)."""
+    import lightning as L
+
+    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    resume, start = _resume_and_start(cfg, ctx)
+    if cfg.train.stage == "pretrain":
+        module, train_loader, val_loader, monitor = _pretrain_setup(
+            cfg, ctx, start if resume is None else None
+        )
+    else:
+        module, train_loader, val_loader, monitor = _finetune_setup(
+            cfg, ctx, start if resume is None else None
+        )
+    trainer = _trainer(cfg, ctx, *monitor)
+    fit(trainer, module, train_loader, val_loader, ckpt_path=resume)
+    kpis = {k: float(v) for k, v in trainer.callback_metrics.items() if k in _TRAIN_KPIS}
+    return ActionResult(kpis=kpis, artifacts=_checkpoint_artifacts(ctx.results_dir))
+
+
+def _resume_and_start(cfg: Any, ctx: RunContext) -> tuple[Path | None, str | None]:
+    """(full checkpoint to resume from, weights to start from) for this run."""
+    explicit = cfg.train.resume_training_checkpoint_path
+    start = cfg.train.pretrained_model_path
+    resume = resolve_resume_checkpoint(ctx.results_dir, explicit)
+    if resume is None:
+        return None, start
+    stage = checkpoints.stage_of(load_checkpoint(resume, network=NETWORK), resume)
+    if stage == cfg.train.stage:
+        return resume, start
+    if explicit and stage == "pretrain" and cfg.train.stage == "finetune" and not start:
+        logger.info(
+            "train.resume_training_checkpoint_path %s is a pretrain checkpoint: fine-tuning starts from its "
+            "encoder (a pretrain checkpoint cannot resume a fine-tuning run)",
+            resume,
+        )
+        return resolve_resume_checkpoint(ctx.results_dir, None), str(resume)
+    key = "train.resume_training_checkpoint_path" if explicit else "results_dir"
+    raise CheckpointError(
+        f"{key}: {resume} is a mae {stage} checkpoint; resuming train.stage={cfg.train.stage} needs a "
+        f"{cfg.train.stage} checkpoint (to start from its weights, set train.pretrained_model_path)"
+    )
+
+
+def _trainer(cfg: Any, ctx: RunContext, monitor: str, mode: str) -> Any:
+    t = cfg.train
+    gpus = (len(t.gpu_ids) if t.gpu_ids else t.num_gpus) if torch.cuda.is_available() else 1
+    return build_trainer(
+        results_dir=ctx.results_dir,
+        network=NETWORK,
+        config_dict=to_dict(cfg),
+        max_epochs=t.num_epochs,
+        checkpoint_interval=t.checkpoint_interval,
+        checkpoint_interval_unit=t.checkpoint_interval_unit,
+        validation_interval=t.validation_interval,
+        num_gpus=t.num_gpus,
+        gpu_ids=list(t.gpu_ids),
+        num_nodes=t.num_nodes,
+        precision=t.precision,
+        # DDP / FSDP only when there is more than one process to spread over.
+        strategy=t.distributed_strategy if gpus * t.num_nodes > 1 else "auto",
+        accumulate_grad_batches=t.accum_grad_batches,
+        status=getattr(ctx, "status_writer", None),
+        monitor=monitor,
+        monitor_mode=mode,
+    )
+
+
+def _steps_per_epoch(loader: DataLoader, cfg: Any) -> int:
+    return max(1, len(loader) // cfg.train.accum_grad_batches)
+
+
+def _pretrain_setup(cfg: Any, ctx: RunContext, start: str | None) -> tuple:
+    aug = cfg.dataset.augmentation
+    root = resolve_dataset(cfg.dataset.train_data_sources, ctx.cache_dir)
+    train_set = ImageFolderDataset(root, transform=pretrain_transform(aug), recursive=True)
+    logger.info("pretrain: %d images from %s", len(train_set), root)
+    val_set = None
+    if cfg.dataset.val_data_sources:
+        val_root = resolve_dataset(cfg.dataset.val_data_sources, ctx.cache_dir)
+        val_tf = build_eval_transform(aug.input_size, aug.mean, aug.std)
+        val_set = ImageFolderDataset(val_root, transform=val_tf, recursive=True)
+    model = build_pretrain_model(
+        cfg.model,
+        img_size=aug.input_size,
+        mask_ratio=cfg.train.mask_ratio,
+        norm_pix_loss=cfg.train.norm_pix_loss,
+    )
+    if start:
+        logger.info(checkpoints.load_pretrain_start(model, start, cfg.model.arch))
+    checkpoints.freeze(model, list(cfg.train.freeze))
+    batch, workers = cfg.dataset.batch_size, cfg.dataset.num_workers_per_gpu
+    train_loader = _loader(train_set, batch, workers, train=True)
+    val_loader = _loader(val_set, batch, workers, train=False) if val_set else None
+    module = MAEPretrainModule(
+        model,
+        optim_settings_from_mae(cfg.train.optim),
+        steps_per_epoch=_steps_per_epoch(train_loader, cfg),
+        arch=cfg.model.arch,
+    )
+    monitor = cfg.train.optim.monitor_name
+    if monitor == "val_loss" and val_loader is None:
+        logger.warning("train.optim.monitor_name=val_loss without dataset.val_data_sources; using train_loss")
+        monitor = "train_loss"
+    return module, train_loader, val_loader, (monitor, "min")
+
+
+def _finetune_setup(cfg: Any, ctx: RunContext, start: str | None) -> tuple:
+    aug = cfg.dataset.augmentation
+    root = resolve_dataset(cfg.dataset.train_data_sources, ctx.cache_dir)
+    train_set = LabeledImageFolderDataset(root, transform=finetune_transform(aug))
+    classes = train_set.classes
+    _check_num_classes(
+        cfg.model.num_classes, len(classes), f"dataset.train_data_sources ({cfg.dataset.train_data_sources})"
+    )
+    logger.info("finetune: %d images in %d classes from %s", len(train_set), len(classes), root)
+    val_set = None
+    if cfg.dataset.val_data_sources:
+        val_root = resolve_dataset(cfg.dataset.val_data_sources, ctx.cache_dir)
+        val_tf = build_eval_transform(aug.input_size, aug.mean, aug.std)
+        val_set = LabeledImageFolderDataset(val_root, transform=val_tf, classes=classes)
+    model = build_finetune_model(cfg.model, len(classes), aug.input_size)
+    if start:
+        logger.info(checkpoints.load_finetune_start(model, start, cfg.model.arch))
+    checkpoints.freeze(model, list(cfg.train.freeze))
+    batch, workers = cfg.dataset.batch_size, cfg.dataset.num_workers_per_gpu
+    train_loader = _loader(train_set, batch, workers, train=True)
+    val_loader = _loader(val_set, batch, workers, train=False) if val_set else None
+    module = MAEFinetuneModule(
+        model,
+        optim_settings_from_mae(cfg.train.optim),
+        label_smoothing=aug.smoothing,
+        classes=classes,
+        steps_per_epoch=_steps_per_epoch(train_loader, cfg),
+        mixup=mixup_settings_from_mae(aug, len(classes)),
+        arch=cfg.model.arch,
+    )
+    monitor = ("val_top1", "max") if val_loader is not None else ("train_loss", "min")
+    return module, train_loader, val_loader, monitor
+
+
+def _check_num_classes(num_classes: int | None, found: int, where: str) -> None:
+    if num_classes is not None and num_classes != found:
+        raise SpecError(
+            SpecIssue(
+                "model.num_classes",
+                f"{num_classes}, but {where} has {found} classes",
+                f"set model.num_classes={found} or leave it empty",
+            )
+        )
+
+
+def _checkpoint_artifacts(results_dir: Path) -> dict[str, str]:
+    from foveal.engine import find_latest_checkpoint
+
+    artifacts = {}
+    latest = find_latest_checkpoint(results_dir)
+    if latest is not None:
+        artifacts["checkpoint"] = str(latest)
+    index = results_dir / "checkpoints.json"
+    if index.is_file():
+        best = json.loads(index.read_text()).get("best")
+        if best:
+            artifacts["best_checkpoint"] = str(best)
+    return artifacts
+
+
+# ------------------------------------------------------------------------------------ evaluate
+
+
+def evaluate(cfg: Any, ctx: RunContext) -> ActionResult:
+    """Finetune: top-1/top-5, per-class metrics, confusion matrix. Pretrain: reconstruction loss
+    and, when the validation images are in class folders, kNN top-1. Both -> results.json."""
+    loaded = checkpoints.load_trained(cfg.evaluate.checkpoint)
+    root = resolve_dataset(cfg.dataset.val_data_sources, ctx.cache_dir)
+    if loaded.stage == "finetune":
+        report = _evaluate_finetune(cfg, loaded, root)
+        kpis = {k: report[k] for k in ("top1", "top5", "loss")}
+        message = f"top-1 {report['top1']:.4f} on {report['num_images']} images"
+    else:
+        report = _evaluate_pretrain(cfg, ctx, loaded, root)
+        kpis = {k: v for k, v in report.items() if k.startswith(("reconstruction_loss", "knn_top1"))}
+        knn = report.get("knn_top1_avg")
+        message = f"reconstruction loss {report['reconstruction_loss']:.4f}" + (
+            f", kNN top-1 {knn:.4f}" if knn is not None else f" ({report['knn']})"
+        )
+    out = ctx.results_dir / "results.json"
+    out.write_text(json.dumps({"stage": loaded.stage, **report}, indent=2))
+    return ActionResult(kpis=kpis, artifacts={"results": str(out)}, message=message)
+
+
+def _evaluate_finetune(cfg: Any, loaded: checkpoints.Trained, root: Path) -> dict[str, Any]:
+    from foveal.networks.classification.metrics import classification_report
+
+    _check_num_classes(cfg.model.num_classes, len(loaded.classes), f"checkpoint {loaded.path}")
+    aug = loaded.cfg.dataset.augmentation
+    tf = build_eval_transform(aug.input_size, aug.mean, aug.std)
+    dataset = LabeledImageFolderDataset(root, transform=tf, classes=loaded.classes)
+    logits, targets = [], []
+    with torch.inference_mode():
+        for images, target in _loader(
+            dataset, _batch(cfg, cfg.evaluate), cfg.dataset.num_workers_per_gpu, train=False
+        ):
+            logits.append(loaded.model(images).float())
+            targets.append(target)
+    return classification_report(torch.cat(logits), torch.cat(targets), loaded.classes)
+
+
+def _evaluate_pretrain(cfg: Any, ctx: RunContext, loaded: checkpoints.Trained, root: Path) -> dict[str, Any]:
+    from foveal.data import DatasetError
+    from foveal.networks.mae.evaluation import extract_features, knn_top1, reconstruction_loss
+    from foveal.networks.mae.models import encoder_of
+
+    aug = loaded.cfg.dataset.augmentation
+    tf = build_eval_transform(aug.input_size, aug.mean, aug.std)
+    batch, workers = _batch(cfg, cfg.evaluate), cfg.dataset.num_workers_per_gpu
+    images = ImageFolderDataset(root, transform=tf, recursive=True)
+    report: dict[str, Any] = {
+        "num_images": len(images),
+        "mask_ratio": loaded.cfg.train.mask_ratio,
+        "reconstruction_loss": reconstruction_loss(
+            loaded.model, _loader(images, batch, workers, train=False)
+        ),
+    }
+    if not cfg.dataset.train_data_sources:
+        report["knn"] = "skipped: kNN needs labeled training images in dataset.train_data_sources"
+        return report
+    try:
+        train_set = LabeledImageFolderDataset(
+            resolve_dataset(cfg.dataset.train_data_sources, ctx.cache_dir), transform=tf
+        )
+        val_set = LabeledImageFolderDataset(root, transform=tf, classes=train_set.classes)
+    except DatasetError as exc:
+        report["knn"] = f"skipped: {str(exc).splitlines()[0]}"
+        return report
+    encoder = encoder_of(loaded.model)
+    train_feats, train_y = extract_features(encoder, _loader(train_set, batch, workers, train=False))
+    val_feats, val_y = extract_features(encoder, _loader(val_set, batch, workers, train=False))
+    for name in train_feats:
+        report[f"knn_top1_{name}"] = knn_top1(
+            train_feats[name],
+            torch.tensor(train_y),
+            val_feats[name],
+            torch.tensor(val_y),
+            len(train_set.classes),
+        )
+    report["knn"] = f"k=20, T=0.07, {len(train_set)} training images, {len(val_set)} validation images"
+    return report
+
+
+# ------------------------------------------------------------------------------------ inference
+
+
+def inference(cfg: Any, ctx: RunContext) -> ActionResult:
+    """Finetune: results.csv (path, class index, class name, score). Pretrain: every image's
+    embedding (embeddings.safetensors + embeddings.csv) and reconstruction.png."""
+    loaded = checkpoints.load_trained(cfg.inference.checkpoint)
+    aug = loaded.cfg.dataset.augmentation
+    root = resolve_dataset(cfg.dataset.test_data_sources, ctx.cache_dir)
+    tf = build_eval_transform(aug.input_size, aug.mean, aug.std)
+    dataset = ImageFolderDataset(root, transform=tf, recursive=True, return_path=True)
+    loader = _loader(dataset, _batch(cfg, cfg.inference), cfg.dataset.num_workers_per_gpu, train=False)
+    if loaded.stage == "finetune":
+        _check_num_classes(cfg.model.num_classes, len(loaded.classes), f"checkpoint {loaded.path}")
+        artifacts = {"results": str(_write_predictions(loaded, loader, ctx.results_dir / "results.csv"))}
+    else:
+        artifacts = _write_embeddings(loaded, loader, ctx.results_dir)
+        grid_images = torch.stack([dataset[i][0] for i in range(min(GRID_IMAGES, len(dataset)))])
+        from foveal.networks.mae.visualize import save_reconstruction_grid
+
+        png = save_reconstruction_grid(
+            loaded.model, grid_images, ctx.results_dir / "reconstruction.png", aug.mean, aug.std
+        )
+        artifacts["reconstruction"] = str(png)
+    return ActionResult(
+        kpis={"num_images": float(len(dataset))},
+        artifacts=artifacts,
+        message=f"{len(dataset)} images -> {', '.join(Path(p).name for p in artifacts.values())}",
+    )
+
+
+def _write_predictions(loaded: checkpoints.Trained, loader: DataLoader, out: Path) -> Path:
+    with out.open("w", newline="") as f, torch.inference_mode():
+        writer = csv.writer(f)
+        writer.writerow(["path", "class_index", "class_name", "score"])
+        for images, paths in loader:
+            scores, idx = loaded.model(images).float().softmax(dim=1).max(dim=1)
+            for path, score, i in zip(paths, scores.tolist(), idx.tolist(), strict=True):
+                writer.writerow([path, i, loaded.classes[i], f"{score:.6f}"])
+    return out
+
+
+def _write_embeddings(loaded: checkpoints.Trained, loader: DataLoader, results_dir: Path) -> dict[str, str]:
+    from safetensors.torch import save_file
+
+    from foveal.networks.mae.evaluation import extract_features
+    from foveal.networks.mae.models import encoder_of
+
+    feats, paths = extract_features(encoder_of(loaded.model), loader)
+    tensors = {"embedding": feats["avg"].contiguous()}
+    if "cls" in feats:
+        tensors["cls_token"] = feats["cls"].contiguous()
+    out = results_dir / "embeddings.safetensors"
+    save_file(tensors, str(out), metadata={"arch": loaded.cfg.model.arch, "rows": "embeddings.csv"})
+    index = results_dir / "embeddings.csv"
+    with index.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["row", "path"])
+        writer.writerows(enumerate(paths))
+    return {"embeddings": str(out), "embeddings_index": str(index)}
+
+
+# ------------------------------------------------------------------------------------ export
+
+
+def export(cfg: Any, ctx: RunContext) -> ActionResult:
+    """Finetune: the classifier (output ``logits``). Pretrain: the encoder (outputs ``embedding``,
+    ViT ``cls_token`` + ``patch_tokens``, ConvNeXt ``feature_map``). Checked with ONNX Runtime."""
+    from foveal.export import export_batch_settings, export_onnx
+
+    loaded = checkpoints.load_trained(cfg.export.checkpoint)
+    aug = loaded.cfg.dataset.augmentation
+    onnx_file = Path(cfg.export.onnx_file or ctx.results_dir / f"{NETWORK}.onnx")
+    if onnx_file.exists() and not cfg.export.overwrite:
+        raise SpecError(
+            SpecIssue(
+                "export.onnx_file", f"{onnx_file} already exists", "set export.overwrite=true to replace it"
+            )
+        )
+    batch, dynamic = export_batch_settings(cfg.export.batch_size)
+    example = torch.randn(batch, cfg.export.input_channel, aug.input_size, aug.input_size)
+    metadata = {
+        "network": NETWORK,
+        "stage": loaded.stage,
+        "arch": loaded.cfg.model.arch,
+        "input_size": str(aug.input_size),
+        "mean": json.dumps(list(aug.mean)),
+        "std": json.dumps(list(aug.std)),
+    }
+    if loaded.stage == "finetune":
+        _check_num_classes(cfg.model.num_classes, len(loaded.classes), f"checkpoint {loaded.path}")
+        model: nn.Module = loaded.model
+        outputs: tuple[str, ...] = ("logits",)
+        metadata["classes"] = json.dumps(loaded.classes)
+    else:
+        from foveal.networks.mae.models import encoder_of
+
+        model = EncoderFeatures(encoder_of(loaded.model))
+        outputs = model.output_names
+    report = export_onnx(
+        model,
+        example,
+        onnx_file,
+        opset_version=cfg.export.opset_version,
+        dynamic_batch=dynamic,
+        input_names=("input",),
+        output_names=outputs,
+        metadata=metadata,
+    )
+    diff = max(report.max_abs_diff.values()) if report.max_abs_diff else float("nan")
+    return ActionResult(
+        kpis={"onnx_max_abs_diff": diff},
+        artifacts={"onnx": str(onnx_file)},
+        message=f"exported the {loaded.stage} {'classifier' if loaded.stage == 'finetune' else 'encoder'} "
+        f"to {onnx_file} (outputs {', '.join(outputs)}; ONNX Runtime vs PyTorch max |diff| {diff:.2e})",
+    )
+
+
+def gen_trt_engine(cfg: Any, ctx: RunContext) -> ActionResult:
+    """Build a TensorRT engine from the exported ONNX file (needs TensorRT and a GPU)."""
+    from foveal.export.tensorrt import build_trt_engine
+
+    g = cfg.gen_trt_engine
+    engine = Path(g.trt_engine or ctx.results_dir / f"{NETWORK}.engine")
+    info = build_trt_engine(
+        Path(g.onnx_file),
+        engine,
+        data_type=g.tensorrt.data_type,
+        workspace_size_mb=g.tensorrt.workspace_size,
+        min_batch=g.tensorrt.min_batch_size,
+        opt_batch=g.tensorrt.opt_batch_size,
+        max_batch=g.tensorrt.max_batch_size,
+        input_shape=(g.input_channel, g.input_height, g.input_width),
+    )
+    return ActionResult(artifacts={"trt_engine": str(engine)}, message=f"built {engine}: {info}")

@@ -1,0 +1,201 @@
+"""mae end to end at toy size, as jobs: pretrain -> finetune (--parent) -> evaluate, inference,
+export of both stages; one-line errors for checkpoints of the wrong kind."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from foveal.data.synthetic import make_demo_dataset
+from foveal.engine import CheckpointError, load_checkpoint
+from foveal.jobs import JobStatus, Workspace
+from foveal.jobs.runner import run_job
+from foveal.networks.mae import models
+from foveal.spec import SpecError
+
+pytestmark = pytest.mark.integration
+
+# The registered archs are full size; the tests shrink the encoder (every arch builds in
+# test_mae_models.py) so that a job takes seconds.
+TINY_VIT = {"depth": 1, "embed_dim": 32, "num_heads": 2}
+COMMON = [
+    "model.arch=vit_tiny_patch16",
+    "model.decoder_embed_dim=16",
+    "model.decoder_depth=1",
+    "dataset.augmentation.input_size=32",
+    "dataset.batch_size=16",
+    "dataset.num_workers_per_gpu=0",
+    "train.optim.warmup_epochs=0",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_backbones():
+    real = models.create_backbone
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(models, "create_backbone", lambda name, **kw: real(name, **{**kw, **TINY_VIT}))
+        yield
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("shapes")
+    return make_demo_dataset(
+        out, num_train=48, num_val=16, num_test=8, image_size=32, num_classes=2, num_workers=1
+    )
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory) -> Workspace:
+    return Workspace(tmp_path_factory.mktemp("ws"))
+
+
+@pytest.fixture(scope="module")
+def pretrain(tiny_backbones, data, ws):
+    return run_job(
+        "mae",
+        "train",
+        overrides=[
+            *COMMON,
+            "train.num_epochs=2",
+            "train.optim.monitor_name=val_loss",
+            f"dataset.train_data_sources={data['images_train.tar.gz']}",
+            f"dataset.val_data_sources={data['images_val']}",
+        ],
+        workspace=ws,
+    )
+
+
+@pytest.fixture(scope="module")
+def finetune(pretrain, data, ws):
+    # Mixup, CutMix and RandAugment stay at the spec defaults (on).
+    return run_job(
+        "mae",
+        "train",
+        parent_id=pretrain.id,
+        overrides=[
+            *COMMON,
+            "train.stage=finetune",
+            "train.num_epochs=1",
+            f"dataset.train_data_sources={data['labeled_train']}",
+            f"dataset.val_data_sources={data['labeled_val']}",
+        ],
+        workspace=ws,
+    )
+
+
+def test_pretrain_then_finetune_from_the_parent(pretrain, finetune):
+    assert pretrain.status is JobStatus.DONE and {"train_loss", "val_loss"} <= set(pretrain.kpis)
+    results = Path(pretrain.results_dir)
+    assert (results / "mae_latest.pth").resolve().name == "model_epoch_002_step_00006.pth"
+    ckpt = load_checkpoint(results / "mae_latest.pth", network="mae")
+    assert ckpt["stage"] == "pretrain" and ckpt["config"]["model"]["arch"] == "vit_tiny_patch16"
+    assert any(k.startswith("model.decoder_blocks.") for k in ckpt["state_dict"])
+
+    assert finetune.status is JobStatus.DONE and finetune.parent_id == pretrain.id
+    assert {"train_loss", "val_top1"} <= set(finetune.kpis)
+    log = (Path(finetune.results_dir) / "logs" / "train.log").read_text()
+    assert "is a pretrain checkpoint: fine-tuning starts from its encoder" in log
+    assert "loaded" in log and "foveal mae pretrain checkpoint" in log
+    tuned = load_checkpoint(Path(finetune.results_dir) / "mae_latest.pth", network="mae")
+    assert tuned["stage"] == "finetune" and tuned["classes"] == ["circle", "square"]
+
+
+def test_evaluate_both_stages(pretrain, finetune, data, ws):
+    test_set = f"dataset.val_data_sources={data['labeled_test']}"
+    ev = run_job(
+        "mae",
+        "evaluate",
+        parent_id=pretrain.id,
+        overrides=[test_set, f"dataset.train_data_sources={data['labeled_train']}"],
+        workspace=ws,
+    )
+    report = json.loads((Path(ev.results_dir) / "results.json").read_text())
+    assert report["stage"] == "pretrain" and report["num_images"] == 8
+    assert report["reconstruction_loss"] > 0 and 0 <= report["knn_top1_avg"] <= 1 and "knn_top1_cls" in report
+    assert ev.kpis["reconstruction_loss"] == report["reconstruction_loss"]
+
+    ev = run_job("mae", "evaluate", parent_id=finetune.id, overrides=[test_set], workspace=ws)
+    report = json.loads((Path(ev.results_dir) / "results.json").read_text())
+    assert report["stage"] == "finetune" and sum(map(sum, report["confusion_matrix"])) == 8
+    assert set(report["per_class"]) == {"circle", "square"} and ev.kpis["top1"] == report["top1"]
+
+
+def test_inference_both_stages(pretrain, finetune, data, ws):
+    images = [f"dataset.test_data_sources={data['images_test']}"]
+    inf = run_job("mae", "inference", parent_id=finetune.id, overrides=images, workspace=ws)
+    rows = list(csv.DictReader((Path(inf.results_dir) / "results.csv").open()))
+    assert len(rows) == 8 and set(rows[0]) == {"path", "class_index", "class_name", "score"}
+    assert all(["circle", "square"][int(r["class_index"])] == r["class_name"] for r in rows)
+
+    inf = run_job("mae", "inference", parent_id=pretrain.id, overrides=images, workspace=ws)
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    emb = load_file(inf.artifacts["embeddings"])
+    assert emb["embedding"].shape == (8, 32) and emb["cls_token"].shape == (8, 32)
+    paths = list(csv.DictReader(Path(inf.artifacts["embeddings_index"]).open()))
+    assert [int(r["row"]) for r in paths] == list(range(8)) and paths[0]["path"].endswith(".png")
+    grid = Image.open(inf.artifacts["reconstruction"])
+    assert grid.width > 3 * 32 and grid.height > 8 * 32
+
+
+def test_export_both_stages_and_overwrite_guard(pretrain, finetune, ws, tmp_path):
+    from foveal.export import OnnxPredictor
+
+    exp = run_job("mae", "export", parent_id=finetune.id, workspace=ws)
+    assert exp.kpis["onnx_max_abs_diff"] <= 1e-4
+    out = OnnxPredictor(exp.artifacts["onnx"]).run(torch.randn(3, 3, 32, 32).numpy())
+    assert out["logits"].shape == (3, 2)
+
+    target = tmp_path / "encoder.onnx"
+    exp = run_job(
+        "mae", "export", parent_id=pretrain.id, overrides=[f"export.onnx_file={target}"], workspace=ws
+    )
+    assert exp.kpis["onnx_max_abs_diff"] <= 1e-4
+    predictor = OnnxPredictor(target)
+    assert predictor.metadata["stage"] == "pretrain" and "classes" not in predictor.metadata
+    out = predictor.run(torch.randn(3, 3, 32, 32).numpy())
+    assert out["embedding"].shape == (3, 32) and out["patch_tokens"].shape == (3, 4, 32)
+    with pytest.raises(SpecError, match=r"export\.onnx_file: .* already exists .*export\.overwrite=true"):
+        run_job(
+            "mae", "export", parent_id=pretrain.id, overrides=[f"export.onnx_file={target}"], workspace=ws
+        )
+    again = run_job(
+        "mae",
+        "export",
+        parent_id=pretrain.id,
+        overrides=[f"export.onnx_file={target}", "export.overwrite=true"],
+        workspace=ws,
+    )
+    assert again.status is JobStatus.DONE
+
+
+def test_wrong_kinds_and_class_counts_are_one_line(pretrain, finetune, data, ws):
+    tuned = Path(finetune.results_dir) / "mae_latest.pth"
+    labeled = f"dataset.train_data_sources={data['labeled_train']}"
+    cases = [
+        (
+            ["train.stage=finetune", labeled, f"train.pretrained_model_path={tuned}"],
+            CheckpointError,
+            "is a mae finetune checkpoint; fine-tuning starts from a mae pretrain checkpoint",
+        ),
+        (
+            [f"dataset.train_data_sources={data['images_train']}", f"train.pretrained_model_path={tuned}"],
+            CheckpointError,
+            "is a mae finetune checkpoint; pretraining continues from a mae pretrain checkpoint",
+        ),
+        (
+            ["train.stage=finetune", labeled, "model.num_classes=5"],
+            SpecError,
+            "model.num_classes: 5, but dataset.train_data_sources .* has 2 classes .*set model.num_classes=2",
+        ),
+    ]
+    for overrides, error, message in cases:
+        with pytest.raises(error, match=message) as info:
+            run_job("mae", "train", overrides=[*COMMON, *overrides], workspace=ws)
+        assert "\n" not in str(info.value)
