@@ -28,6 +28,7 @@ from foveal.networks.classification.mixup import MixupSettings
 from foveal.networks.classification.model import Classifier, build_classifier, freeze_backbone
 from foveal.networks.classification.module import ClassificationModule, OptimSettings
 from foveal.networks.registry import ActionResult, RunContext
+from foveal.networks.trt import trt_engine_action
 from foveal.spec import build_config, to_dict
 
 logger = logging.getLogger(__name__)
@@ -94,19 +95,10 @@ def _train_transform(aug: Any) -> Any:
 
 
 def _mixup_settings(aug: Any, num_classes: int) -> MixupSettings | None:
-    minmax = tuple(aug.cutmix_minmax) or None
-    if (aug.mixup <= 0 and aug.cutmix <= 0 and minmax is None) or aug.mixup_prob <= 0:
+    settings = MixupSettings.from_augmentation(aug, num_classes, aug.label_smoothing)
+    if settings is None:
         return None
-    settings = MixupSettings(
-        mixup_alpha=aug.mixup,
-        cutmix_alpha=aug.cutmix,
-        cutmix_minmax=minmax,
-        prob=aug.mixup_prob,
-        switch_prob=aug.mixup_switch_prob,
-        mode=aug.mixup_mode,
-        label_smoothing=aug.label_smoothing,
-        num_classes=num_classes,
-    )
+    minmax = settings.cutmix_minmax
     logger.info(
         "mixup alpha %g, cutmix alpha %g%s (prob %g, switch %g, per %s): soft-target cross entropy; "
         "train_top1 counts the dominant class of each mixed target",
@@ -367,20 +359,4 @@ def export(cfg: Any, ctx: RunContext) -> ActionResult:
     )
 
 
-def gen_trt_engine(cfg: Any, ctx: RunContext) -> ActionResult:
-    """Build a TensorRT engine from the exported ONNX file (needs TensorRT and a GPU)."""
-    from foveal.export.tensorrt import build_trt_engine
-
-    g = cfg.gen_trt_engine
-    engine = Path(g.trt_engine or ctx.results_dir / f"{NETWORK}.engine")
-    info = build_trt_engine(
-        Path(g.onnx_file),
-        engine,
-        data_type=g.tensorrt.data_type,
-        workspace_size_mb=g.tensorrt.workspace_size,
-        min_batch=g.tensorrt.min_batch_size,
-        opt_batch=g.tensorrt.opt_batch_size,
-        max_batch=g.tensorrt.max_batch_size,
-        input_shape=(g.input_channel, g.input_height, g.input_width),
-    )
-    return ActionResult(artifacts={"trt_engine": str(engine)}, message=f"built {engine}: {info}")
+gen_trt_engine = trt_engine_action(NETWORK)

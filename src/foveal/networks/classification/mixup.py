@@ -14,6 +14,7 @@ are on, CutMix is chosen with probability ``switch_prob``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,6 +51,23 @@ class MixupSettings:
             raise ValueError(f"mixup needs num_classes >= 2, got {self.num_classes}")
         if self.cutmix_minmax is not None and len(self.cutmix_minmax) != 2:
             raise ValueError(f"cutmix_minmax: expected (min, max), got {self.cutmix_minmax}")
+
+    @classmethod
+    def from_augmentation(cls, aug: Any, num_classes: int, label_smoothing: float) -> MixupSettings | None:
+        """Settings from a spec's augmentation section (``mixup``, ``cutmix``, ``cutmix_minmax``,
+        ``mixup_prob``, ``mixup_switch_prob``, ``mixup_mode``); None when mixing is off."""
+        minmax = tuple(aug.cutmix_minmax) if aug.cutmix_minmax else None
+        settings = cls(
+            mixup_alpha=aug.mixup,
+            cutmix_alpha=aug.cutmix,
+            cutmix_minmax=minmax,
+            prob=aug.mixup_prob,
+            switch_prob=aug.mixup_switch_prob,
+            mode=aug.mixup_mode,
+            label_smoothing=label_smoothing,
+            num_classes=num_classes,
+        )
+        return settings if settings.enabled else None
 
     @property
     def enabled(self) -> bool:

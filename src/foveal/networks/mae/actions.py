@@ -40,6 +40,7 @@ from foveal.networks.mae.module import (
 )
 from foveal.networks.mae.transforms import finetune_transform, pretrain_transform
 from foveal.networks.registry import ActionResult, RunContext
+from foveal.networks.trt import trt_engine_action
 from foveal.spec import SpecError, SpecIssue, to_dict
 
 logger = logging.getLogger(__name__)
@@ -437,20 +438,4 @@ def export(cfg: Any, ctx: RunContext) -> ActionResult:
     )
 
 
-def gen_trt_engine(cfg: Any, ctx: RunContext) -> ActionResult:
-    """Build a TensorRT engine from the exported ONNX file (needs TensorRT and a GPU)."""
-    from foveal.export.tensorrt import build_trt_engine
-
-    g = cfg.gen_trt_engine
-    engine = Path(g.trt_engine or ctx.results_dir / f"{NETWORK}.engine")
-    info = build_trt_engine(
-        Path(g.onnx_file),
-        engine,
-        data_type=g.tensorrt.data_type,
-        workspace_size_mb=g.tensorrt.workspace_size,
-        min_batch=g.tensorrt.min_batch_size,
-        opt_batch=g.tensorrt.opt_batch_size,
-        max_batch=g.tensorrt.max_batch_size,
-        input_shape=(g.input_channel, g.input_height, g.input_width),
-    )
-    return ActionResult(artifacts={"trt_engine": str(engine)}, message=f"built {engine}: {info}")
+gen_trt_engine = trt_engine_action(NETWORK)

@@ -46,20 +46,7 @@ def mixup_settings_from_mae(aug: Any, num_classes: int) -> Any:
     (None when both are off)."""
     from foveal.networks.classification.mixup import MixupSettings
 
-    minmax = tuple(aug.cutmix_minmax) if aug.cutmix_minmax else None
-    if aug.mixup_prob <= 0 or (aug.mixup <= 0 and aug.cutmix <= 0 and minmax is None):
-        return None
-    settings = MixupSettings(
-        mixup_alpha=aug.mixup,
-        cutmix_alpha=aug.cutmix,
-        cutmix_minmax=minmax,
-        prob=aug.mixup_prob,
-        switch_prob=aug.mixup_switch_prob,
-        mode=aug.mixup_mode,
-        label_smoothing=aug.smoothing,
-        num_classes=num_classes,
-    )
-    return settings if settings.enabled else None
+    return MixupSettings.from_augmentation(aug, num_classes, aug.smoothing)
 
 
 def pretrain_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
