@@ -139,7 +139,12 @@ def test_empty_dataset_folder_is_a_clear_error(capsys, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     code, _, err = run(
-        capsys, "-w", str(tmp_path / "ws"), "classification", "train", f"dataset.train_dataset.images_dir={empty}"
+        capsys,
+        "-w",
+        str(tmp_path / "ws"),
+        "classification",
+        "train",
+        f"dataset.train_dataset.images_dir={empty}",
     )
     errors = [line for line in err.splitlines() if line.startswith("error")]
     assert code == 2 and len(errors) == 1
@@ -147,8 +152,57 @@ def test_empty_dataset_folder_is_a_clear_error(capsys, tmp_path):
 
 
 def test_data_demo_writes_the_tao_layout(capsys, tmp_path):
-    code, out, _ = run(capsys, "data", "demo", str(tmp_path / "d"), "--num-train", "8", "--num-val", "4",
-                       "--num-test", "4", "--image-size", "16")
+    code, out, _ = run(
+        capsys,
+        "data",
+        "demo",
+        str(tmp_path / "d"),
+        "--num-train",
+        "8",
+        "--num-val",
+        "4",
+        "--num-test",
+        "4",
+        "--image-size",
+        "16",
+    )
     assert code == 0
     for name in ("images_train.tar.gz", "images_val.tar.gz", "images_test.tar.gz", "labeled_train.tar.gz"):
         assert (tmp_path / "d" / name).is_file() and name in out
+
+
+@pytest.mark.parametrize("network", ["classification", "mae"])
+def test_gen_trt_engine_without_tensorrt_is_one_line(capsys, tmp_path, network):
+    pytest.importorskip("onnx")
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("TensorRT is installed here")
+    import torch
+
+    from foveal.export import export_onnx
+
+    onnx_file = tmp_path / "model.onnx"
+    export_onnx(torch.nn.Conv2d(3, 4, 3), torch.randn(2, 3, 224, 224), onnx_file)
+    code, _, err = run(
+        capsys, "-w", str(tmp_path / "ws"), network, "gen_trt_engine", f"gen_trt_engine.onnx_file={onnx_file}"
+    )
+    errors = [line for line in err.splitlines() if line.startswith("error")]
+    assert code == 2 and len(errors) == 1 and "TensorRT is not installed" in errors[0]
+
+
+def test_gen_trt_engine_with_a_corrupt_onnx_file_is_one_line(capsys, tmp_path):
+    onnx_file = tmp_path / "model.onnx"
+    onnx_file.write_bytes(b"not an onnx model")
+    code, _, err = run(
+        capsys,
+        "-w",
+        str(tmp_path / "ws"),
+        "classification",
+        "gen_trt_engine",
+        f"gen_trt_engine.onnx_file={onnx_file}",
+    )
+    errors = [line for line in err.splitlines() if line.startswith("error")]
+    assert code == 2 and len(errors) == 1 and "is not a readable ONNX model" in errors[0]

@@ -18,6 +18,8 @@ _USER_ERRORS = (
     ("foveal.engine.checkpoint", "CheckpointError"),
     ("foveal.jobs.errors", "JobError"),  # not found, ambiguous id, wrong state, handoff
     ("foveal.export.tensorrt", "TensorRTUnavailableError"),
+    ("foveal.export.tensorrt", "OnnxFileError"),
+    ("builtins", "FileNotFoundError"),  # raised for a path the user named
 )
 # Failures of a run that deserve one clear line but are not usage errors: exit 1.
 _RUN_ERRORS = (

@@ -31,9 +31,23 @@ class EngineBuildError(RuntimeError):
     """TensorRT could not parse the ONNX file or build the engine."""
 
 
+class OnnxFileError(ValueError):
+    """The ONNX file given to the engine builder cannot be read as an ONNX model."""
+
+
+def _load_onnx(onnx_file: Path) -> onnx.ModelProto:
+    try:
+        return onnx.load(str(onnx_file), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf raises several unrelated types
+        raise OnnxFileError(
+            f"{onnx_file} is not a readable ONNX model ({type(exc).__name__}); "
+            "make one with the network's export action"
+        ) from None
+
+
 def _onnx_input_shapes(onnx_file: Path) -> dict[str, list[int | str]]:
     """Declared input shapes, dynamic dimensions as their names (or ``"?"`` when unnamed)."""
-    proto = onnx.load(str(onnx_file), load_external_data=False)
+    proto = _load_onnx(onnx_file)
     initializers = {init.name for init in proto.graph.initializer}
     return {
         v.name: [
@@ -46,7 +60,7 @@ def _onnx_input_shapes(onnx_file: Path) -> dict[str, list[int | str]]:
 
 
 def _onnx_has_qdq(onnx_file: Path) -> bool:
-    proto = onnx.load(str(onnx_file), load_external_data=False)
+    proto = _load_onnx(onnx_file)
     return any(node.op_type == "QuantizeLinear" for node in proto.graph.node)
 
 
