@@ -31,6 +31,18 @@ HANDOFF_RULES = (
 )
 
 
+# The spec sections each action's template shows (all sections are accepted in any spec).
+DEFAULT_ACTION_SECTIONS: dict[str, tuple[str, ...]] = {
+    "train": ("model", "dataset", "train"),
+    "evaluate": ("model", "dataset", "evaluate"),
+    "inference": ("model", "dataset", "inference"),
+    "export": ("model", "export"),
+    "gen_trt_engine": ("gen_trt_engine",),
+}
+# Handoff rules every action of every network has: its own folder and the parent's key.
+COMMON_HANDOFF: dict[str, str] = {"results_dir": "output_dir", "encryption_key": "key"}
+
+
 @dataclass
 class ActionResult:
     """What an action returns to the job runner."""
@@ -81,7 +93,9 @@ class Network:
     config_cls: type
     actions: Mapping[str, str | Action]
     description: str = ""
-    action_sections: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    action_sections: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: dict(DEFAULT_ACTION_SECTIONS)
+    )
     handoff: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     checkpoint_globs: Mapping[str, str] = field(default_factory=lambda: {"model": "model_epoch_*.pth"})
     metadata: Mapping[str, Any] = field(default_factory=dict)

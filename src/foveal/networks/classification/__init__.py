@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from foveal.networks.classification.config import ClassificationConfig, resolve
-from foveal.networks.registry import Network, register_network
+from foveal.networks.registry import COMMON_HANDOFF, Network, register_network
 
 _ACTIONS_MODULE = "foveal.networks.classification.actions"
-_COMMON_HANDOFF = {"results_dir": "output_dir", "encryption_key": "key"}
 
 NETWORK = register_network(
     Network(
@@ -17,28 +16,21 @@ NETWORK = register_network(
             action: f"{_ACTIONS_MODULE}:{action}"
             for action in ("train", "evaluate", "inference", "export", "gen_trt_engine")
         },
-        action_sections={
-            "train": ("model", "dataset", "train"),
-            "evaluate": ("model", "dataset", "evaluate"),
-            "inference": ("model", "dataset", "inference"),
-            "export": ("model", "export"),
-            "gen_trt_engine": ("gen_trt_engine",),
-        },
         handoff={
             "train": {
-                **_COMMON_HANDOFF,
+                **COMMON_HANDOFF,
                 "train.resume_training_checkpoint_path": "resume_model",
                 # The parent of a classification train is a pretraining job: its backbone weights.
                 "model.backbone.pretrained_backbone_path": "ptm_if_no_resume_model",
             },
-            "evaluate": {**_COMMON_HANDOFF, "evaluate.checkpoint": "parent_model"},
-            "inference": {**_COMMON_HANDOFF, "inference.checkpoint": "parent_model"},
+            "evaluate": {**COMMON_HANDOFF, "evaluate.checkpoint": "parent_model"},
+            "inference": {**COMMON_HANDOFF, "inference.checkpoint": "parent_model"},
             "export": {
-                **_COMMON_HANDOFF,
+                **COMMON_HANDOFF,
                 "export.checkpoint": "parent_model",
                 "export.onnx_file": "create_onnx_file",
             },
-            "gen_trt_engine": {**_COMMON_HANDOFF, "gen_trt_engine.onnx_file": "parent_onnx_file"},
+            "gen_trt_engine": {**COMMON_HANDOFF, "gen_trt_engine.onnx_file": "parent_onnx_file"},
         },
         metadata={
             "task": "classification",

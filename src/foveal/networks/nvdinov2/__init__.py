@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from foveal.networks.nvdinov2.config import NVDINOv2Config, resolve
-from foveal.networks.registry import Network, register_network
-
-_COMMON_HANDOFF = {"results_dir": "output_dir", "encryption_key": "key"}
+from foveal.networks.registry import COMMON_HANDOFF, Network, register_network
 
 NETWORK = register_network(
     Network(
@@ -13,26 +11,19 @@ NETWORK = register_network(
         config_cls=NVDINOv2Config,
         description="NVDINOv2 self-supervised ViT pretraining (DINO + iBOT + KoLeo), with distillation.",
         actions={},  # train / inference / export land with their own issues
-        action_sections={
-            "train": ("model", "dataset", "train"),
-            "evaluate": ("model", "dataset", "evaluate"),
-            "inference": ("model", "dataset", "inference"),
-            "export": ("model", "export"),
-            "gen_trt_engine": ("gen_trt_engine",),
-        },
         handoff={
             "train": {
-                **_COMMON_HANDOFF,
+                **COMMON_HANDOFF,
                 "train.resume_training_checkpoint_path": "resume_model",
                 "train.pretrained_model_path": "ptm_if_no_resume_model",
             },
-            "inference": {**_COMMON_HANDOFF, "inference.checkpoint": "parent_model"},
+            "inference": {**COMMON_HANDOFF, "inference.checkpoint": "parent_model"},
             "export": {
-                **_COMMON_HANDOFF,
+                **COMMON_HANDOFF,
                 "export.checkpoint": "parent_model",
                 "export.onnx_file": "create_onnx_file",
             },
-            "gen_trt_engine": {**_COMMON_HANDOFF, "gen_trt_engine.onnx_file": "parent_onnx_file"},
+            "gen_trt_engine": {**COMMON_HANDOFF, "gen_trt_engine.onnx_file": "parent_onnx_file"},
         },
         # Student first: it exists in both self-training and distillation runs (TAO saves no
         # teacher_epoch_* file when distilling), so it is what parent_model picks by default.
