@@ -66,13 +66,14 @@ from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
     "foveal.engine.callbacks": (
-        "INDEX_FILENAME",
         "FovealCheckpoint",
         "NonFiniteLossError",
         "NonFiniteLossGuard",
     ),
     "foveal.engine.checkpoint": (
         "FULL_KIND",
+        "INDEX_FILENAME",
+        "checkpoint_artifacts",
         "CheckpointError",
         "checkpoint_filename",
         "find_latest_checkpoint",
@@ -111,6 +112,7 @@ __all__ = [
     "StatusCallback",
     "StatusWriter",
     "build_trainer",
+    "checkpoint_artifacts",
     "checkpoint_filename",
     "find_latest_checkpoint",
     "fit",
@@ -145,14 +147,15 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from foveal.engine.callbacks import (
-        INDEX_FILENAME,
         FovealCheckpoint,
         NonFiniteLossError,
         NonFiniteLossGuard,
     )
     from foveal.engine.checkpoint import (
         FULL_KIND,
+        INDEX_FILENAME,
         CheckpointError,
+        checkpoint_artifacts,
         checkpoint_filename,
         find_latest_checkpoint,
         latest_link_name,

@@ -26,6 +26,7 @@ from lightning.pytorch.callbacks import Checkpoint
 import foveal
 from foveal.engine.checkpoint import (
     FULL_KIND,
+    INDEX_FILENAME,
     atomic_write,
     checkpoint_filename,
     find_latest_checkpoint,
@@ -36,8 +37,6 @@ from foveal.engine.checkpoint import (
 from foveal.engine.checkpoint_io import SafeCheckpointIO
 
 logger = logging.getLogger(__name__)
-
-INDEX_FILENAME = "checkpoints.json"
 
 
 # --------------------------------------------------------------------------- helpers

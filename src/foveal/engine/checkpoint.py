@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import enum
+import json
 import logging
 import os
 import pickle
@@ -53,6 +54,25 @@ class CheckpointError(Exception):
 
 
 # --------------------------------------------------------------------------- names
+
+
+INDEX_FILENAME = "checkpoints.json"  # written by FovealCheckpoint: every checkpoint + the best
+
+
+def checkpoint_artifacts(results_dir: str | os.PathLike[str]) -> dict[str, str]:
+    """A finished train job's checkpoint artifacts: the newest full checkpoint and, when the run
+    monitored a metric, the best one recorded in ``checkpoints.json``."""
+    results_dir = Path(results_dir)
+    artifacts = {}
+    latest = find_latest_checkpoint(results_dir)
+    if latest is not None:
+        artifacts["checkpoint"] = str(latest)
+    index = results_dir / INDEX_FILENAME
+    if index.is_file():
+        best = json.loads(index.read_text()).get("best")
+        if best:
+            artifacts["best_checkpoint"] = str(best)
+    return artifacts
 
 
 def checkpoint_filename(epoch: int, step: int) -> str:

@@ -22,7 +22,7 @@ from foveal.data import (
     build_train_transform,
     resolve_dataset,
 )
-from foveal.engine import build_trainer, fit, load_checkpoint, resolve_resume_checkpoint
+from foveal.engine import build_trainer, checkpoint_artifacts, fit, load_checkpoint, resolve_resume_checkpoint
 from foveal.networks.classification.metrics import classification_report
 from foveal.networks.classification.mixup import MixupSettings
 from foveal.networks.classification.model import Classifier, build_classifier, freeze_backbone
@@ -202,25 +202,10 @@ def train(cfg: Any, ctx: RunContext) -> ActionResult:
     )
     fit(trainer, module, train_loader, val_loader, ckpt_path=ckpt)
     kpis = {k: float(v) for k, v in trainer.callback_metrics.items() if k in _TRAIN_KPIS}
-    return ActionResult(kpis=kpis, artifacts=_checkpoint_artifacts(ctx.results_dir))
+    return ActionResult(kpis=kpis, artifacts=checkpoint_artifacts(ctx.results_dir))
 
 
 _TRAIN_KPIS = ("train_loss", "train_loss_epoch", "train_top1", "val_loss", "val_top1", "val_top5")
-
-
-def _checkpoint_artifacts(results_dir: Path) -> dict[str, str]:
-    from foveal.engine import find_latest_checkpoint
-
-    artifacts = {}
-    latest = find_latest_checkpoint(results_dir)
-    if latest is not None:
-        artifacts["checkpoint"] = str(latest)
-    index = results_dir / "checkpoints.json"
-    if index.is_file():
-        best = json.loads(index.read_text()).get("best")
-        if best:
-            artifacts["best_checkpoint"] = str(best)
-    return artifacts
 
 
 def load_classifier(path: str | Path, weights: str = "auto") -> tuple[Classifier, Any, list[str]]:

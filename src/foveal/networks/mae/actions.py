@@ -29,7 +29,14 @@ from foveal.data import (
     build_eval_transform,
     resolve_dataset,
 )
-from foveal.engine import CheckpointError, build_trainer, fit, load_checkpoint, resolve_resume_checkpoint
+from foveal.engine import (
+    CheckpointError,
+    build_trainer,
+    checkpoint_artifacts,
+    fit,
+    load_checkpoint,
+    resolve_resume_checkpoint,
+)
 from foveal.networks.mae import checkpoints
 from foveal.networks.mae.models import EncoderFeatures, build_finetune_model, build_pretrain_model
 from foveal.networks.mae.module import (
@@ -87,7 +94,7 @@ def train(cfg: Any, ctx: RunContext) -> ActionResult:
     trainer = _trainer(cfg, ctx, *monitor)
     fit(trainer, module, train_loader, val_loader, ckpt_path=resume)
     kpis = {k: float(v) for k, v in trainer.callback_metrics.items() if k in _TRAIN_KPIS}
-    return ActionResult(kpis=kpis, artifacts=_checkpoint_artifacts(ctx.results_dir))
+    return ActionResult(kpis=kpis, artifacts=checkpoint_artifacts(ctx.results_dir))
 
 
 def _resume_and_start(cfg: Any, ctx: RunContext) -> tuple[Path | None, str | None]:
@@ -220,21 +227,6 @@ def _check_num_classes(num_classes: int | None, found: int, where: str) -> None:
                 f"set model.num_classes={found} or leave it empty",
             )
         )
-
-
-def _checkpoint_artifacts(results_dir: Path) -> dict[str, str]:
-    from foveal.engine import find_latest_checkpoint
-
-    artifacts = {}
-    latest = find_latest_checkpoint(results_dir)
-    if latest is not None:
-        artifacts["checkpoint"] = str(latest)
-    index = results_dir / "checkpoints.json"
-    if index.is_file():
-        best = json.loads(index.read_text()).get("best")
-        if best:
-            artifacts["best_checkpoint"] = str(best)
-    return artifacts
 
 
 # ------------------------------------------------------------------------------------ evaluate
