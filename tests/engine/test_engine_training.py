@@ -27,6 +27,8 @@ from foveal.engine import (
     resolve_precision,
     resolve_resume_checkpoint,
 )
+from foveal.engine import trainer as trainer_module
+from foveal.engine.trainer import cpu_has_native_bf16
 
 pytestmark = [
     pytest.mark.integration,
@@ -218,6 +220,19 @@ def test_precision_mapping(caplog):
     assert "fp16 is not supported on CPU" in caplog.text
     with pytest.raises(ValueError, match="train.precision"):
         resolve_precision("int8", "cpu")
+
+
+def test_cpu_bf16_support_is_read_from_the_cpu_flags():
+    assert cpu_has_native_bf16("processor: 0\nflags\t: fpu avx2 fma\n") is False
+    assert cpu_has_native_bf16("flags\t: fpu avx512f avx512_bf16\n") is True
+    assert cpu_has_native_bf16("flags\t: fpu amx_bf16 amx_tile\n") is True
+    assert cpu_has_native_bf16("model name: Apple M2\n") is None
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns_and_keeps_bf16(caplog, monkeypatch):
+    monkeypatch.setattr(trainer_module, "cpu_has_native_bf16", lambda: False)
+    assert resolve_precision("bf16", "cpu") == "bf16-mixed"
+    assert "no native bf16" in caplog.text and "train.precision=fp32" in caplog.text
 
 
 def test_bf16_on_cpu_trains(tmp_path, tiny):

@@ -19,6 +19,7 @@ EXPECTED = {
     "vit_base_patch16": (768, 12, 12, 16),
     "vit_large_patch16": (1024, 24, 16, 16),
     "vit_huge_patch14": (1280, 32, 16, 14),
+    "vit_micro_patch4": (128, 4, 4, 4),
     "vit_t": (192, 12, 3, 14),
     "vit_s": (384, 12, 6, 14),
     "vit_b": (768, 12, 12, 14),
