@@ -1,0 +1,291 @@
+"""A study's storage, settings, metric and the bookkeeping that makes it resumable.
+
+Layout::
+
+    <workspace>/automl/<study>/study.db          Optuna storage (SQLite)
+    <workspace>/automl/<study>/trials/trial_NNN/ one train job's results folder per trial
+    <workspace>/automl/<study>/best_model/       the best trial's checkpoint
+    <workspace>/automl/<study>/trials.csv|json, *.png, summary.json
+
+Each Optuna trial carries user attributes: ``job_id``, ``results_dir``, ``params`` (spec key ->
+value), ``error`` (failed trials), ``pruned_at_epoch``; a trial left RUNNING by a study process
+that died is marked ``interrupted`` (failed, not counted against the budget) and run again,
+resuming its job from the newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import zlib
+from pathlib import Path
+from typing import Any
+
+from foveal.jobs.errors import JobError
+from foveal.jobs.model import Job, JobStatus
+from foveal.jobs.registry import JobRegistry
+from foveal.jobs.runner import UsageError
+from foveal.networks.registry import Network
+from foveal.spec import get_dotted
+
+logger = logging.getLogger(__name__)
+
+DIRECTIONS = ("minimize", "maximize")
+_MODES = {"min": "minimize", "max": "maximize", "minimize": "minimize", "maximize": "maximize"}
+_MINIMIZE_WORDS = ("loss", "error", "err", "mse", "mae_", "rmse", "perplexity", "wer", "cer")
+_MAXIMIZE_WORDS = ("acc", "top1", "top5", "map", "auc", "f1", "iou", "precision", "recall", "psnr", "ssim")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+# Settings that must not change when a study is resumed (the trials would not compare).
+_FIXED_SETTINGS = ("network", "metric", "direction", "algorithm", "space")
+
+
+class AutoMLError(JobError):
+    """A study that cannot go on (e.g. every trial failed); one line with the first error."""
+
+
+# ------------------------------------------------------------------------------------- metric
+
+
+def _looks_like(metric: str, words: tuple[str, ...]) -> bool:
+    name = metric.lower()
+    return any(w in name for w in words)
+
+
+def _has_validation(network: Network, base: dict[str, Any]) -> bool:
+    """Whether the base spec sets the validation data a ``val_*`` metric needs."""
+    needs = network.metadata.get("dataset_requirements", {}).get("train", {})
+    val_keys = [k for k in needs if "val" in k]
+    return not val_keys or any(get_dotted(base, k) for k in val_keys)
+
+
+def resolve_metric(
+    network: Network, base: dict[str, Any], metric: str | None, direction: str | None
+) -> tuple[str, str]:
+    """(metric, direction) of a study: the user's, else the network's monitoring metadata.
+
+    A loss is never maximised: ``--direction maximize`` for a metric named like a loss is an
+    error, and a metric of unknown sense needs an explicit direction.
+    """
+    md = network.metadata
+    default_metric, default_mode = md.get("monitoring_metric"), md.get("monitoring_mode")
+    stage = get_dotted(base, "train.stage")
+    by_stage = md.get("monitoring_by_stage") or {}
+    if stage in by_stage:
+        default_metric, default_mode = by_stage[stage]
+    if metric is None:
+        if not default_metric:
+            raise UsageError(f"{network.name} declares no monitoring metric; pass --metric and --direction")
+        metric, mode = default_metric, default_mode
+        if metric.startswith("val_") and not _has_validation(network, base):
+            fallback = md.get("monitoring_fallback_metric")
+            if not fallback:
+                raise UsageError(
+                    f"{network.name}: the default metric {metric} needs validation data in the spec; "
+                    "set it or pass --metric"
+                )
+            logger.info("no validation data in the spec: optimising %s instead of %s", fallback, metric)
+            metric, mode = fallback, "min" if _looks_like(fallback, _MINIMIZE_WORDS) else default_mode
+        direction = direction or _MODES.get(str(mode))
+    if direction is None:
+        known = {default_metric: default_mode, **{m: d for m, d in by_stage.values()}}
+        if metric in known:
+            direction = _MODES.get(str(known[metric]))
+        elif _looks_like(metric, _MINIMIZE_WORDS):
+            direction = "minimize"
+        elif _looks_like(metric, _MAXIMIZE_WORDS):
+            direction = "maximize"
+        else:
+            raise UsageError(
+                f"--metric {metric}: cannot tell whether to minimize or maximize it; pass --direction"
+            )
+    direction = _MODES.get(direction.lower(), direction) if isinstance(direction, str) else direction
+    if direction not in DIRECTIONS:
+        raise UsageError(f"--direction {direction}: expected minimize or maximize")
+    if direction == "maximize" and _looks_like(metric, ("loss",)):
+        raise UsageError(
+            f"--metric {metric} is a loss: maximizing it would pick the worst model; use --direction minimize"
+        )
+    return metric, direction
+
+
+# -------------------------------------------------------------------------------------- study
+
+
+def check_study_name(name: str) -> str:
+    if not _NAME_RE.match(name):
+        raise UsageError(f"--study {name!r}: use letters, digits, '.', '_' or '-' (it names a folder)")
+    return name
+
+
+def study_dir(workspace_root: Path, name: str) -> Path:
+    return Path(workspace_root) / "automl" / check_study_name(name)
+
+
+def default_seed(name: str) -> int:
+    """A stable seed per study name, so that a study's sampling is reproducible."""
+    return zlib.crc32(name.encode("utf-8")) % (2**31)
+
+
+def open_study(
+    folder: Path,
+    name: str,
+    settings: dict[str, Any],
+    *,
+    resume: bool,
+    sampler_factory: Any,
+    pruner: Any,
+) -> Any:
+    """Create (or, with ``resume``, load) the Optuna study in ``folder/study.db``.
+
+    Args:
+        settings: network, metric, direction, algorithm, space, ...: stored on creation and
+            checked on resume (``_FIXED_SETTINGS`` must match).
+        sampler_factory: ``seed -> sampler``; resumed studies get a seed moved on by the number
+            of trials so far, so a random sampler does not replay the first trials' draws.
+    """
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    db = folder / "study.db"
+    exists = db.is_file()
+    if exists and not resume:
+        raise UsageError(
+            f"study {name} already exists in {folder}; pass --resume to continue it or --study NEW"
+        )
+    if resume and not exists:
+        raise UsageError(f"--resume: no study {name} in {folder}; run without --resume to start it")
+    folder.mkdir(parents=True, exist_ok=True)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{db}", engine_kwargs={"connect_args": {"timeout": 60}})
+    if not exists:
+        study = optuna.create_study(
+            study_name=name,
+            storage=storage,
+            direction=settings["direction"],
+            sampler=sampler_factory(settings["seed"]),
+            pruner=pruner,
+        )
+        for key, value in settings.items():
+            study.set_user_attr(key, value)
+        return study
+    existing = optuna.load_study(study_name=name, storage=storage)
+    stored = existing.user_attrs
+    for key in _FIXED_SETTINGS:
+        if json.dumps(stored.get(key), sort_keys=True) != json.dumps(settings.get(key), sort_keys=True):
+            raise UsageError(
+                f"--resume {name}: the study was created with {key}={stored.get(key)!r}, not "
+                f"{settings.get(key)!r}; resume with the same settings or start a new --study"
+            )
+    for key in ("overrides", "spec_file"):
+        if stored.get(key) != settings.get(key):
+            logger.warning(
+                "--resume %s: %s changed since the study started; trials may not compare", name, key
+            )
+    return optuna.load_study(
+        study_name=name,
+        storage=storage,
+        sampler=sampler_factory(int(stored.get("seed", 0)) + len(existing.trials)),
+        pruner=pruner,
+    )
+
+
+def trial_state(trial: Any) -> str:
+    """``COMPLETE``, ``PRUNED``, ``FAIL``, ``RUNNING``, ``WAITING`` or ``INTERRUPTED``."""
+    if trial.user_attrs.get("interrupted"):
+        return "INTERRUPTED"
+    return trial.state.name
+
+
+def counted_trials(study: Any) -> list[Any]:
+    """Trials that used up budget: complete, pruned or failed (interrupted ones run again)."""
+    return [t for t in study.get_trials(deepcopy=False) if trial_state(t) in ("COMPLETE", "PRUNED", "FAIL")]
+
+
+def best_trial(study: Any) -> Any | None:
+    """The best complete trial by the study's direction (None if none completed)."""
+    complete = [
+        t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and t.value is not None
+    ]
+    if not complete:
+        return None
+    maximize = study.direction.name == "MAXIMIZE"
+    return (max if maximize else min)(
+        complete, key=lambda t: (t.value, -t.number) if maximize else (t.value, t.number)
+    )
+
+
+# ------------------------------------------------------------------------------- metric values
+
+
+def metric_by_epoch(status_lines: list[dict[str, Any]], metric: str) -> dict[int, float]:
+    """``{epoch: value}`` of ``metric`` from a trial's status.json lines (finite values only)."""
+    values: dict[int, float] = {}
+    for line in status_lines:
+        kpi, epoch = line.get("kpi") or {}, line.get("epoch")
+        if metric not in kpi or not isinstance(epoch, int) or line.get("status") != "RUNNING":
+            continue
+        try:
+            value = float(kpi[metric])
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(value):
+            values[epoch] = value
+    return values
+
+
+def final_value(job: Job, by_epoch: dict[int, float], metric: str) -> float:
+    """A finished trial's objective: the metric at its last epoch (else the job's final KPI)."""
+    if by_epoch:
+        return by_epoch[max(by_epoch)]
+    value = job.kpis.get(metric)
+    if isinstance(value, (int, float)) and math.isfinite(float(value)):
+        return float(value)
+    found = ", ".join(sorted(job.kpis)) or "none"
+    raise AutoMLError(f"trial job {job.id} did not report the metric {metric} (KPIs: {found}); pass --metric")
+
+
+# ----------------------------------------------------------------------------------- recovery
+
+
+def recover_interrupted(study: Any, registry: JobRegistry, metric: str, read_lines: Any) -> int:
+    """Settle trials left RUNNING by a study process that stopped; returns how many restart.
+
+    A trial whose job finished meanwhile is recorded with its result; any other is marked
+    interrupted (failed, not counted) after its job is stopped, and enqueued again with the
+    same parameters: the new trial resumes that job from its newest checkpoint.
+    """
+    import optuna
+
+    from foveal.platforms.local import stop_job_processes
+
+    storage = study._storage
+    restarts = 0
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        job_id = trial.user_attrs.get("job_id")
+        job = registry.get(job_id) if job_id and registry.exists(job_id) else None
+        if job is not None and job.status is JobStatus.DONE:
+            by_epoch = metric_by_epoch(read_lines(job), metric)
+            for epoch, value in sorted(by_epoch.items()):
+                storage.set_trial_intermediate_value(trial._trial_id, epoch, value)
+            try:
+                study.tell(trial.number, final_value(job, by_epoch, metric))
+                logger.info("trial %d finished while the study was stopped; recorded", trial.number)
+                continue
+            except AutoMLError as exc:
+                storage.set_trial_user_attr(trial._trial_id, "error", str(exc))
+                study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+                continue
+        if job is not None and not job.status.is_terminal:
+            registry.request_cancel(job.id)
+            stop_job_processes(registry.get(job.id), grace_s=5.0)
+        storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
+        storage.set_trial_user_attr(trial._trial_id, "error", "interrupted: the study process stopped")
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        attrs = {"restart_of": trial.number}
+        if job is not None:
+            attrs["resume_job_id"] = job.id
+        study.enqueue_trial(dict(trial.params), user_attrs=attrs, skip_if_exists=False)
+        restarts += 1
+        logger.info("trial %d was interrupted; it runs again (job %s resumes)", trial.number, job_id)
+    return restarts

@@ -1,0 +1,122 @@
+"""``python -m foveal.jobs.execute JOB_ID -w WORKSPACE``: run an already prepared job here.
+
+The local platform (:mod:`foveal.platforms.local`) prepares a job in the calling process (spec
+resolved, registry row created) and runs it with this entry point in a subprocess of its own,
+so that it has its own log, can run next to others and can be canceled by signal.
+
+SIGTERM (``foveal jobs cancel``, a pruned AutoML trial) becomes a :class:`JobTerminated`
+exception in the main thread, so the runner still writes its FAILURE line to ``status.json``
+and closes the registry row before the process exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from foveal.engine.status import StatusWriter, read_status
+from foveal.jobs.errors import JobStateError
+from foveal.jobs.model import JobStatus
+from foveal.jobs.registry import JobRegistry
+from foveal.jobs.runner import PreparedJob, execute_job, find_network
+from foveal.jobs.workspace import Workspace
+from foveal.spec import build_config
+
+logger = logging.getLogger(__name__)
+
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports it
+WATCHDOG_S = 5.0  # after SIGTERM, the longest the runner may take to record it and exit
+TERMINATED_MESSAGE = "terminated by SIGTERM (canceled)"
+_CURRENT: dict[str, Any] = {}  # the job this process runs, for the SIGTERM watchdog
+
+
+class JobTerminated(BaseException):
+    """SIGTERM arrived. A BaseException so that no ``except Exception`` in an action swallows it
+    (Lightning turns a KeyboardInterrupt into ``sys.exit(1)``, so that cannot be used)."""
+
+
+def load_prepared(job_id: str, workspace: Workspace, *, restart: bool = False) -> PreparedJob:
+    """Rebuild the :class:`PreparedJob` of a registry row from its stored (resolved) spec.
+
+    Args:
+        restart: allow an Error/Canceled job (or a Running one whose process died) to run again
+            from its newest checkpoint; without it only a Pending job runs.
+    """
+    registry = JobRegistry(workspace.db_path)
+    job = registry.get(job_id)
+    if job.status is JobStatus.DONE or (job.status is not JobStatus.PENDING and not restart):
+        raise JobStateError(f"job {job.id} is {job.status.value}; only a Pending job can be executed")
+    network = find_network(job.network)
+    cfg = build_config(network.config_cls, job.spec, action=job.action)
+    if network.resolve is not None:
+        cfg = network.resolve(cfg)
+    return PreparedJob(network, job.action, cfg, job, resumed=job.status is not JobStatus.PENDING)
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # Later SIGTERMs (a process-group signal after the first) must not cut the cleanup short;
+    # a canceler that runs out of patience sends SIGKILL.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Library code with a broad ``except BaseException`` (seen during the action's setup) can
+    # swallow the exception and train on: the watchdog then ends the process itself.
+    watchdog = threading.Timer(WATCHDOG_S, _force_exit)
+    watchdog.daemon = True
+    watchdog.start()
+    raise JobTerminated(TERMINATED_MESSAGE)
+
+
+def _force_exit() -> None:
+    """Record the termination (unless the runner already did) and exit at once."""
+    job_id, workspace = _CURRENT.get("job_id"), _CURRENT.get("workspace")
+    try:
+        if job_id and workspace is not None:
+            registry = JobRegistry(workspace.db_path)
+            job = registry.get(job_id)
+            status_file = Path(job.results_dir) / "status.json"
+            lines = read_status(status_file)
+            if not lines or lines[-1].get("status") != "FAILURE":
+                StatusWriter(status_file).write("FAILURE", TERMINATED_MESSAGE, verbosity="ERROR")
+            if not job.status.is_terminal:
+                registry.finish(job_id, JobStatus.ERROR, message=TERMINATED_MESSAGE)
+        logger.warning("job %s: %s (forced exit)", job_id, TERMINATED_MESSAGE)
+    finally:
+        os._exit(EXIT_TERMINATED)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m foveal.jobs.execute", description=__doc__)
+    parser.add_argument("job_id")
+    parser.add_argument("--workspace", "-w", type=Path, required=True)
+    parser.add_argument("--restart", action="store_true", help="resume an interrupted job")
+    parser.add_argument("--debug", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="%(asctime)s %(message)s")
+    for noisy in ("lightning", "lightning.pytorch", "lightning.fabric", "torch"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    workspace = Workspace(args.workspace)
+    _CURRENT.update(job_id=args.job_id, workspace=workspace)
+    try:
+        prepared = load_prepared(args.job_id, workspace, restart=args.restart)
+        job = execute_job(prepared, workspace=workspace, debug=args.debug)
+    except JobTerminated as exc:
+        logger.warning("job %s: %s", args.job_id, exc)
+        return EXIT_TERMINATED
+    except Exception as exc:  # noqa: BLE001 - the runner recorded it; the log gets one line
+        if args.debug:
+            logger.exception("job %s failed", args.job_id)
+        logger.error("error: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return 1
+    logger.info("job %s %s", job.id, job.status.value)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,273 @@
+"""The local platform: every job runs in a subprocess of its own, with its own log.
+
+``launch_job`` starts ``python -m foveal.jobs.execute <job_id>`` for a job that
+:func:`foveal.jobs.runner.prepare_job` already recorded, in a new session (so its DataLoader
+workers share one process group that a cancel can end as a whole), writing stdout and stderr
+to ``<results_dir>/logs/process.log`` and the pid/process group to ``<results_dir>/launch.json``
+(which ``foveal jobs cancel`` reads from another process).
+
+:class:`LocalPool` runs at most N jobs at once (AutoML's ``--max-concurrent``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from foveal.jobs.errors import JobStateError
+from foveal.jobs.model import Job, JobStatus
+from foveal.jobs.process import pid_alive, process_start_ticks, this_host
+from foveal.jobs.registry import JobRegistry
+from foveal.jobs.runner import PreparedJob
+from foveal.jobs.workspace import Workspace
+
+logger = logging.getLogger(__name__)
+
+LAUNCH_FILE = "launch.json"
+PROCESS_LOG = "process.log"
+DEFAULT_GRACE_S = 10.0
+
+
+def _workspace(workspace: Workspace | str | Path) -> Workspace:
+    return workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+
+
+def _log_tail(path: Path, lines: int = 1) -> str:
+    """The last non-empty lines of a log (to say why a process died)."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    kept = [line.strip() for line in text.splitlines() if line.strip()]
+    return " | ".join(kept[-lines:])
+
+
+class LocalJobHandle:
+    """A job running in a local subprocess.
+
+    Attributes:
+        job_id: the registry id.
+        results_dir: the job's results folder.
+        log_path: the subprocess's stdout + stderr.
+    """
+
+    def __init__(self, job: Job, process: subprocess.Popen, workspace: Workspace, log_path: Path):
+        self.job_id = job.id
+        self.results_dir = Path(job.results_dir)
+        self.log_path = log_path
+        self.process = process
+        self.workspace = workspace
+        self._registry = JobRegistry(workspace.db_path)
+        self._closed = False
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def job(self) -> Job:
+        """The job's registry row now."""
+        return self._registry.get(self.job_id)
+
+    def poll(self) -> int | None:
+        """The exit code once the process ended (None while it runs), like ``Popen.poll``.
+
+        A process that died without closing its registry row (killed, or failed before the
+        runner started) gets its row closed here as Error, with the last line of its log.
+        """
+        code = self.process.poll()
+        if code is not None and not self._closed:
+            self._closed = True
+            self._close_row(code)
+        return code
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Block until the process ends (``subprocess.TimeoutExpired`` after ``timeout`` s)."""
+        self.process.wait(timeout)
+        code = self.poll()
+        assert code is not None
+        return code
+
+    def _close_row(self, code: int) -> None:
+        job = self.job()
+        if job.status.is_terminal:
+            return
+        tail = _log_tail(self.log_path) or "no output"
+        message = f"process exited with code {code} before finishing: {tail}"
+        try:
+            self._registry.finish(self.job_id, JobStatus.ERROR, message=message)
+        except JobStateError:
+            pass  # finished concurrently
+
+    def cancel(self, grace_s: float = DEFAULT_GRACE_S) -> Job:
+        """Mark the job Canceled, SIGTERM it, and SIGKILL its process group after ``grace_s``."""
+        job = self.job()
+        signaled = False
+        if not job.status.is_terminal:
+            # Marks Canceled, then SIGTERMs the runner once it has recorded its pid.
+            signaled = job.status is JobStatus.RUNNING and job.pid == self.process.pid
+            self._registry.request_cancel(self.job_id)
+        if self.process.poll() is None:
+            if not signaled:
+                _signal_group(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                logger.warning("job %s ignored SIGTERM for %.0fs; killing it", self.job_id, grace_s)
+        _signal_group(self.process.pid, signal.SIGKILL)  # DataLoader workers left behind, if any
+        self.process.wait()
+        self.poll()
+        return self.job()
+
+    def __repr__(self) -> str:
+        return f"LocalJobHandle({self.job_id!r}, pid={self.process.pid})"
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def launch_job(
+    prepared: PreparedJob,
+    workspace: Workspace | str | Path,
+    *,
+    restart: bool | None = None,
+    env: dict[str, str] | None = None,
+    debug: bool = False,
+) -> LocalJobHandle:
+    """Run a prepared job in a new subprocess and return its handle at once.
+
+    Args:
+        prepared: from :func:`foveal.jobs.runner.prepare_job` (its registry row exists).
+        workspace: the workspace the job's registry row lives in.
+        restart: run an interrupted job again from its newest checkpoint (default: when
+            ``prepared.resumed``).
+        env: extra environment variables for the subprocess.
+    """
+    ws = _workspace(workspace)
+    job = prepared.job
+    results_dir = Path(job.results_dir)
+    (results_dir / "logs").mkdir(parents=True, exist_ok=True)
+    log_path = results_dir / "logs" / PROCESS_LOG
+    command = [sys.executable, "-m", "foveal.jobs.execute", job.id, "--workspace", str(ws.root)]
+    if prepared.resumed if restart is None else restart:
+        command.append("--restart")
+    if debug:
+        command.append("--debug")
+    child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=child_env,
+            start_new_session=True,  # own process group: a cancel reaches the DataLoader workers too
+        )
+    _write_launch_file(results_dir, process.pid, command, log_path)
+    logger.info("job %s started as process %d (log: %s)", job.id, process.pid, log_path)
+    return LocalJobHandle(job, process, ws, log_path)
+
+
+def _write_launch_file(results_dir: Path, pid: int, command: list[str], log_path: Path) -> None:
+    record = {
+        "pid": pid,
+        "pgid": pid,  # start_new_session: the child leads its own group
+        "pid_start": process_start_ticks(pid),
+        "host": this_host(),
+        "command": command,
+        "log": str(log_path),
+    }
+    tmp = results_dir / (LAUNCH_FILE + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2), encoding="utf-8")
+    tmp.replace(results_dir / LAUNCH_FILE)
+
+
+def read_launch_file(results_dir: str | Path) -> dict[str, Any] | None:
+    """The launch record of a locally launched job (None for jobs run in the foreground)."""
+    try:
+        return json.loads((Path(results_dir) / LAUNCH_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def stop_job_processes(job: Job, grace_s: float = DEFAULT_GRACE_S) -> bool:
+    """End what is left of a locally launched job's processes (used by ``foveal jobs cancel``).
+
+    The registry's cancel SIGTERMs the runner (one signal: the runner then writes its FAILURE
+    line and closes the row); this waits up to ``grace_s`` for it to exit and then SIGKILLs its
+    whole process group. Returns whether a process group was found alive.
+    """
+    record = read_launch_file(job.results_dir)
+    if not record or record.get("host") != this_host():
+        return False
+    pid, pgid = int(record["pid"]), int(record["pgid"])
+    if not pid_alive(pid, record.get("pid_start")):
+        return False
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and pid_alive(pid, record.get("pid_start")):
+        time.sleep(0.1)
+    _signal_group(pgid, signal.SIGKILL)
+    return True
+
+
+class LocalPool:
+    """Run local jobs with at most ``max_concurrent`` at once.
+
+    Example::
+
+        pool = LocalPool(ws, max_concurrent=2)
+        for prepared in jobs:
+            while not pool.free_slots:
+                pool.reap(); time.sleep(1)
+            pool.submit(prepared)
+        pool.wait_all()
+    """
+
+    def __init__(self, workspace: Workspace | str | Path, max_concurrent: int = 1):
+        if max_concurrent < 1:
+            raise ValueError(f"max_concurrent must be >= 1, got {max_concurrent}")
+        self.workspace = _workspace(workspace)
+        self.max_concurrent = int(max_concurrent)
+        self.running: dict[str, LocalJobHandle] = {}
+
+    @property
+    def free_slots(self) -> int:
+        return max(0, self.max_concurrent - len(self.running))
+
+    def submit(self, prepared: PreparedJob, **launch_kwargs: Any) -> LocalJobHandle:
+        """Launch a job; a RuntimeError when the pool is full (check ``free_slots`` first)."""
+        if not self.free_slots:
+            raise RuntimeError(f"{self.max_concurrent} jobs already run; wait for one to finish")
+        handle = launch_job(prepared, self.workspace, **launch_kwargs)
+        self.running[handle.job_id] = handle
+        return handle
+
+    def reap(self) -> list[LocalJobHandle]:
+        """The handles whose process ended since the last call (removed from ``running``)."""
+        done = [h for h in self.running.values() if h.poll() is not None]
+        for handle in done:
+            del self.running[handle.job_id]
+        return done
+
+    def wait_all(self, poll_s: float = 0.5) -> list[LocalJobHandle]:
+        finished: list[LocalJobHandle] = []
+        while self.running:
+            finished.extend(self.reap())
+            if self.running:
+                time.sleep(poll_s)
+        return finished
+
+    def cancel_all(self, grace_s: float = DEFAULT_GRACE_S) -> None:
+        for handle in list(self.running.values()):
+            handle.cancel(grace_s)
+        self.running.clear()

@@ -1,0 +1,119 @@
+"""The local platform: jobs in subprocesses with their own logs, cancel (handle and CLI),
+a process that dies, and the concurrency limit."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from foveal.cli.main import main
+from foveal.data.synthetic import make_demo_dataset
+from foveal.engine.status import read_status
+from foveal.jobs import JobStatus, Workspace
+from foveal.jobs.process import pid_alive
+from foveal.jobs.runner import prepare_job
+from foveal.platforms.local import LocalPool, launch_job, read_launch_file
+
+pytestmark = pytest.mark.integration
+
+TINY = [
+    "model.arch=vit_tiny_patch16",
+    "model.decoder_embed_dim=16",
+    "dataset.augmentation.input_size=32",
+    "dataset.batch_size=8",
+    "dataset.num_workers_per_gpu=0",
+]
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("local-shapes")
+    return make_demo_dataset(out, num_train=16, num_val=4, num_test=4, image_size=32, num_workers=1)[
+        "images_train"
+    ]
+
+
+def _prepare(ws: Workspace, images: Path, epochs: int):
+    overrides = [*TINY, f"train.num_epochs={epochs}", f"dataset.train_data_sources={images}"]
+    return prepare_job("mae", "train", overrides=overrides, workspace=ws, new=True)
+
+
+def _wait_for(predicate, timeout: float = 240.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _first_epoch_done(results_dir: Path) -> bool:
+    return any(line.get("status") == "RUNNING" for line in read_status(results_dir / "status.json"))
+
+
+def test_job_runs_in_its_own_process_with_its_own_log(tmp_path, images):
+    ws = Workspace(tmp_path)
+    handle = launch_job(_prepare(ws, images, 1), ws)
+    assert handle.pid != os.getpid()
+    assert handle.wait(timeout=300) == 0
+    job = handle.job()
+    assert job.status is JobStatus.DONE and job.pid == handle.pid
+    assert "train_loss" in job.kpis
+    record = read_launch_file(handle.results_dir)
+    assert record["pid"] == handle.pid and record["pgid"] == handle.pid
+    assert "foveal.jobs.execute" in record["command"]
+    assert handle.log_path.is_file() and "done" in handle.log_path.read_text()
+    assert read_status(handle.results_dir / "status.json")[-1]["status"] == "SUCCESS"
+
+
+@pytest.mark.slow
+def test_cancel_from_the_handle_and_from_the_cli(tmp_path, images, capsys):
+    ws = Workspace(tmp_path)
+    first = launch_job(_prepare(ws, images, 200), ws)
+    second = launch_job(_prepare(ws, images, 200), ws)
+    _wait_for(
+        lambda: _first_epoch_done(first.results_dir) and _first_epoch_done(second.results_dir),
+        what="both jobs to finish an epoch",
+    )
+
+    job = first.cancel(grace_s=30)
+    assert job.status is JobStatus.CANCELED
+    assert first.poll() is not None and not pid_alive(first.pid)
+    last = read_status(first.results_dir / "status.json")[-1]
+    assert last["status"] == "FAILURE" and "SIGTERM" in last["message"]  # the runner closed it itself
+
+    assert main(["jobs", "cancel", second.job_id, "-w", str(ws.root)]) == 0
+    assert "Canceled (process stopped)" in capsys.readouterr().out
+    _wait_for(lambda: second.poll() is not None, timeout=30, what="the CLI-canceled process to end")
+    assert second.job().status is JobStatus.CANCELED
+    with pytest.raises(ProcessLookupError):
+        os.killpg(second.pid, 0)  # the whole process group is gone
+
+
+def test_a_killed_process_closes_its_row_as_error(tmp_path, images):
+    ws = Workspace(tmp_path)
+    handle = launch_job(_prepare(ws, images, 200), ws)
+    _wait_for(lambda: handle.job().status is JobStatus.RUNNING, what="the job to start")
+    os.kill(handle.pid, signal.SIGKILL)
+    assert handle.wait(timeout=30) == -signal.SIGKILL
+    job = handle.job()
+    assert job.status is JobStatus.ERROR
+    assert "exited with code -9" in job.message
+
+
+def test_pool_limits_concurrency(tmp_path, images):
+    ws = Workspace(tmp_path)
+    pool = LocalPool(ws, max_concurrent=1)
+    handle = pool.submit(_prepare(ws, images, 200))
+    assert pool.free_slots == 0
+    with pytest.raises(RuntimeError, match="already run"):
+        pool.submit(_prepare(ws, images, 1))
+    pool.cancel_all(grace_s=10)
+    assert pool.free_slots == 1
+    assert handle.job().status is JobStatus.CANCELED
+    assert json.loads((handle.results_dir / "launch.json").read_text())["pid"] == handle.pid
