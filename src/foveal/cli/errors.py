@@ -61,8 +61,9 @@ def _click_kind(exc: BaseException) -> str:
 def run_cli(app: typer.Typer, argv: list[str]) -> int:
     """Run the typer app and map every exception to a message and an exit code."""
     try:
-        app(args=argv, prog_name="foveal", standalone_mode=False)
-        return 0
+        result = app(args=argv, prog_name="foveal", standalone_mode=False)
+        # Without standalone mode click *returns* the code of a ``typer.Exit(n)`` instead of raising.
+        return result if isinstance(result, int) and not isinstance(result, bool) else 0
     except KeyboardInterrupt:
         typer.echo("canceled", err=True)
         return 130

@@ -81,6 +81,33 @@ def logs(
 
 @jobs_app.command("cancel")
 def cancel(job_id: str, workspace: Path = WorkspaceOpt) -> None:
-    """Cancel a pending or running job."""
+    """Cancel a pending or running job (a local subprocess job is stopped with its workers)."""
+    from foveal.platforms.local import stop_job_processes
+
     job = _registry(workspace).request_cancel(job_id)
-    typer.echo(f"job {job.id}: {job.status.value}")
+    stopped = stop_job_processes(job)
+    typer.echo(f"job {job.id}: {job.status.value}" + (" (process stopped)" if stopped else ""))
+
+
+@jobs_app.command("watch")
+def watch(
+    job_id: str,
+    every: str = typer.Option(
+        "5m", "--every", help="Time between status lines: 30s, 5m, 1h (bare number: minutes)."
+    ),
+    workspace: Path = WorkspaceOpt,
+) -> None:
+    """Print a status line (epoch/step, latest KPI, ETA) every interval until the job ends."""
+    from foveal.jobs.monitor import parse_interval, watch_job
+    from foveal.networks.registry import get_network
+
+    interval = parse_interval(every)
+    registry = _registry(workspace)
+    job = registry.get(job_id)
+    try:
+        metric = get_network(job.network).metadata.get("monitoring_metric")
+    except KeyError:
+        metric = None
+    final = watch_job(registry, job.id, interval, typer.echo, metric=metric)
+    if final.status.value in ("Error", "Canceled"):
+        raise typer.Exit(1)

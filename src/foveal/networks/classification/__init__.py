@@ -6,6 +6,7 @@ from foveal.networks.classification.config import ClassificationConfig, resolve
 from foveal.networks.registry import COMMON_HANDOFF, Network, register_network
 
 _ACTIONS_MODULE = "foveal.networks.classification.actions"
+_LABELED = "one subfolder of images per class (<class>/<image>), or an archive of that layout"
 
 NETWORK = register_network(
     Network(
@@ -39,16 +40,42 @@ NETWORK = register_network(
             "monitoring_mode": "max",
             "dataset_requirements": {
                 "train": {
-                    "dataset.train_dataset.images_dir": {"labeled": True, "required": True},
-                    "dataset.val_dataset.images_dir": {"labeled": True, "required": False},
+                    "dataset.train_dataset.images_dir": {
+                        "labeled": True,
+                        "required": True,
+                        "source": "train",
+                        "expected_files": _LABELED,
+                    },
+                    "dataset.val_dataset.images_dir": {
+                        "labeled": True,
+                        "required": False,
+                        "source": "eval",
+                        "expected_files": _LABELED,
+                    },
                 },
-                "evaluate": {"dataset.val_dataset.images_dir": {"labeled": True, "required": True}},
-                "inference": {"dataset.test_dataset.images_dir": {"labeled": False, "required": True}},
+                "evaluate": {
+                    "dataset.val_dataset.images_dir": {
+                        "labeled": True,
+                        "required": True,
+                        "source": "eval",
+                        "expected_files": _LABELED,
+                    }
+                },
+                "inference": {
+                    "dataset.test_dataset.images_dir": {
+                        "labeled": False,
+                        "required": True,
+                        "source": "test",
+                        "expected_files": "images (any depth) or an archive of them",
+                    }
+                },
             },
             # val_top1 (the AutoML and best-checkpoint metric) needs a validation set.
             "eval_dataset": "required",
             "default_pretrained_checkpoint": None,
-            "image": "foveal:latest",
+            # Keys of the versions file (foveal/platforms/images.yaml); see `foveal image resolve`.
+            "image": "foveal-pytorch",
+            "action_images": {"gen_trt_engine": {"image": "foveal-tensorrt"}},
         },
         resolve=resolve,
     )

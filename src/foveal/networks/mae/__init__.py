@@ -7,6 +7,7 @@ from foveal.networks.registry import COMMON_HANDOFF, Network, register_network
 
 _ACTIONS_MODULE = "foveal.networks.mae.actions"
 _FINETUNE = {"train.stage": "finetune"}  # labels (class subfolders) are needed only then
+_IMAGES = "images (.jpg/.png..., any depth) or an archive; class subfolders when train.stage=finetune"
 
 NETWORK = register_network(
     Network(
@@ -46,21 +47,47 @@ NETWORK = register_network(
                         "labeled": False,
                         "labeled_if": _FINETUNE,
                         "required": True,
+                        "source": "train",
+                        "expected_files": _IMAGES,
                     },
                     "dataset.val_data_sources": {
                         "labeled": False,
                         "labeled_if": _FINETUNE,
                         "required": False,
+                        "source": "eval",
+                        "expected_files": _IMAGES,
                     },
                 },
                 "evaluate": {
-                    "dataset.val_data_sources": {"labeled": False, "labeled_if": _FINETUNE, "required": True}
+                    "dataset.val_data_sources": {
+                        "labeled": False,
+                        "labeled_if": _FINETUNE,
+                        "required": True,
+                        "source": "eval",
+                        "expected_files": _IMAGES,
+                    },
+                    # A pretrain checkpoint's kNN top-1 needs labeled training images as its bank.
+                    "dataset.train_data_sources": {
+                        "labeled": True,
+                        "required": False,
+                        "source": "train",
+                        "expected_files": "class subfolders of images (kNN bank; skipped when unlabeled)",
+                    },
                 },
-                "inference": {"dataset.test_data_sources": {"labeled": False, "required": True}},
+                "inference": {
+                    "dataset.test_data_sources": {
+                        "labeled": False,
+                        "required": True,
+                        "source": "test",
+                        "expected_files": _IMAGES,
+                    }
+                },
             },
             "eval_dataset": "optional",
             "default_pretrained_checkpoint": None,
-            "image": "foveal:latest",
+            # Keys of the versions file (foveal/platforms/images.yaml); see `foveal image resolve`.
+            "image": "foveal-pytorch",
+            "action_images": {"gen_trt_engine": {"image": "foveal-tensorrt"}},
         },
         resolve=resolve,
     )
