@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,8 +141,15 @@ def _load_builtins() -> None:
 
 
 def get_network(name: str) -> Network:
-    """The registered network ``name``; ``KeyError`` with the known names otherwise."""
+    """The registered network ``name``; ``KeyError`` with the known names otherwise.
+
+    A name not registered yet is also looked up among the ported networks of the workspace
+    ``$FOVEAL_WORKSPACE`` (default ``./foveal-workspace``), so that a job of a ported network
+    runs from a fresh process that only knows its workspace.
+    """
     _load_builtins()
+    if name not in _NETWORKS:
+        load_workspace_networks(_default_workspace())
     if name not in _NETWORKS:
         raise KeyError(name)
     return _NETWORKS[name]
@@ -150,3 +158,54 @@ def get_network(name: str) -> Network:
 def list_networks() -> list[Network]:
     _load_builtins()
     return [_NETWORKS[n] for n in sorted(_NETWORKS)]
+
+
+# ------------------------------------------------------------------ ported networks (workspace)
+
+WORKSPACE_NETWORKS_DIR = "networks"  # <workspace>/networks/<name>/network.json
+
+
+def _default_workspace() -> Path:
+    # Workspace.resolve's rule, repeated here because this layer must not import foveal.jobs.
+    env = os.environ.get("FOVEAL_WORKSPACE", "").strip()
+    return Path(env).expanduser() if env else Path.cwd() / "foveal-workspace"
+
+
+def load_workspace_networks(workspace_path: str | Path) -> list[Network]:
+    """Register the networks ported into a workspace (``<workspace>/networks/*/network.json``).
+
+    Loading is cheap (no torch): backbones are registered when an action runs. A ported network
+    never shadows a built-in one; a second load of the same workspace replaces its own entries
+    quietly. An unreadable entry is skipped with a warning naming its file.
+
+    Returns:
+        The networks registered from this workspace.
+    """
+    from foveal.networks.ported import ENTRY_FILE, ported_network
+
+    _load_builtins()
+    root = Path(workspace_path).expanduser() / WORKSPACE_NETWORKS_DIR
+    if not root.is_dir():
+        return []
+    loaded = []
+    for entry_file in sorted(root.glob(f"*/{ENTRY_FILE}")):
+        try:
+            network = ported_network(entry_file.parent)
+        except (ValueError, KeyError) as exc:
+            logger.warning("skipping ported network %s: %s", entry_file, exc)
+            continue
+        existing = _NETWORKS.get(network.name)
+        if existing is not None and not existing.metadata.get("ported"):
+            logger.warning(
+                "ported network %s is shadowed by the built-in %r; skipped", entry_file, network.name
+            )
+            continue
+        _NETWORKS[network.name] = network
+        loaded.append(network)
+    return loaded
+
+
+def unregister_network(name: str) -> None:
+    """Forget a ported network (built-in networks are never removed)."""
+    if name in _NETWORKS and _NETWORKS[name].metadata.get("ported"):
+        del _NETWORKS[name]

@@ -1,0 +1,136 @@
+"""Networks made by ``foveal port hf``: the classification network on a ported backbone.
+
+A port writes ``<workspace>/networks/<name>/network.json``. This module turns such an entry into
+a :class:`~foveal.networks.registry.Network` that reuses the classification network's schema,
+actions and handoff rules, with two differences:
+
+* the schema's defaults are the port's (``model.backbone.type`` = the ported backbone, the input
+  size and normalisation of the source model); a derived dataclass tree carries them, so
+  templates, JSON schemas and AutoML read them from the one typed schema;
+* every action first registers the ported backbone in :mod:`foveal.nn.registry` (cheaply: the
+  weights are read when the model is built), so a fresh process that only knows the workspace
+  can train, evaluate and export it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from foveal.networks.registry import ActionResult, Network, RunContext
+
+logger = logging.getLogger(__name__)
+
+ENTRY_FILE = "network.json"
+ENTRY_FORMAT = 1
+
+
+def with_defaults(cls: type, defaults: Mapping[str, Any], prefix: str = "") -> type:
+    """A dataclass derived from ``cls`` whose fields named by dotted ``defaults`` keys default to
+    the given values (field metadata kept); ``cls`` itself is untouched.
+
+    Raises:
+        KeyError: a key that names no field of ``cls``.
+    """
+    hints = typing.get_type_hints(cls)
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    own = {k.split(".", 1)[0] for k in defaults}
+    unknown = own - set(names)
+    if unknown:
+        raise KeyError(f"{prefix}{sorted(unknown)[0]}: no such spec key")
+    new_fields = []
+    for name in sorted(own):
+        old = names[name]
+        nested = {k.split(".", 1)[1]: v for k, v in defaults.items() if k.startswith(name + ".")}
+        if nested:
+            sub = with_defaults(hints[name], nested, f"{prefix}{name}.")
+            new = dataclasses.field(default_factory=sub, metadata=old.metadata)
+            new_fields.append((name, sub, new))
+            continue
+        value = defaults[name]
+        if isinstance(value, (list, dict)):
+            new = dataclasses.field(
+                default_factory=lambda v=value: json.loads(json.dumps(v)), metadata=old.metadata
+            )
+        else:
+            new = dataclasses.field(default=value, metadata=old.metadata)
+        new_fields.append((name, hints[name], new))
+    # A field redefined in a subclass keeps its position in the base, so the spec order is unchanged.
+    return dataclasses.make_dataclass(cls.__name__, new_fields, bases=(cls,))
+
+
+class PortedAction:
+    """An action of a ported network: register its backbone, then run the base network's action."""
+
+    def __init__(self, base: Network, action: str, backbone_name: str, backbone_spec: Mapping[str, Any]):
+        self.base, self.action = base, action
+        self.backbone_name, self.backbone_spec = backbone_name, dict(backbone_spec)
+
+    def __call__(self, cfg: Any, ctx: RunContext) -> ActionResult:
+        from foveal.nn.ported import register_ported_backbone
+
+        register_ported_backbone(self.backbone_name, self.backbone_spec)
+        return self.base.get_action(self.action)(cfg, ctx)
+
+
+def read_entry(entry_dir: Path) -> dict[str, Any]:
+    """The parsed ``network.json`` of a ported network folder.
+
+    Raises:
+        ValueError: unreadable, or of another format version.
+    """
+    path = entry_dir / ENTRY_FILE
+    try:
+        entry = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: unreadable ({exc})") from None
+    if entry.get("format") != ENTRY_FORMAT or not entry.get("ported"):
+        raise ValueError(f"{path}: not a ported network of format {ENTRY_FORMAT}")
+    return entry
+
+
+def absolute_backbone_spec(entry: Mapping[str, Any], entry_dir: Path) -> dict[str, Any]:
+    """The entry's backbone description with its paths made absolute."""
+    spec = dict(entry["backbone"])
+    for key in ("weights", "folder"):
+        if key in spec:
+            spec[key] = str((entry_dir / spec[key]).resolve())
+    return spec
+
+
+def ported_network(entry_dir: Path) -> Network:
+    """Build the :class:`Network` a ported entry folder describes.
+
+    Raises:
+        ValueError: the entry is unreadable or names an unknown base network or spec key.
+    """
+    from foveal.networks.registry import get_network
+
+    entry = read_entry(entry_dir)
+    base = get_network(entry.get("base", "classification"))
+    try:
+        config_cls = with_defaults(base.config_cls, entry.get("defaults", {}))
+    except KeyError as exc:
+        raise ValueError(f"{entry_dir / ENTRY_FILE}: {exc.args[0]}") from None
+    backbone = absolute_backbone_spec(entry, entry_dir)
+    name = entry["name"]
+    description = entry.get("description") or f"ported {entry.get('source', {}).get('model_type', '')} model"
+    if not entry.get("verified"):
+        description += " (port not verified)"
+    metadata = {**base.metadata, **entry.get("metadata", {}), "ported": True, "entry_dir": str(entry_dir)}
+    return Network(
+        name=name,
+        config_cls=config_cls,
+        actions={a: PortedAction(base, a, entry["backbone_name"], backbone) for a in base.actions},
+        description=description,
+        action_sections=dict(base.action_sections),
+        handoff={a: dict(rules) for a, rules in base.handoff.items()},
+        checkpoint_globs=dict(base.checkpoint_globs),
+        metadata=metadata,
+        resolve=base.resolve,
+    )

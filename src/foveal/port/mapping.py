@@ -1,0 +1,181 @@
+"""Phase 2 of a port: map the source onto the closest Foveal backbone and check it is the same model.
+
+* Native: ViT, DINOv2 (with registers) and ViT-MAE convert into :class:`foveal.nn.VisionTransformer`
+  (:mod:`foveal.nn.convert_hf`); the converted weights are stored as safetensors and nothing of
+  ``transformers`` runs afterwards. Check: HF vs native final-norm tokens, max |diff| <= 1e-4.
+* Wrapped: everything else runs as the HF model behind :class:`foveal.nn.hf_backbone.HFBackbone`.
+  Check: the wrapper's pooled feature fed to the model's own head gives the HF logits.
+
+Also the phase-1 sanity export of the untouched HF model (the reason is kept when it fails).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from foveal.port.inspect import SourceInfo
+
+logger = logging.getLogger(__name__)
+
+PARITY_ATOL = 1e-4
+NATIVE_TYPES = ("vit", "dinov2", "dinov2_with_registers", "vit_mae")
+_COPIED = ("config.json", "preprocessor_config.json", "*.safetensors", "*.safetensors.index.json", "*.bin")
+
+
+@dataclass
+class MappingResult:
+    """How the source maps onto Foveal, and what the check measured."""
+
+    mapping: str  # "native" | "wrapped"
+    family: str
+    backbone: dict[str, Any]  # the backbone description for foveal.nn.ported (paths relative)
+    embed_dim: int
+    parity: dict[str, float] = field(default_factory=dict)
+    note: str = ""
+
+
+def example_input(info: SourceInfo, batch: int = 2, seed: int = 0) -> torch.Tensor:
+    """A fixed random batch (B, C, S, S) at the source's input size."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, info.num_channels, info.image_size, info.image_size, generator=gen)
+
+
+class _Logits(nn.Module):
+    """An HF model as ``x -> logits`` (or pooled features) for the exporter."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(pixel_values=x)
+        if hasattr(out, "logits"):
+            return out.logits
+        pooled = getattr(out, "pooler_output", None)
+        return pooled if pooled is not None else out.last_hidden_state
+
+
+def sanity_export(info: SourceInfo) -> dict[str, Any]:
+    """Export the untouched HF model to ONNX and run it in ONNX Runtime; never raises.
+
+    Returns:
+        ``{"passed": bool, "exporter": ..., "max_abs_diff": ..., "reason": ...}``.
+    """
+    from foveal.export import ExportVerificationError, export_onnx
+    from foveal.nn.hf_backbone import load_hf_model
+
+    try:
+        model = _Logits(load_hf_model(info.folder, info.task))
+        with tempfile.TemporaryDirectory(prefix="foveal-port-") as tmp:
+            report = export_onnx(model, example_input(info), Path(tmp) / "source.onnx", dynamic_batch=True)
+        diff = max(report.max_abs_diff.values(), default=0.0)
+        return {"passed": True, "exporter": report.exporter, "max_abs_diff": diff, "reason": ""}
+    except ExportVerificationError as exc:
+        diff = max(exc.report.max_abs_diff.values())
+        return {"passed": False, "exporter": exc.report.exporter, "max_abs_diff": diff, "reason": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - a report line, not a crash: the port may still work
+        line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return {
+            "passed": False,
+            "exporter": None,
+            "max_abs_diff": None,
+            "reason": f"{type(exc).__name__}: {line}",
+        }
+
+
+def copy_hf_folder(source: Path, target: Path) -> None:
+    """Copy the files a model needs (config, preprocessor config, weights) into ``target``."""
+    target.mkdir(parents=True, exist_ok=True)
+    for pattern in _COPIED:
+        for path in source.glob(pattern):
+            shutil.copy2(path, target / path.name)
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    if a.shape != b.shape:
+        raise ValueError(f"shape {tuple(a.shape)} != {tuple(b.shape)}")
+    return float((a.double() - b.double()).abs().max())
+
+
+@torch.no_grad()
+def map_native(info: SourceInfo, entry_dir: Path) -> MappingResult:
+    """Convert into a native ViT, save ``backbone.safetensors`` and compare features with HF.
+
+    Raises:
+        ValueError / RuntimeError: the weights do not convert (the caller falls back to wrapping).
+    """
+    from safetensors.torch import save_file
+
+    from foveal.nn.convert_hf import load_hf_folder
+    from foveal.nn.hf_backbone import load_hf_model
+
+    native, conv = load_hf_folder(info.folder)
+    hf = load_hf_model(info.folder, "feature-extraction")
+    x = example_input(info)
+    hf_tokens = hf(pixel_values=x).last_hidden_state
+    out = native.forward_features(x)
+    ours = torch.cat(
+        [out["x_norm_clstoken"].unsqueeze(1), out["x_norm_regtokens"], out["x_norm_patchtokens"]], 1
+    )
+    diff = _max_diff(hf_tokens, ours)
+    entry_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in native.state_dict().items()}
+    save_file(state, str(entry_dir / "backbone.safetensors"))
+    vit_kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in conv["vit_kwargs"].items()}
+    return MappingResult(
+        mapping="native",
+        family="vit",
+        backbone={"kind": "native_vit", "vit_kwargs": vit_kwargs, "weights": "backbone.safetensors"},
+        embed_dim=native.embed_dim,
+        parity={"hf_vs_native_features": diff},
+        note=f"{conv['model_type']} -> foveal VisionTransformer ({len(state)} tensors)",
+    )
+
+
+@torch.no_grad()
+def map_wrapped(info: SourceInfo, entry_dir: Path) -> MappingResult:
+    """Copy the HF folder into the entry and check the wrapper against the HF model."""
+    from foveal.nn.hf_backbone import HFBackbone, detach_head, load_hf_model
+
+    copy_hf_folder(Path(info.folder), entry_dir / "hf")
+    reference = load_hf_model(entry_dir / "hf", info.task)
+    x = example_input(info)
+    wrapper = HFBackbone(load_hf_model(entry_dir / "hf", info.task), info.task, info.image_size).eval()
+    features = wrapper.forward_features(x)["x_norm_clstoken"]
+    parity: dict[str, float] = {}
+    if info.task == "image-classification":
+        expected = reference(pixel_values=x).logits
+        _, head = detach_head(reference)
+        if head is None:
+            raise RuntimeError(f"{info.architecture}: no classifier/head module to detach")
+        # A head starting with Flatten (ResNet, RegNet) flattens our (B, D) feature to itself.
+        parity["hf_vs_wrapped_logits"] = _max_diff(expected, head(features))
+    if not torch.isfinite(features).all():
+        raise RuntimeError(f"{info.architecture}: the pooled features are not finite")
+    return MappingResult(
+        mapping="wrapped",
+        family=info.model_type,
+        backbone={"kind": "hf", "folder": "hf", "task": info.task, "image_size": info.image_size},
+        embed_dim=wrapper.embed_dim,
+        parity=parity,
+        note=f"{info.architecture} wrapped (pooled feature: the input of its head, dim {wrapper.embed_dim})",
+    )
+
+
+def map_source(info: SourceInfo, entry_dir: Path, prefer_native: bool = True) -> MappingResult:
+    """Native where the architecture allows and the conversion works, else wrapped."""
+    if prefer_native and info.model_type in NATIVE_TYPES:
+        try:
+            return map_native(info, entry_dir)
+        except (ValueError, RuntimeError, KeyError) as exc:
+            logger.warning("native conversion of %s failed (%s); wrapping it instead", info.model_type, exc)
+            (entry_dir / "backbone.safetensors").unlink(missing_ok=True)
+    return map_wrapped(info, entry_dir)
