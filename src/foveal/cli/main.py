@@ -14,8 +14,12 @@ from pathlib import Path
 import typer
 
 from foveal.cli import errors
+from foveal.cli.automl import automl
 from foveal.cli.jobs import jobs_app
 from foveal.cli.output import Format, echo_json, print_table
+from foveal.cli.platforms import image_app, platforms
+from foveal.cli.port import port_app
+from foveal.cli.workflow import workflow_app
 from foveal.networks.registry import ACTIONS, list_networks
 
 app = typer.Typer(
@@ -26,8 +30,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(jobs_app, name="jobs")
+app.command("automl")(automl)
+app.command("platforms")(platforms)
+app.add_typer(image_app, name="image")
+app.add_typer(workflow_app, name="workflow")
 data_app = typer.Typer(help="Datasets: make the synthetic demo data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+app.add_typer(port_app, name="port")
 
 WorkspaceOpt = typer.Option(
     None, "--workspace", "-w", help="Workspace folder (default: $FOVEAL_WORKSPACE or ./foveal-workspace)."
@@ -52,25 +61,36 @@ def _root(
 
 
 @app.command("models")
-def models(fmt: Format = typer.Option(Format.text, "--format", help="text or json")) -> None:
-    """List the registered networks and their actions."""
-    rows = [
-        {
-            "name": n.name,
-            "description": n.description,
-            "actions": list(n.actions),
-            "task": n.metadata.get("task"),
-            "automl_enabled": bool(n.metadata.get("automl_enabled")),
-        }
-        for n in list_networks()
-    ]
+def models(
+    scope: str = typer.Option(None, "--scope", help="automl: only networks AutoML can tune."),
+    fmt: Format = typer.Option(Format.text, "--format", help="text or json"),
+) -> None:
+    """List the registered networks: actions, AutoML, monitoring, dataset needs, checkpoints."""
+    from foveal.jobs.workspace import Workspace
+    from foveal.workflows.catalog import describe_network
+
+    if scope not in (None, "all", "automl"):
+        raise errors.UsageError(f"--scope {scope!r}: expected automl or all")
+    root = Workspace.resolve().root
+    rows = [describe_network(n, root) for n in list_networks()]
+    if scope == "automl":
+        rows = [r for r in rows if r["automl_enabled"]]
     if fmt is Format.json:
         echo_json(rows)
     else:
         print_table(
-            ["network", "actions", "task", "description"],
+            ["network", "actions", "task", "automl", "monitor", "description"],
             [
-                [r["name"], ", ".join(r["actions"]) or "(schema only)", r["task"] or "", r["description"]]
+                [
+                    r["name"],
+                    ", ".join(r["actions"]) or "(schema only)",
+                    r["task"] or "",
+                    ("yes" if r["automl_runnable"] else "enabled, not runnable")
+                    if r["automl_enabled"]
+                    else "no",
+                    f"{r['monitoring_metric']} ({r['monitoring_direction']})",
+                    r["description"],
+                ]
                 for r in rows
             ],
         )
@@ -131,14 +151,15 @@ def data_demo(
 @app.command("demo")
 def demo(
     workspace: Path = WorkspaceOpt,
-    epochs: int = typer.Option(None, help="Training epochs (default: the demo's own)."),
+    epochs: int = typer.Option(None, help="MAE pretraining epochs (default: the demo's own)."),
+    finetune_epochs: int = typer.Option(None, help="Fine-tuning epochs (default: the demo's own)."),
     fmt: Format = typer.Option(Format.text, "--format", help="text or json"),
 ) -> None:
-    """Make the synthetic dataset, train, evaluate and export a small model on CPU."""
+    """Make the synthetic dataset, then MAE pretrain -> finetune -> evaluate -> export on CPU."""
     from foveal.jobs.workspace import Workspace
     from foveal.workflows.demo import run_demo
 
-    summary = run_demo(Workspace.resolve(workspace), epochs=epochs)
+    summary = run_demo(Workspace.resolve(workspace), epochs=epochs, finetune_epochs=finetune_epochs)
     if fmt is Format.json:
         echo_json(summary)
         return
@@ -209,8 +230,16 @@ def _network_command(network_name: str, action: str):
     return command
 
 
+_COMMAND_NETWORKS: set[str] = set()
+
+
 def _add_network_commands() -> None:
+    """One sub-command per registered network not given one yet (built-ins at import time,
+    ported networks once ``main`` has loaded the workspace)."""
     for net in list_networks():
+        if net.name in _COMMAND_NETWORKS:
+            continue
+        _COMMAND_NETWORKS.add(net.name)
         sub = typer.Typer(help=net.description or net.name, no_args_is_help=True)
         for action in ACTIONS:
             sub.command(action)(_network_command(net.name, action))
@@ -220,9 +249,32 @@ def _add_network_commands() -> None:
 _add_network_commands()
 
 
+def _workspace_from_argv(argv: list[str]) -> str | None:
+    """The ``-w/--workspace`` value anywhere on the command line (None when absent)."""
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            break
+        if arg in ("-w", "--workspace") and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--workspace="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _load_ported_networks(argv: list[str]) -> None:
+    """Sub-commands are built before parsing, so learn the workspace first and register the
+    networks ported into it (``foveal port hf``)."""
+    from foveal.jobs.workspace import Workspace
+    from foveal.networks.registry import load_workspace_networks
+
+    load_workspace_networks(Workspace.resolve(_workspace_from_argv(argv)).root)
+    _add_network_commands()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the exit code."""
     argv = sys.argv[1:] if argv is None else argv
+    _load_ported_networks(argv)
     return errors.run_cli(app, argv)
 
 

@@ -30,6 +30,7 @@ VIT_ARCHS = (
     "vit_base_patch16",
     "vit_large_patch16",
     "vit_huge_patch14",
+    "vit_micro_patch4",  # CPU-sized (128 wide, 4 deep): the demo's encoder, not a paper model
 )
 CONVNEXTV2_ARCHS = tuple(
     f"convnextv2_{size}" for size in ("atto", "femto", "pico", "nano", "tiny", "base", "large", "huge")
