@@ -10,13 +10,22 @@ NETWORK = register_network(
         name="nvdinov2",
         config_cls=NVDINOv2Config,
         description="NVDINOv2 self-supervised ViT pretraining (DINO + iBOT + KoLeo), with distillation.",
-        actions={},  # train / inference / export land with their own issues
+        actions={
+            "train": "foveal.networks.nvdinov2.train:train",
+            "evaluate": "foveal.networks.nvdinov2.evaluation:evaluate",
+            "inference": "foveal.networks.nvdinov2.inference:inference",
+            "export": "foveal.networks.nvdinov2.export:export",
+            "gen_trt_engine": "foveal.networks.nvdinov2.export:gen_trt_engine",
+        },
         handoff={
             "train": {
                 **COMMON_HANDOFF,
                 "train.resume_training_checkpoint_path": "resume_model",
                 "train.pretrained_model_path": "ptm_if_no_resume_model",
             },
+            # Downstream actions take the parent's backbone-only file (checkpoint_globs' first kind);
+            # resume_model reads checkpoint_globs["model"], the full model_epoch_* file.
+            "evaluate": {**COMMON_HANDOFF, "evaluate.checkpoint": "parent_model"},
             "inference": {**COMMON_HANDOFF, "inference.checkpoint": "parent_model"},
             "export": {
                 **COMMON_HANDOFF,
@@ -40,12 +49,44 @@ NETWORK = register_network(
             "monitoring_metric": "train_loss",
             "monitoring_mode": "min",
             "dataset_requirements": {
-                "train": {"dataset.train_dataset.images_dir": {"labeled": False, "required": True}},
-                "inference": {"dataset.test_dataset.images_dir": {"labeled": False, "required": True}},
+                "train": {
+                    "dataset.train_dataset.images_dir": {
+                        "labeled": False,
+                        "required": True,
+                        "source": "train",
+                        "expected_files": "images (any depth) or an archive (.tar.gz/.zip) of them",
+                    }
+                },
+                "inference": {
+                    "dataset.test_dataset.images_dir": {
+                        "labeled": False,
+                        "required": True,
+                        "source": "test",
+                        "expected_files": "images (any depth) or an archive (.tar.gz/.zip) of them",
+                    }
+                },
+                # kNN / linear probe need classes; the training images are the kNN reference when
+                # they are labeled too, else a fixed split of the val set is.
+                "evaluate": {
+                    "dataset.val_dataset.images_dir": {
+                        "labeled": True,
+                        "required": True,
+                        "source": "val",
+                        "expected_files": "images in class subfolders (root/<class>/<image>) or an archive",
+                    },
+                    "dataset.train_dataset.images_dir": {
+                        "labeled": True,
+                        "required": False,
+                        "source": "train",
+                        "expected_files": "images in the same class subfolders, or an archive",
+                    },
+                },
             },
-            "eval_dataset": "none",
+            "eval_dataset": "optional",
             "default_pretrained_checkpoint": None,
-            "image": "foveal:latest",
+            # Keys of the versions file (foveal/platforms/images.yaml); see `foveal image resolve`.
+            "image": "foveal-pytorch",
+            "action_images": {"gen_trt_engine": {"image": "foveal-tensorrt"}},
         },
         resolve=resolve,
     )

@@ -75,6 +75,10 @@ class HeadConfig:
     )
     hidden_dim: int = field(2048, valid_min=1, description="Hidden width of the projection heads.")
     bottleneck_dim: int = field(384, valid_min=1, description="Bottleneck width before the prototype layer.")
+    separate_ibot_head: bool = field(
+        False,
+        description="Give iBOT its own projection head instead of sharing the DINO head (DINOv2's default).",
+    )
 
 
 @dataclass
@@ -125,6 +129,17 @@ class TestDataPath:
 
 
 @dataclass
+class ValDataPath:
+    images_dir: str | None = field(
+        None,
+        required=("evaluate",),
+        description="Labeled evaluation images in class subfolders (root/<class>/<image>): a folder or "
+        "archive. kNN neighbours come from train_dataset.images_dir when it has the same class "
+        "folders, else from a fixed split of this set (evaluate.reference_fraction).",
+    )
+
+
+@dataclass
 class TransformConfig:
     n_global_crops: int = field(
         2, valid_min=1, description="Global crops per image (seen by teacher and student)."
@@ -154,6 +169,7 @@ class TransformConfig:
 class DatasetConfig:
     train_dataset: TrainDataPath = section(TrainDataPath, description="Training images (no labels needed).")
     test_dataset: TestDataPath = section(TestDataPath, description="Images for inference.")
+    val_dataset: ValDataPath = section(ValDataPath, description="Labeled images for evaluate.")
     batch_size: int = field(4, valid_min=1, popular=True, description="Images per device per step.")
     workers: int = field(
         8, valid_min=0, description="Data loader worker processes per device; 0 = main process."
@@ -260,6 +276,18 @@ class LossConfig:
     koleo_loss_weight: float = field(
         0.1, valid_min=0.0, description="Weight of the KoLeo spreading regulariser."
     )
+    student_temperature: float = field(
+        0.1,
+        valid_min=0.001,
+        valid_max=1.0,
+        description="Student softmax temperature of the DINO and iBOT losses.",
+    )
+    center_momentum: float = field(
+        0.9,
+        valid_min=0.0,
+        valid_max=1.0,
+        description="EMA momentum of the teacher centre (softmax centering).",
+    )
     centering: str = field(
         "softmax",
         valid_options=("softmax", "sinkhorn_knopp"),
@@ -292,6 +320,9 @@ class NVDINOv2TrainConfig(TrainConfig):
         valid_min=0.0,
         valid_max=1.0,
         description="Per-block learning rate decay from the top; 1.0 = off.",
+    )
+    patch_embed_lr_multiplier: float = field(
+        0.2, valid_min=0.0, description="Learning-rate multiplier of the patch embedding (DINOv2: 0.2)."
     )
     clip_grad_norm: float = field(
         3.0, valid_min=0.0, description="Clip the gradient norm to this value; 0 = off."
@@ -332,6 +363,36 @@ class NVDINOv2InferenceConfig(InferenceConfig):
 
 
 @dataclass
+class NVDINOv2EvaluateConfig(EvaluateConfig):
+    checkpoint: str | None = field(
+        None,
+        required=("evaluate",),
+        parent_param=True,
+        description="Backbone checkpoint (student_epoch_*.pth or teacher_epoch_*.pth) to evaluate.",
+    )
+    knn_k: int = field(20, valid_min=1, description="Neighbours of the weighted kNN classifier (DINO: 20).")
+    knn_temperature: float = field(
+        0.07, valid_min=1e-4, valid_max=10.0, description="Temperature of the kNN vote weights (DINO: 0.07)."
+    )
+    linear_probe_steps: int = field(
+        300, valid_min=0, description="L-BFGS steps of the linear probe on frozen features; 0 = no probe."
+    )
+    linear_probe_weight_decay: float = field(
+        1e-4, valid_min=0.0, description="L2 penalty on the linear probe's weights."
+    )
+    reference_fraction: float = field(
+        0.5,
+        valid_min=0.05,
+        valid_max=0.95,
+        description="Without labeled training images, this fraction of each class of "
+        "val_dataset.images_dir is the kNN/probe training split (fixed by seed); the rest is scored.",
+    )
+    seed: int = field(
+        0, valid_min=0, description="Seed of the reference split and the probe's initial weights."
+    )
+
+
+@dataclass
 class NVDINOv2ExportConfig(ExportConfig):
     checkpoint: str | None = field(
         None,
@@ -339,15 +400,20 @@ class NVDINOv2ExportConfig(ExportConfig):
         parent_param=True,
         description="Backbone checkpoint (student_epoch_*.pth or teacher_epoch_*.pth) to export.",
     )
+    overwrite: bool = field(
+        False, description="Replace an existing export.onnx_file; false refuses to overwrite it."
+    )
     input_width: int | None = field(
         None,
         valid_min=14,
-        description="Input width; divisible by patch_size. Empty: model.backbone.img_size.",
+        description="Input width; divisible by patch_size. Empty (or equal to model.backbone.img_size "
+        "of this spec): the img_size the checkpoint was trained with.",
     )
     input_height: int | None = field(
         None,
         valid_min=14,
-        description="Input height; divisible by patch_size. Empty: model.backbone.img_size.",
+        description="Input height; divisible by patch_size. Empty (or equal to model.backbone.img_size "
+        "of this spec): the img_size the checkpoint was trained with.",
     )
 
 
@@ -383,7 +449,9 @@ class NVDINOv2Config:
     model: ModelConfig = section(ModelConfig, description="Backbones, heads and distillation.")
     dataset: DatasetConfig = section(DatasetConfig, description="Images and multi-crop augmentation.")
     train: NVDINOv2TrainConfig = section(NVDINOv2TrainConfig, description="Training.")
-    evaluate: EvaluateConfig = section(EvaluateConfig, description="Evaluation.")
+    evaluate: NVDINOv2EvaluateConfig = section(
+        NVDINOv2EvaluateConfig, description="kNN and linear-probe evaluation of frozen features."
+    )
     inference: NVDINOv2InferenceConfig = section(NVDINOv2InferenceConfig, description="Embedding extraction.")
     export: NVDINOv2ExportConfig = section(NVDINOv2ExportConfig, description="ONNX export of the backbone.")
     gen_trt_engine: NVDINOv2GenTrtEngineConfig = section(
@@ -456,6 +524,14 @@ def resolve(cfg: NVDINOv2Config) -> NVDINOv2Config:
         )
     _check_range(issues, "dataset.transform.global_crops_scale", transform.global_crops_scale)
     _check_range(issues, "dataset.transform.local_crops_scale", transform.local_crops_scale)
+    if transform.n_global_crops == 1 and transform.n_local_crops == 0:
+        issues.append(
+            SpecIssue(
+                "dataset.transform.n_global_crops",
+                "one global crop and no local crop leave the DINO loss no pair of views to compare",
+                "use n_global_crops=2 or n_local_crops > 0",
+            )
+        )
     if not cfg.model.distill.enable and backbone.teacher_type != backbone.student_type:
         issues.append(
             SpecIssue(

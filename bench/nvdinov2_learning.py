@@ -1,0 +1,197 @@
+"""Does our NVDINOv2 pretraining learn? kNN top-1 of raw pixels vs random-init vs pretrained ViT.
+
+On the synthetic shapes data (``foveal.data.make_demo_dataset``; class = shape, everything else
+random), the script
+
+1. pretrains with our ``nvdinov2 train`` action (a Foveal job) on the *unlabeled* training images;
+2. embeds the labeled training split (kNN reference) and the labeled val split with the CLS token
+   (``x_norm_clstoken``) of (b) the same ViT at random init and (c) the pretrained student and
+   teacher, and also uses (a) the normalised raw pixels as features;
+3. prints DINO's weighted kNN top-1 (k=20, T=0.07; ``foveal.networks.nvdinov2.evaluation.knn_top1``)
+   of each on val. The target is (c) >= (a) + 15 points and >= (b) + 15 points.
+
+The ViT is the registered ``vit_t`` shrunk with ``--depth``/``--dim``/``--heads`` so that the run
+fits a CPU budget of a few minutes; patch 16 on 64 px images (4 x 4 grid), local crops 32 px.
+
+    python bench/nvdinov2_learning.py                        # ~ a few minutes on 2 cores
+    python bench/nvdinov2_learning.py --epochs 40 --num-train 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from foveal.data import LabeledImageFolderDataset, build_eval_transform  # noqa: E402
+from foveal.data.synthetic import make_demo_dataset  # noqa: E402
+from foveal.jobs import Workspace  # noqa: E402
+from foveal.jobs.runner import run_job  # noqa: E402
+from foveal.networks.nvdinov2 import backbones  # noqa: E402
+from foveal.networks.nvdinov2.evaluation import knn_top1  # noqa: E402
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--num-train", type=int, default=1200)
+    p.add_argument("--num-val", type=int, default=400)
+    p.add_argument("--num-classes", type=int, default=4)
+    p.add_argument("--img-size", type=int, default=64)
+    p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--dim", type=int, default=96)
+    p.add_argument("--heads", type=int, default=3)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--n-local", type=int, default=4)
+    p.add_argument(
+        "--local-size", type=int, default=None, help="default: half the image size, a multiple of 16"
+    )
+    p.add_argument("--global-scale", type=float, nargs=2, default=[0.32, 1.0], help="global crop area range")
+    p.add_argument("--local-scale", type=float, nargs=2, default=[0.05, 0.32], help="local crop area range")
+    p.add_argument("--teacher-temp", type=float, default=0.04, help="teacher temperature after warm-up")
+    p.add_argument("--teacher-temp-start", type=float, default=0.04)
+    p.add_argument("--prototypes", type=int, default=1024)
+    p.add_argument("--hidden", type=int, default=512)
+    p.add_argument("--bottleneck", type=int, default=128)
+    p.add_argument("--momentum", type=float, default=0.99, help="teacher EMA momentum at the start")
+    p.add_argument("--koleo", type=float, default=0.1)
+    p.add_argument("--centering", choices=("softmax", "sinkhorn_knopp"), default="softmax")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--out", type=Path, default=None, help="folder for data and jobs (default: a temp dir)")
+    return p.parse_args()
+
+
+def recipe(args: argparse.Namespace, images_dir: Path) -> list[str]:
+    """Spec overrides: the schedules are sized to this run's steps (TAO's are for ImageNet)."""
+    steps = max(1, args.num_train // args.batch) * args.epochs
+    warm = max(1, steps // 10)
+    local = args.local_size or max(16, args.img_size // 32 * 16)
+    return [
+        f"dataset.train_dataset.images_dir={images_dir}",
+        "model.backbone.teacher_type=vit_t",
+        "model.backbone.student_type=vit_t",
+        "model.backbone.patch_size=16",
+        f"model.backbone.img_size={args.img_size}",
+        "model.backbone.drop_path_rate=0.0",
+        f"model.head.hidden_dim={args.hidden}",
+        f"model.head.bottleneck_dim={args.bottleneck}",
+        f"dataset.transform.global_crops_size={args.img_size}",
+        f"dataset.transform.local_crops_size={local}",
+        f"dataset.transform.n_local_crops={args.n_local}",
+        f"dataset.transform.global_crops_scale=[{args.global_scale[0]}, {args.global_scale[1]}]",
+        f"dataset.transform.local_crops_scale=[{args.local_scale[0]}, {args.local_scale[1]}]",
+        f"dataset.batch_size={args.batch}",
+        f"dataset.workers={args.workers}",
+        f"train.num_epochs={args.epochs}",
+        f"train.seed={args.seed}",
+        "train.precision=fp32",
+        f"train.num_prototypes={args.prototypes}",
+        f"train.loss.koleo_loss_weight={args.koleo}",
+        f"train.loss.centering={args.centering}",
+        f"train.schedulers.learning_rate.val_base={args.lr}",
+        f"train.schedulers.learning_rate.warm_up_steps={warm}",
+        f"train.schedulers.learning_rate.max_decay_steps={steps}",
+        f"train.schedulers.last_layer_learning_rate.val_base={args.lr}",
+        f"train.schedulers.last_layer_learning_rate.warm_up_steps={warm}",
+        f"train.schedulers.last_layer_learning_rate.max_decay_steps={steps}",
+        f"train.schedulers.last_layer_learning_rate.freeze_steps={warm}",
+        f"train.schedulers.weight_decay.max_decay_steps={steps}",
+        f"train.schedulers.momentum.val_base={args.momentum}",
+        f"train.schedulers.momentum.max_decay_steps={steps}",
+        f"train.schedulers.teacher_temperature.val_start={args.teacher_temp_start}",
+        f"train.schedulers.teacher_temperature.val_base={args.teacher_temp}",
+        f"train.schedulers.teacher_temperature.val_final={args.teacher_temp}",
+        f"train.schedulers.teacher_temperature.warm_up_steps={3 * warm}",
+        f"train.schedulers.teacher_temperature.max_decay_steps={3 * warm}",
+        f"train.checkpoint_interval={args.epochs}",
+    ]
+
+
+@torch.inference_mode()
+def embed(model: torch.nn.Module | None, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features, labels): CLS tokens of ``model``, or flattened pixels when ``model`` is None."""
+    feats, labels = [], []
+    if model is not None:
+        model.eval()
+    for images, y in loader:
+        feats.append(
+            images.flatten(1) if model is None else model.forward_features(images)["x_norm_clstoken"]
+        )
+        labels.append(y)
+    return torch.cat(feats), torch.cat(labels)
+
+
+def main() -> None:
+    args = parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    real = backbones.create_backbone
+    shrink = {"depth": args.depth, "embed_dim": args.dim, "num_heads": args.heads}
+    backbones.create_backbone = lambda name, **kw: real(name, **{**kw, **shrink})
+    root = args.out or Path(tempfile.mkdtemp(prefix="nvdinov2_learning_"))
+    data = make_demo_dataset(
+        root / "data",
+        num_train=args.num_train,
+        num_val=args.num_val,
+        num_test=0,
+        image_size=args.img_size,
+        num_classes=args.num_classes,
+        seed=args.seed,
+        archives=False,
+    )
+    start = time.perf_counter()
+    job = run_job(
+        "nvdinov2", "train", overrides=recipe(args, data["images_train"]), workspace=Workspace(root / "ws")
+    )
+    train_s = time.perf_counter() - start
+    results = Path(job.results_dir)
+    files = {kind: sorted(results.glob(f"{kind}_epoch_*.pth"))[-1] for kind in ("student", "teacher")}
+
+    transform = build_eval_transform(args.img_size, crop_pct=1.0)
+    train_set = LabeledImageFolderDataset(data["labeled_train"], transform=transform)
+    val_set = LabeledImageFolderDataset(data["labeled_val"], transform=transform, classes=train_set.classes)
+    loaders = [DataLoader(s, batch_size=128) for s in (train_set, val_set)]
+
+    from foveal.networks.nvdinov2.config import NVDINOv2Config
+    from foveal.spec import build_config
+
+    cfg = build_config(NVDINOv2Config, torch.load(files["student"], weights_only=True)["config"])
+    torch.manual_seed(args.seed)
+    models: dict[str, torch.nn.Module | None] = {
+        "(a) raw pixels": None,
+        "(b) random init": backbones.build_backbone(cfg, "student"),
+    }
+    for kind, path in files.items():
+        model = backbones.build_backbone(cfg, kind)
+        model.load_state_dict(torch.load(path, weights_only=True)["state_dict"])
+        models[f"(c) pretrained {kind}"] = model
+    print(
+        f"nvdinov2 learning: {args.num_train} unlabeled train / {args.num_val} val images, {args.num_classes} "
+        f"classes, {args.img_size} px; ViT depth {args.depth} dim {args.dim}; {args.epochs} epochs in {train_s:.0f} s; "
+        f"final train_loss {job.kpis.get('train_loss', float('nan')):.3f}"
+    )
+    scores = {}
+    for name, model in models.items():
+        train_feats, train_y = embed(model, loaders[0])
+        val_feats, val_y = embed(model, loaders[1])
+        scores[name] = knn_top1(train_feats, train_y, val_feats, val_y, k=20, temperature=0.07)
+        print(f"  kNN top-1 {name:24s} {scores[name]:.3f}")
+    best = max(scores["(c) pretrained student"], scores["(c) pretrained teacher"])
+    margin = best - max(scores["(a) raw pixels"], scores["(b) random init"])
+    print(f"  margin of (c) over max(a, b): {100 * margin:+.1f} points (target >= +15)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""Student and teacher ViT backbones of the nvdinov2 network, built from ``model.backbone``.
+
+DINOv2 (Oquab et al., arXiv:2304.07193) uses the same architecture for student and teacher, the
+teacher being an EMA of the student; in distillation the teacher is a larger frozen model. Only the
+student gets stochastic depth: the teacher runs without grad and must be deterministic.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from foveal.nn.registry import create_backbone
+from foveal.nn.vit import VisionTransformer
+
+WHICH = ("student", "teacher")
+
+
+def backbone_type(cfg: Any, which: str) -> str:
+    """``model.backbone.student_type`` or ``teacher_type`` (``vit_t`` ... ``vit_g``)."""
+    if which not in WHICH:
+        raise ValueError(f"which must be one of {WHICH}, got {which!r}")
+    return getattr(cfg.model.backbone, f"{which}_type")
+
+
+def build_backbone(cfg: Any, which: str) -> VisionTransformer:
+    """The student or teacher ViT for ``cfg`` (an ``NVDINOv2Config``), randomly initialised.
+
+    Args:
+        cfg: resolved nvdinov2 spec; reads ``model.backbone`` and, for the student,
+            ``train.activation_checkpointing``.
+        which: ``"student"`` or ``"teacher"``.
+
+    ``train.use_custom_attention`` needs no switch here: every block already calls PyTorch's
+    ``scaled_dot_product_attention``, which picks the flash / memory-efficient kernel itself.
+    """
+    backbone = cfg.model.backbone
+    model = create_backbone(
+        backbone_type(cfg, which),
+        img_size=backbone.img_size,
+        patch_size=backbone.patch_size,
+        num_register_tokens=backbone.num_register_tokens,
+        drop_path_rate=backbone.drop_path_rate if which == "student" else 0.0,
+    )
+    if which == "student" and getattr(cfg.train, "activation_checkpointing", False):
+        model.set_grad_checkpointing(True)
+    return model

@@ -1,0 +1,183 @@
+"""nvdinov2 inference: a feature vector for every image, and a PCA picture of patch features.
+
+Outputs in the job's results folder:
+
+- ``inference.csv``: TAO's layout, columns ``input_path`` and ``features`` (the CLS token
+  ``x_norm_clstoken`` as a JSON list), one row per image;
+- ``features.npy``: the same CLS features as an (N, D) float32 matrix, rows in the order of
+  ``features_paths.txt`` (one path per line);
+- ``pca.png``: for a few images, the input beside its patch features mapped to colour as in
+  DINOv2's figures (Oquab et al., arXiv:2304.07193, fig. 1): a first PCA over all their patch
+  tokens separates foreground from background, a second PCA over the foreground patches gives
+  three components shown as RGB (background black).
+
+Unlike TAO (one image per step, crashes with ``workers: 0``) images are batched by
+``inference.batch_size`` (-1: ``dataset.batch_size``) and ``dataset.workers: 0`` loads in the
+main process. Images are resized (shorter side) and centre-cropped to the square size the
+backbone was trained on, ``dataset.transform.global_crops_size`` of the checkpoint (a multiple
+of the patch size by validation): batching needs one size, and that is the resolution the
+features were learned at.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from foveal.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, ImageFolderDataset, build_eval_transform
+from foveal.networks.nvdinov2.checkpoints import LoadedBackbone, load_backbone_file
+from foveal.networks.registry import ActionResult, RunContext
+
+logger = logging.getLogger(__name__)
+PCA_IMAGES = 4  # rows of pca.png
+PCA_TILE = 128  # pixels per tile side in pca.png
+
+
+def input_size(loaded: LoadedBackbone) -> int:
+    """Square input side for inference/evaluate: the checkpoint's global crop size."""
+    return int(loaded.cfg.dataset.transform.global_crops_size)
+
+
+def eval_transform(loaded: LoadedBackbone) -> Any:
+    """Resize the shorter side and centre-crop to :func:`input_size`, then ImageNet-normalise."""
+    return build_eval_transform(input_size(loaded), IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, crop_pct=1.0)
+
+
+def batch_size_of(cfg: Any, section: Any) -> int:
+    return section.batch_size if section.batch_size > 0 else cfg.dataset.batch_size
+
+
+def make_loader(dataset: Dataset, batch_size: int, workers: int) -> DataLoader:
+    """Ordered batches; more workers than cores never helps (TAO's defaults oversubscribe)."""
+    workers = min(workers, os.cpu_count() or 1)
+    return DataLoader(
+        dataset,
+        batch_size=max(1, min(batch_size, len(dataset))),
+        shuffle=False,
+        num_workers=workers,
+        persistent_workers=False,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+# ------------------------------------------------------------------------------ PCA picture
+
+
+def _pca(x: torch.Tensor, components: int) -> torch.Tensor:
+    """Projections (M, components) of the rows of ``x`` (M, D) on their top principal axes."""
+    centred = x - x.mean(dim=0, keepdim=True)
+    _, _, v = torch.linalg.svd(centred.double(), full_matrices=False)
+    proj = centred.double() @ v[:components].T
+    # Fix each axis' sign (SVD's is arbitrary) so the picture is reproducible.
+    signs = torch.sign(proj.sum(dim=0))
+    return (proj * torch.where(signs == 0, 1.0, signs)).float()
+
+
+def _minmax(x: torch.Tensor) -> torch.Tensor:
+    low, high = x.min(dim=0).values, x.max(dim=0).values
+    return (x - low) / (high - low).clamp_min(1e-8)
+
+
+def pca_colours(patch_tokens: torch.Tensor) -> torch.Tensor:
+    """RGB in [0, 1] per patch (B, N, 3) from patch tokens (B, N, D), as DINOv2's figures.
+
+    The first principal component over all patches splits foreground from background at the
+    middle of its range; the smaller side is taken as foreground (objects rarely fill the frame;
+    the sign of a component carries no meaning). Background is black.
+    """
+    batch, count, dim = patch_tokens.shape
+    flat = patch_tokens.reshape(-1, dim).float()
+    first = _minmax(_pca(flat, 1))[:, 0]
+    foreground = first > 0.5
+    if foreground.sum() * 2 > foreground.numel():
+        foreground = ~foreground
+    if int(foreground.sum()) < 3:  # too few to run a 3-component PCA: colour everything
+        foreground = torch.ones_like(foreground)
+    colours = torch.zeros(flat.shape[0], 3)
+    fg = flat[foreground]
+    rgb = _pca(fg, min(3, fg.shape[0], dim))
+    colours[foreground, : rgb.shape[1]] = _minmax(rgb)
+    return colours.reshape(batch, count, 3)
+
+
+def save_pca_figure(loaded: LoadedBackbone, images: torch.Tensor, out: Path) -> Path:
+    """Write ``out``: each row an input image (B, 3, H, W, normalised) beside its PCA colours."""
+    with torch.inference_mode():
+        tokens = loaded.backbone.forward_features(images)["x_norm_patchtokens"]
+    patch = loaded.backbone.patch_size
+    grid_h, grid_w = images.shape[-2] // patch, images.shape[-1] // patch
+    colours = pca_colours(tokens).reshape(len(images), grid_h, grid_w, 3)
+    mean = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)
+    canvas = Image.new("RGB", (2 * PCA_TILE, PCA_TILE * len(images)))
+    for row, (image, colour) in enumerate(zip(images, colours, strict=True)):
+        pixels = ((image * std + mean).clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+        left = Image.fromarray(pixels).resize((PCA_TILE, PCA_TILE), Image.Resampling.BILINEAR)
+        right = Image.fromarray((colour.numpy() * 255).astype(np.uint8))
+        right = right.resize((PCA_TILE, PCA_TILE), Image.Resampling.NEAREST)  # one block per patch
+        canvas.paste(left, (0, row * PCA_TILE))
+        canvas.paste(right, (PCA_TILE, row * PCA_TILE))
+    canvas.save(out)
+    return out
+
+
+# ------------------------------------------------------------------------------ action
+
+
+def _write_features(loaded: LoadedBackbone, loader: DataLoader, results_dir: Path) -> tuple[int, int, dict]:
+    """Stream batches into inference.csv; returns (rows, feature dim, artifacts)."""
+    csv_path = results_dir / "inference.csv"
+    features: list[np.ndarray] = []
+    paths: list[str] = []
+    with csv_path.open("w", newline="") as handle, torch.inference_mode():
+        writer = csv.writer(handle)
+        writer.writerow(["input_path", "features"])
+        for images, batch_paths in loader:
+            cls = loaded.backbone.forward_features(images)["x_norm_clstoken"].float().cpu().numpy()
+            for path, row in zip(batch_paths, cls, strict=True):
+                writer.writerow([path, json.dumps(row.tolist())])
+            features.append(cls)
+            paths.extend(batch_paths)
+    matrix = np.concatenate(features).astype(np.float32)
+    npy_path, list_path = results_dir / "features.npy", results_dir / "features_paths.txt"
+    np.save(npy_path, matrix)
+    list_path.write_text("".join(f"{p}\n" for p in paths))
+    artifacts = {"inference_csv": str(csv_path), "features": str(npy_path), "features_paths": str(list_path)}
+    return matrix.shape[0], matrix.shape[1], artifacts
+
+
+def inference(cfg: Any, ctx: RunContext) -> ActionResult:
+    """Embed every image of ``dataset.test_dataset.images_dir`` (recursive) with the backbone."""
+    from foveal.data import resolve_dataset
+
+    loaded = load_backbone_file(cfg.inference.checkpoint, key="inference.checkpoint")
+    root = resolve_dataset(cfg.dataset.test_dataset.images_dir, ctx.cache_dir)
+    dataset = ImageFolderDataset(root, transform=eval_transform(loaded), recursive=True, return_path=True)
+    batch = batch_size_of(cfg, cfg.inference)
+    logger.info(
+        "inference: %d images from %s at %d px, batch %d, %d workers",
+        len(dataset),
+        root,
+        input_size(loaded),
+        batch,
+        cfg.dataset.workers,
+    )
+    loader = make_loader(dataset, batch, cfg.dataset.workers)
+    rows, dim, artifacts = _write_features(loaded, loader, ctx.results_dir)
+    sample = torch.stack([dataset[i][0] for i in range(min(PCA_IMAGES, len(dataset)))])
+    artifacts["pca"] = str(save_pca_figure(loaded, sample, ctx.results_dir / "pca.png"))
+    return ActionResult(
+        kpis={"num_images": float(rows), "feature_dim": float(dim)},
+        artifacts=artifacts,
+        message=f"{rows} images -> inference.csv, features.npy ({rows} x {dim} CLS features), pca.png "
+        f"({loaded.kind} {loaded.arch} backbone)",
+    )

@@ -1,0 +1,189 @@
+"""Lightning module of nvdinov2 training: optimizer groups, per-step schedules, EMA, backbone files.
+
+The loop follows DINOv2's ``train.py`` (Oquab et al., arXiv:2304.07193), top to bottom:
+schedules at the current optimizer step (lr, last-layer lr, weight decay, teacher temperature) ->
+forward (:class:`NVDINOv2Method`) -> backward (Lightning) -> last layer's gradients dropped while
+frozen, per-part gradient clipping -> AdamW step -> EMA update on the momentum schedule -> logs.
+AdamW groups carry layer-wise LR decay (BEiT/DINOv2 ``lr_decay_rate ** (n_blocks + 1 - layer)``),
+the patch-embedding LR multiplier and no weight decay on biases, norms, LayerScale and tokens.
+
+Each checkpoint the engine saves is accompanied by backbone-only handoff files
+``student_epoch_EEE_step_SSSSS.pth`` (and ``teacher_...`` when self-training).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+import foveal
+from foveal.engine.callbacks import epoch_number
+from foveal.engine.checkpoint import checkpoint_filename, save_checkpoint_atomic, update_latest_link
+from foveal.networks.nvdinov2.method import NVDINOv2Method
+from foveal.networks.nvdinov2.schedules import StepValues, schedule_value, values_at
+from foveal.nn.vit import layer_id_for_param
+
+logger = logging.getLogger(__name__)
+NETWORK = "nvdinov2"
+LATEST_LINK = "nvdinov2_model_latest.pth"
+_NO_DECAY_SUFFIXES = ("bias", "gamma", "pos_embed", "cls_token", "register_tokens", "mask_token")
+
+
+def backbone_filename(kind: str, epoch: int, step: int) -> str:
+    """``student_epoch_003_step_00120.pth`` / ``teacher_...``: beside ``model_epoch_003_step_00120.pth``."""
+    return f"{kind}_epoch_{epoch:03d}_step_{step:05d}.pth"
+
+
+def param_groups(student: nn.ModuleDict, layerwise_decay: float, patch_embed_lr_mult: float) -> list[dict]:
+    """AdamW groups of the student, fused by (lr multiplier, weight-decay multiplier, last layer).
+
+    Each group carries ``lr_multiplier``, ``wd_multiplier`` and ``is_last_layer``; the loop
+    multiplies the scheduled values by them at every step.
+    """
+    backbone = student["backbone"]
+    n_blocks = backbone.n_blocks
+    no_decay = {f"backbone.{name}" for name in backbone.no_weight_decay()}
+    groups: dict[tuple[float, float, bool], dict[str, Any]] = {}
+    for name, param in student.named_parameters():
+        if not param.requires_grad:
+            continue
+        layer = layer_id_for_param(name, n_blocks) if name.startswith("backbone.") else n_blocks + 1
+        lr_mult = layerwise_decay ** (n_blocks + 1 - layer)
+        if "patch_embed" in name:
+            lr_mult *= patch_embed_lr_mult
+        skip_decay = (
+            param.ndim <= 1 or name in no_decay or name.endswith(_NO_DECAY_SUFFIXES) or ".norm" in name
+        )
+        is_last = ".last_layer." in name
+        key = (lr_mult, 0.0 if skip_decay else 1.0, is_last)
+        group = groups.setdefault(
+            key, {"params": [], "lr_multiplier": key[0], "wd_multiplier": key[1], "is_last_layer": is_last}
+        )
+        group["params"].append(param)
+    return list(groups.values())
+
+
+class NVDINOv2Module(L.LightningModule):
+    """Trains an :class:`NVDINOv2Method` with DINOv2's per-step schedules.
+
+    The method's parts (``student``, ``teacher``, ``student_ema``, centering) are registered here
+    directly, so full checkpoints hold ``student.backbone.*``, ``teacher.backbone.*``, ... keys.
+
+    Args:
+        method: the student/teacher method.
+        train_cfg: ``train`` section (schedulers, clip_grad_norm, layerwise_decay,
+            patch_embed_lr_multiplier).
+        results_dir: where backbone-only files are written next to the engine's checkpoints.
+        config_dict: resolved spec as plain data, embedded in the backbone files.
+        archs: ``{"student": "vit_s", "teacher": "vit_s"}``.
+    """
+
+    def __init__(
+        self,
+        method: NVDINOv2Method,
+        train_cfg: Any,
+        *,
+        results_dir: str | Path | None = None,
+        config_dict: dict | None = None,
+        archs: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__()
+        for name, child in method.named_children():
+            self.add_module(name, child)
+        self.__dict__["method"] = method  # same children; not registered a second time
+        self.train_cfg = train_cfg
+        self.schedulers = train_cfg.schedulers
+        self.results_dir = Path(results_dir) if results_dir is not None else None
+        self.config_dict = config_dict or {}
+        self.archs = archs or {}
+        self._pending_link: Path | None = None
+        self._last_layer = [p for n, p in method.student.named_parameters() if ".last_layer." in n]
+
+    # ----------------------------------------------------------------------------- loop
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        groups = param_groups(
+            self.method.student, self.train_cfg.layerwise_decay, self.train_cfg.patch_embed_lr_multiplier
+        )
+        # Not fused: Lightning does not unscale fp16 gradients of a fused optimizer before the
+        # clipping in on_before_optimizer_step. lr/wd are set per step by apply_schedules.
+        return torch.optim.AdamW(groups, lr=0.0, betas=(0.9, 0.999))
+
+    def apply_schedules(self, optimizer: Any, values: StepValues) -> None:
+        """Scheduled lr / weight decay times each group's multipliers."""
+        for group in optimizer.param_groups:
+            lr = values.last_layer_lr if group["is_last_layer"] else values.lr
+            group["lr"] = lr * group["lr_multiplier"]
+            group["weight_decay"] = values.weight_decay * group["wd_multiplier"]
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        values = values_at(self.schedulers, self.trainer.global_step)
+        self.apply_schedules(self.optimizers(), values)
+        loss, parts = self.method(batch, values.teacher_temp)
+        images = len(batch["global_crops"]) // self.method.settings.n_global_crops
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=images)
+        self.log_dict(parts, on_step=False, on_epoch=True, batch_size=images)
+        schedules = {"lr": values.lr, "wd": values.weight_decay, "teacher_temp": values.teacher_temp}
+        self.log_dict(schedules, on_step=True, on_epoch=False, batch_size=images)
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.trainer.global_step < self.schedulers.last_layer_learning_rate.freeze_steps:
+            for param in self._last_layer:  # DINOv2 cancels them: no update, no weight decay
+                param.grad = None
+        clip = self.train_cfg.clip_grad_norm
+        if clip > 0:  # per part, as DINOv2 (backbone, dino head, ibot head)
+            for part in self.method.student.values():
+                params = [p for p in part.parameters() if p.grad is not None]
+                if params:
+                    nn.utils.clip_grad_norm_(params, clip)
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # global_step still names the step just taken (Lightning counts it after this hook)
+        self.method.update_ema(schedule_value(self.schedulers.momentum, self.trainer.global_step))
+
+    # ----------------------------------------------------------------------------- files
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["arch"] = self.archs.get("student")
+        trainer = self.trainer
+        epoch, step = epoch_number(trainer), trainer.global_step
+        if self.results_dir is None or not trainer.is_global_zero:
+            return
+        student = self.method.student_ema if self.method.settings.distill else self.method.student
+        self._save_backbone("student", student["backbone"], epoch, step)
+        if not self.method.settings.distill:
+            self._save_backbone("teacher", self.method.teacher["backbone"], epoch, step)
+        # the full file is written after this hook returns: link it at the next hook
+        self._pending_link = self.results_dir / checkpoint_filename(epoch, step)
+
+    def _save_backbone(self, kind: str, backbone: nn.Module, epoch: int, step: int) -> None:
+        obj = {
+            "network": NETWORK,
+            "kind": kind,
+            "arch": self.archs.get(kind),
+            "config": self.config_dict,
+            "foveal_version": foveal.__version__,
+            "epoch": epoch,
+            "step": step,
+            "global_step": step,
+            "state_dict": {k: v.detach().cpu() for k, v in backbone.state_dict().items()},
+        }
+        save_checkpoint_atomic(obj, self.results_dir / backbone_filename(kind, epoch, step))
+
+    def _link_latest(self) -> None:
+        if self._pending_link is not None and self._pending_link.is_file():
+            update_latest_link(self._pending_link, self._pending_link.parent / LATEST_LINK)
+            self._pending_link = None
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._link_latest()
+
+    def on_train_end(self) -> None:
+        self._link_latest()

@@ -1,0 +1,117 @@
+"""Multi-crop augmentation and batching of nvdinov2 (DINOv2's ``DataAugmentationDINO``, arXiv:2304.07193).
+
+Each image gives ``n_global_crops`` large views (seen by teacher and student) and
+``n_local_crops`` small ones (student only): random resized crop + flip, colour jitter (p=0.8),
+grayscale (p=0.2), then Gaussian blur with p=1.0 on the first global crop, 0.1 on the others
+(which also get solarize, p=0.2) and 0.5 on local crops (BYOL's asymmetric recipe, Grill et al.,
+arXiv:2006.07733). PIL and torch only, from :mod:`foveal.data.transforms`.
+
+:class:`MultiCropCollate` stacks a batch crop-major: ``global_crops`` (G B, 3, S, S) is crop 0 of
+every image, then crop 1, ...; ``local_crops`` (L B, 3, s, s); ``masks`` (G B, N) bool.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from PIL import Image
+
+from foveal.data.transforms import (
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    ColorJitter,
+    Compose,
+    GaussianBlur,
+    Normalize,
+    RandomGrayscale,
+    RandomHorizontalFlip,
+    RandomResizedCrop,
+    Solarize,
+    ToTensor,
+)
+from foveal.networks.nvdinov2.masking import BlockMaskGenerator, sample_masks
+
+
+class RandomApply:
+    """Apply ``transform`` with probability ``p``."""
+
+    def __init__(self, transform: Callable[[Any], Any], p: float) -> None:
+        self.transform, self.p = transform, p
+
+    def __call__(self, img: Any) -> Any:
+        return self.transform(img) if random.random() < self.p else img
+
+    def __repr__(self) -> str:
+        return f"RandomApply({self.transform!r}, p={self.p})"
+
+
+def _colour() -> list[Callable[[Any], Any]]:
+    return [RandomApply(ColorJitter(0.4, 0.4, 0.2, 0.1), p=0.8), RandomGrayscale(p=0.2)]
+
+
+class MultiCropAugmentation:
+    """PIL image -> ``{"global_crops": [G x (3, S, S)], "local_crops": [L x (3, s, s)]}``.
+
+    Args:
+        transform: ``dataset.transform`` (n_global_crops, global_crops_scale/size, n_local_crops,
+            local_crops_scale/size).
+        mean, std: normalisation (ImageNet's by default, as DINOv2).
+    """
+
+    def __init__(
+        self,
+        transform: Any,
+        mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+        std: Sequence[float] = IMAGENET_DEFAULT_STD,
+    ) -> None:
+        self.n_global, self.n_local = transform.n_global_crops, transform.n_local_crops
+        to_tensor = [ToTensor(), Normalize(mean, std)]
+
+        def geometry(size: int, scale: Sequence[float]) -> list[Callable[[Any], Any]]:
+            return [
+                RandomResizedCrop(size, scale=tuple(scale), interpolation="bicubic"),
+                RandomHorizontalFlip(0.5),
+            ]
+
+        global_geometry = geometry(transform.global_crops_size, transform.global_crops_scale)
+        self.first_global = Compose([*global_geometry, *_colour(), GaussianBlur(p=1.0), *to_tensor])
+        self.other_global = Compose(
+            [*global_geometry, *_colour(), GaussianBlur(p=0.1), Solarize(p=0.2, threshold=128), *to_tensor]
+        )
+        local_geometry = geometry(transform.local_crops_size, transform.local_crops_scale)
+        self.local = Compose([*local_geometry, *_colour(), GaussianBlur(p=0.5), *to_tensor])
+
+    def __call__(self, img: Image.Image) -> dict[str, list[torch.Tensor]]:
+        global_crops = [
+            self.first_global(img) if i == 0 else self.other_global(img) for i in range(self.n_global)
+        ]
+        local_crops = [self.local(img) for _ in range(self.n_local)]
+        return {"global_crops": global_crops, "local_crops": local_crops}
+
+
+class MultiCropCollate:
+    """Stack per-image crop dicts crop-major and draw the iBOT masks of the global crops.
+
+    Args:
+        grid: (H, W) patch grid of a global crop.
+        masking: ``train.masking`` (mask_ratio_min/max, mask_sample_probability).
+    """
+
+    def __init__(self, grid: tuple[int, int], masking: Any) -> None:
+        self.generator = BlockMaskGenerator(grid)
+        self.ratio = (masking.mask_ratio_min, masking.mask_ratio_max)
+        self.probability = masking.mask_sample_probability
+
+    def __call__(self, samples: list[dict[str, list[torch.Tensor]]]) -> dict[str, torch.Tensor]:
+        n_global = len(samples[0]["global_crops"])
+        n_local = len(samples[0]["local_crops"])
+        global_crops = torch.stack([s["global_crops"][i] for i in range(n_global) for s in samples])
+        if n_local:
+            local_crops = torch.stack([s["local_crops"][i] for i in range(n_local) for s in samples])
+        else:
+            local_crops = global_crops.new_zeros((0, *global_crops.shape[1:]))
+        masks = sample_masks(len(global_crops), self.generator, *self.ratio, self.probability)
+        return {"global_crops": global_crops, "local_crops": local_crops, "masks": masks}

@@ -1,0 +1,188 @@
+"""nvdinov2 ``train`` action: self-supervised DINOv2 pretraining or distillation on an image folder.
+
+Data: every image under ``dataset.train_dataset.images_dir`` (folder or archive, recursive, no
+labels), multi-cropped per :mod:`multicrop`. Start: ``train.pretrained_model_path`` (student and
+teacher; any kind :func:`load_backbone_weights` reads) unless a full checkpoint is resumed
+(``train.resume_training_checkpoint_path``, else the newest ``model_epoch_*.pth`` in the results
+folder). Distillation: the teacher is ``model.backbone.teacher_type`` loaded from
+``model.distill.pretrained_non_distill_pl_model_path`` and frozen.
+
+Outputs (results folder): ``model_epoch_EEE_step_SSSSS.pth`` (full, resume only),
+``student_epoch_EEE_step_SSSSS.pth`` / ``teacher_epoch_...`` (backbone handoff files),
+``nvdinov2_model_latest.pth``, ``checkpoints.json``, status.json KPI ``train_loss`` per epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from foveal.data import ImageFolderDataset, resolve_dataset
+from foveal.engine import build_trainer, checkpoint_artifacts, fit, load_checkpoint, resolve_resume_checkpoint
+from foveal.engine.callbacks import NonFiniteLossError
+from foveal.networks.nvdinov2.backbones import backbone_type, build_backbone
+from foveal.networks.nvdinov2.method import NVDINOv2Method, settings_from_config
+from foveal.networks.nvdinov2.module import NETWORK, NVDINOv2Module
+from foveal.networks.nvdinov2.multicrop import MultiCropAugmentation, MultiCropCollate
+from foveal.networks.nvdinov2.schedules import steps_beyond_run
+from foveal.networks.registry import ActionResult, RunContext
+from foveal.spec import SpecError, SpecIssue, to_dict
+
+logger = logging.getLogger(__name__)
+KPI_NAMES = ("train_loss", "dino_loss", "ibot_loss", "koleo_loss")
+NONFINITE_HINT = (
+    "Try a lower train.schedulers.learning_rate.val_base, a larger dataset.batch_size, "
+    "train.precision=fp32 (or bf16), a smaller train.clip_grad_norm, or train.loss.koleo_loss_weight=0 "
+    "if the images contain duplicates (KoLeo diverges on identical images)."
+)
+
+
+def train(cfg: Any, ctx: RunContext) -> ActionResult:
+    """Train student and teacher on ``cfg`` (a resolved ``NVDINOv2Config``); see the module docstring."""
+    import lightning as L
+
+    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    resume = resolve_resume_checkpoint(ctx.results_dir, cfg.train.resume_training_checkpoint_path)
+    loader = build_loader(cfg, ctx.cache_dir)
+    method = build_method(cfg, start=None if resume else cfg.train.pretrained_model_path)
+    steps_per_epoch = max(1, len(loader) // _accumulation(cfg))
+    total = steps_per_epoch * cfg.train.num_epochs
+    notes = steps_beyond_run(cfg.train.schedulers, total)
+    if notes:
+        logger.warning("schedules longer than the run (values kept as given): %s", "; ".join(notes))
+    config_dict = to_dict(cfg)
+    module = NVDINOv2Module(
+        method,
+        cfg.train,
+        results_dir=ctx.results_dir,
+        config_dict=config_dict,
+        archs={"student": backbone_type(cfg, "student"), "teacher": backbone_type(cfg, "teacher")},
+    )
+    trainer = _trainer(cfg, ctx, config_dict, steps_per_epoch)
+    try:
+        fit(trainer, module, loader, None, ckpt_path=resume)
+    except NonFiniteLossError as exc:
+        message = str(exc).split(" Try ")[0]
+        raise NonFiniteLossError(
+            f"{message} {NONFINITE_HINT}", epoch=exc.epoch, step=exc.step, last_checkpoint=exc.last_checkpoint
+        ) from None
+    kpis = {k: float(v) for k, v in trainer.callback_metrics.items() if k in KPI_NAMES}
+    return ActionResult(kpis=kpis, artifacts=_artifacts(Path(ctx.results_dir)))
+
+
+def build_loader(cfg: Any, cache_dir: Any) -> DataLoader:
+    """Multi-crop loader over every image under ``dataset.train_dataset.images_dir``."""
+    root = resolve_dataset(cfg.dataset.train_dataset.images_dir, cache_dir)
+    dataset = ImageFolderDataset(root, transform=MultiCropAugmentation(cfg.dataset.transform), recursive=True)
+    logger.info("nvdinov2 train: %d images from %s", len(dataset), root)
+    grid = cfg.dataset.transform.global_crops_size // cfg.model.backbone.patch_size
+    batch = min(cfg.dataset.batch_size, len(dataset))
+    workers = min(cfg.dataset.workers, os.cpu_count() or 1)  # more workers than cores never helps
+    return DataLoader(
+        dataset,
+        batch_size=batch,
+        shuffle=True,
+        drop_last=len(dataset) > batch,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=cfg.dataset.pin_memory and torch.cuda.is_available(),
+        collate_fn=MultiCropCollate((grid, grid), cfg.train.masking),
+    )
+
+
+def build_method(cfg: Any, start: str | None = None) -> NVDINOv2Method:
+    """Student and teacher for ``cfg``; the student (and its EMA copy) from ``start`` if given,
+    the distillation teacher from ``model.distill.pretrained_non_distill_pl_model_path``."""
+    from foveal.networks.nvdinov2.pretrained import load_backbone_weights
+
+    settings = settings_from_config(cfg)
+    if getattr(cfg.train, "torch_compile", False):
+        logger.warning("train.torch_compile is not applied by nvdinov2 yet; training runs eagerly")
+    student, teacher = build_backbone(cfg, "student"), build_backbone(cfg, "teacher")
+    if settings.distill:
+        path = cfg.model.distill.pretrained_non_distill_pl_model_path
+        if not path:
+            raise SpecError(
+                SpecIssue(
+                    "model.distill.pretrained_non_distill_pl_model_path",
+                    "is empty but model.distill.enable=true",
+                    "point it at an nvdinov2 model_epoch_*.pth or teacher/student_epoch_*.pth of a non-distilled run",
+                )
+            )
+        logger.info("distillation teacher: %s", load_backbone_weights(teacher, path, which="teacher"))
+    method = NVDINOv2Method(student, teacher, settings)
+    if settings.distill:
+        _load_teacher_heads(method, cfg.model.distill.pretrained_non_distill_pl_model_path)
+    if start:
+        logger.info("train.pretrained_model_path: %s", load_backbone_weights(student, start, which="student"))
+        method.sync_ema_from_student()
+    return method
+
+
+def _load_teacher_heads(method: NVDINOv2Method, path: str) -> None:
+    """Heads of the distillation teacher from a full training checkpoint, where shapes match.
+
+    A backbone-only file has no heads: the frozen teacher then projects through fixed random heads
+    (a random projection of its features is still a consistent target), said in the log.
+    """
+    state = load_checkpoint(path, require_foveal=False).get("state_dict") or {}
+    expected = method.teacher.state_dict()
+    heads = {
+        k.removeprefix("teacher."): v
+        for k, v in state.items()
+        if k.startswith("teacher.") and "_head." in k and isinstance(v, torch.Tensor)
+    }
+    fits = {k: v for k, v in heads.items() if k in expected and v.shape == expected[k].shape}
+    wanted = [k for k in expected if "_head." in k]
+    if fits and len(fits) == len(wanted):
+        method.teacher.load_state_dict(fits, strict=False)
+        logger.info("distillation teacher heads: %d tensors from %s", len(fits), path)
+    else:
+        logger.warning(
+            "%s has no teacher heads matching model.head / train.num_prototypes; the frozen teacher uses "
+            "random heads (pass the teacher's model_epoch_*.pth to distil its heads too)",
+            path,
+        )
+
+
+def _trainer(cfg: Any, ctx: RunContext, config_dict: dict, steps_per_epoch: int) -> Any:
+    t = cfg.train
+    # gpu_ids defaults to [0]: it names the devices only when it lists as many as num_gpus
+    gpu_ids = list(t.gpu_ids) if len(t.gpu_ids) >= t.num_gpus else None
+    gpus = (len(gpu_ids) if gpu_ids else t.num_gpus) if torch.cuda.is_available() else 1
+    return build_trainer(
+        results_dir=ctx.results_dir,
+        network=NETWORK,
+        config_dict=config_dict,
+        max_epochs=t.num_epochs,
+        checkpoint_interval=t.checkpoint_interval,
+        checkpoint_interval_unit=t.checkpoint_interval_unit,
+        num_gpus=t.num_gpus,
+        gpu_ids=gpu_ids,
+        num_nodes=t.num_nodes,
+        precision=t.precision,
+        strategy=getattr(t, "distributed_strategy", "ddp") if gpus * t.num_nodes > 1 else "auto",
+        accumulate_grad_batches=_accumulation(cfg),
+        status=getattr(ctx, "status_writer", None),
+        monitor="train_loss",
+        monitor_mode="min",
+        log_every_n_steps=max(1, min(50, steps_per_epoch)),
+    )
+
+
+def _accumulation(cfg: Any) -> int:
+    return int(getattr(cfg.train, "accum_grad_batches", 1))
+
+
+def _artifacts(results_dir: Path) -> dict[str, str]:
+    artifacts = checkpoint_artifacts(results_dir)
+    for kind in ("student", "teacher"):
+        files = sorted(results_dir.glob(f"{kind}_epoch_*.pth"))
+        if files:
+            artifacts[kind] = str(files[-1])
+    return artifacts

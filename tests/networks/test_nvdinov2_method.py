@@ -1,0 +1,219 @@
+"""nvdinov2 method and training module: forward, EMA, optimizer groups, last-layer freeze, crops."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from PIL import Image
+
+from foveal.networks.nvdinov2.config import NVDINOv2Config, resolve
+from foveal.networks.nvdinov2.heads import DINOHead
+from foveal.networks.nvdinov2.method import NVDINOv2Method, settings_from_config
+from foveal.networks.nvdinov2.module import NVDINOv2Module, param_groups
+from foveal.networks.nvdinov2.multicrop import MultiCropAugmentation, MultiCropCollate
+from foveal.nn.registry import create_backbone
+
+TINY = {"embed_dim": 32, "depth": 3, "num_heads": 2, "img_size": 32, "patch_size": 16}
+
+
+def _cfg(**changes) -> NVDINOv2Config:
+    cfg = NVDINOv2Config()
+    cfg.model.backbone.student_type = cfg.model.backbone.teacher_type = "vit_t"
+    cfg.model.backbone.patch_size, cfg.model.backbone.img_size = 16, 32
+    cfg.model.head.hidden_dim, cfg.model.head.bottleneck_dim = 64, 32
+    cfg.train.num_prototypes = 128
+    t = cfg.dataset.transform
+    t.global_crops_size, t.local_crops_size, t.n_local_crops = 32, 16, 2
+    for key, value in changes.items():
+        section, name = key.rsplit(".", 1)
+        obj = cfg
+        for part in section.split("."):
+            obj = getattr(obj, part)
+        setattr(obj, name, value)
+    return resolve(cfg)
+
+
+def _method(cfg=None, **backbone) -> NVDINOv2Method:
+    cfg = cfg or _cfg()
+    kw = {**TINY, **backbone}
+    return NVDINOv2Method(
+        create_backbone("vit_t", drop_path_rate=0.1, **kw),
+        create_backbone("vit_t", **kw),
+        settings_from_config(cfg),
+    )
+
+
+def _batch(images: int, n_local: int = 2, masked: bool = True) -> dict[str, torch.Tensor]:
+    masks = torch.zeros(2 * images, 4, dtype=torch.bool)
+    if masked:
+        masks[0, :2] = True
+    return {
+        "global_crops": torch.randn(2 * images, 3, 32, 32),
+        "local_crops": torch.randn(n_local * images, 3, 16, 16),
+        "masks": masks,
+    }
+
+
+def test_forward_gives_finite_losses_and_student_only_gradients():
+    torch.manual_seed(0)
+    method = _method().train()
+    loss, parts = method(_batch(4), teacher_temp=0.04)
+    assert set(parts) == {"dino_loss", "ibot_loss", "koleo_loss"}
+    assert torch.isfinite(loss) and all(torch.isfinite(v) for v in parts.values())
+    assert parts["ibot_loss"] > 0 and parts["koleo_loss"] != 0
+    loss.backward()
+    assert all(p.grad is None for p in method.teacher.parameters())
+    assert method.student["backbone"].patch_embed.proj.weight.grad.abs().sum() > 0
+    assert method.student["backbone"].mask_token.grad.abs().sum() > 0  # masked patches were used
+
+
+def test_batch_of_one_image_is_finite_and_skips_koleo():
+    method = _method().train()
+    loss, parts = method(_batch(1), teacher_temp=0.04)
+    assert torch.isfinite(loss) and parts["koleo_loss"] == 0
+
+
+def test_teacher_starts_as_the_student_and_ema_follows_the_formula():
+    method = _method()
+    for s, t in zip(method.student.parameters(), method.teacher.parameters(), strict=True):
+        assert torch.equal(s, t)
+    with torch.no_grad():
+        for p in method.student.parameters():
+            p.add_(1.0)
+    before = [p.clone() for p in method.teacher.parameters()]
+    method.update_ema(0.9)
+    for old, new, s in zip(before, method.teacher.parameters(), method.student.parameters(), strict=True):
+        assert torch.allclose(new, 0.9 * old + 0.1 * s)
+
+
+def test_distillation_keeps_the_teacher_and_averages_the_student():
+    cfg = _cfg(**{"model.distill.enable": True, "model.distill.pretrained_non_distill_pl_model_path": "x"})
+    method = _method(cfg)
+    assert method.student_ema is not None
+    teacher = [p.clone() for p in method.teacher.parameters()]
+    with torch.no_grad():
+        for p in method.student.parameters():
+            p.add_(1.0)
+    ema_before = [p.clone() for p in method.student_ema.parameters()]
+    method.update_ema(0.5)
+    assert all(torch.equal(a, b) for a, b in zip(teacher, method.teacher.parameters(), strict=True))
+    for old, new, s in zip(
+        ema_before, method.student_ema.parameters(), method.student.parameters(), strict=True
+    ):
+        assert torch.allclose(new, 0.5 * old + 0.5 * s)
+
+
+def test_head_outputs_are_cosine_scores_of_unit_prototypes():
+    head = DINOHead(32, 16, num_layers=3, hidden_dim=64, bottleneck_dim=8)
+    out = head(torch.randn(5, 32))
+    assert out.shape == (5, 16) and out.abs().max() <= 1 + 1e-5
+
+
+def test_no_weight_decay_groups_and_layer_decay_multipliers():
+    method = _method()
+    groups = param_groups(method.student, layerwise_decay=0.5, patch_embed_lr_mult=0.2)
+    names = {id(p): n for n, p in method.student.named_parameters()}
+    by_name = {names[id(p)]: g for g in groups for p in g["params"]}
+    assert len(by_name) == sum(1 for p in method.student.parameters() if p.requires_grad)
+    for name in (
+        "backbone.blocks.0.attn.qkv.bias",
+        "backbone.blocks.1.norm1.weight",
+        "backbone.blocks.2.ls1.gamma",
+        "backbone.pos_embed",
+        "backbone.cls_token",
+        "backbone.norm.weight",
+        "dino_head.mlp.0.bias",
+    ):
+        assert by_name[name]["wd_multiplier"] == 0.0, name
+    for name in (
+        "backbone.blocks.0.attn.qkv.weight",
+        "dino_head.mlp.0.weight",
+        "dino_head.last_layer.weight",
+    ):
+        assert by_name[name]["wd_multiplier"] == 1.0, name
+    n = 3  # blocks
+    assert by_name["backbone.blocks.0.mlp.fc1.weight"]["lr_multiplier"] == pytest.approx(0.5**n)
+    assert by_name["backbone.blocks.2.mlp.fc1.weight"]["lr_multiplier"] == pytest.approx(0.5)
+    assert by_name["backbone.patch_embed.proj.weight"]["lr_multiplier"] == pytest.approx(0.5 ** (n + 1) * 0.2)
+    assert by_name["backbone.pos_embed"]["lr_multiplier"] == pytest.approx(0.5 ** (n + 1))
+    assert by_name["backbone.norm.weight"]["lr_multiplier"] == 1.0
+    assert by_name["dino_head.mlp.0.weight"]["lr_multiplier"] == 1.0
+    assert [g["is_last_layer"] for g in groups].count(True) == 1
+    assert by_name["dino_head.last_layer.weight"]["is_last_layer"]
+
+
+def _module(freeze_steps: int, step: int) -> NVDINOv2Module:
+    cfg = _cfg(
+        **{
+            "train.schedulers.last_layer_learning_rate.freeze_steps": freeze_steps,
+            "train.clip_grad_norm": 0.0,
+        }
+    )
+    module = NVDINOv2Module(_method(cfg), cfg.train)
+    module._trainer = SimpleNamespace(global_step=step)
+    return module
+
+
+@pytest.mark.parametrize(("step", "frozen"), [(0, True), (9, True), (10, False)])
+def test_last_layer_gets_no_gradient_while_frozen(step, frozen):
+    module = _module(freeze_steps=10, step=step)
+    loss, _ = module.method(_batch(2), teacher_temp=0.04)
+    loss.backward()
+    module.on_before_optimizer_step(None)
+    last = module.student["dino_head"].last_layer.weight
+    assert (last.grad is None) == frozen
+    assert module.student["dino_head"].mlp[0].weight.grad is not None
+
+
+def test_schedules_set_group_lr_and_weight_decay():
+    module = _module(freeze_steps=0, step=0)
+    groups = param_groups(module.student, 0.5, 0.2)
+    opt = torch.optim.AdamW(groups, lr=0.0)
+    values = SimpleNamespace(lr=1e-3, last_layer_lr=5e-4, weight_decay=0.04)
+    module.apply_schedules(opt, values)
+    for g in opt.param_groups:
+        lr = 5e-4 if g["is_last_layer"] else 1e-3
+        assert g["lr"] == pytest.approx(lr * g["lr_multiplier"])
+        assert g["weight_decay"] == pytest.approx(0.04 * g["wd_multiplier"])
+
+
+def test_state_dict_keys_name_student_and_teacher_backbones():
+    module = NVDINOv2Module(_method(), _cfg().train)
+    keys = set(module.state_dict())
+    assert "student.backbone.patch_embed.proj.weight" in keys and "teacher.backbone.pos_embed" in keys
+    assert "student.dino_head.last_layer.weight" in keys and "dino_centering.center" in keys
+    assert not any(k.startswith("method.") for k in keys)
+
+
+def test_multicrop_shapes_and_crop_major_collate():
+    cfg = _cfg()
+    augment = MultiCropAugmentation(cfg.dataset.transform)
+    image = Image.new("RGB", (48, 40), (120, 30, 200))
+    sample = augment(image)
+    assert [c.shape for c in sample["global_crops"]] == [(3, 32, 32)] * 2
+    assert [c.shape for c in sample["local_crops"]] == [(3, 16, 16)] * 2
+    samples = [augment(image) for _ in range(3)]
+    batch = MultiCropCollate((2, 2), cfg.train.masking)(samples)
+    assert batch["global_crops"].shape == (6, 3, 32, 32) and batch["local_crops"].shape == (6, 3, 16, 16)
+    assert torch.equal(batch["global_crops"][1], samples[1]["global_crops"][0])  # crop-major
+    assert torch.equal(batch["global_crops"][4], samples[1]["global_crops"][1])
+    assert batch["masks"].shape == (6, 4) and int((batch["masks"].sum(1) > 0).sum()) == 3
+
+
+def test_teacher_sees_unmasked_global_crops_only():
+    torch.manual_seed(0)
+    method = _method().eval()  # eval: centering state unchanged between the calls
+    batch = _batch(2)
+    masks = batch["masks"]
+    first = method.teacher_targets(batch["global_crops"], masks, 0.04)["dino"]
+    second = method.teacher_targets(batch["global_crops"], torch.ones_like(masks), 0.04)["dino"]
+    assert all(torch.allclose(a, b) for a, b in zip(first, second, strict=True))
+
+
+def test_one_global_crop_without_local_crops_is_a_spec_error():
+    from foveal.spec import SpecError
+
+    with pytest.raises(SpecError, match="dataset.transform.n_global_crops"):
+        _cfg(**{"dataset.transform.n_global_crops": 1, "dataset.transform.n_local_crops": 0})
