@@ -276,8 +276,8 @@ def test_export_parity_dynamic_batch_sizes_and_overwrite(backbone_file, ws, tmp_
             overrides=[f"export.checkpoint={backbone_file}", f"export.onnx_file={target}"],
             workspace=ws,
         )
-    # A static batch of 2 at a non-square size: patch grid 7 x 14. (The spec's resolve step checks
-    # explicit export sizes against this job's model.backbone.patch_size, 14: sizes fit both.)
+    # A static batch of 2 at a non-square size: patch grid 3 x 6 of the checkpoint's 16-px patches
+    # (neither side a multiple of this job's own default patch_size, 14: the checkpoint decides).
     job = run_job(
         "nvdinov2",
         "export",
@@ -286,14 +286,28 @@ def test_export_parity_dynamic_batch_sizes_and_overwrite(backbone_file, ws, tmp_
             f"export.onnx_file={target}",
             "export.overwrite=true",
             "export.batch_size=2",
-            "export.input_height=112",
-            "export.input_width=224",
+            "export.input_height=48",
+            "export.input_width=96",
         ],
         workspace=ws,
     )
     predictor = OnnxPredictor(target)
-    assert predictor.input_shapes["input"] == [2, 3, 112, 224] and job.kpis["onnx_max_abs_diff"] <= 1e-4
-    assert predictor.run(torch.randn(2, 3, 112, 224).numpy())["patch_tokens"].shape == (2, 98, DIM)
+    assert predictor.input_shapes["input"] == [2, 3, 48, 96] and job.kpis["onnx_max_abs_diff"] <= 1e-4
+    assert predictor.run(torch.randn(2, 3, 48, 96).numpy())["patch_tokens"].shape == (2, 18, DIM)
+    with pytest.raises(
+        SpecError, match=r"export\.input_width: 100 is not divisible by the checkpoint's patch size 16"
+    ):
+        run_job(
+            "nvdinov2",
+            "export",
+            overrides=[
+                f"export.checkpoint={backbone_file}",
+                f"export.onnx_file={target}",
+                "export.overwrite=true",
+                "export.input_width=100",
+            ],
+            workspace=ws,
+        )
 
 
 # ------------------------------------------------------------------------------ kinds

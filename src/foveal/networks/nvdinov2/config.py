@@ -406,14 +406,14 @@ class NVDINOv2ExportConfig(ExportConfig):
     input_width: int | None = field(
         None,
         valid_min=14,
-        description="Input width; divisible by patch_size. Empty (or equal to model.backbone.img_size "
-        "of this spec): the img_size the checkpoint was trained with.",
+        description="Input width; divisible by the checkpoint's patch size. Empty: the img_size the "
+        "checkpoint was trained with.",
     )
     input_height: int | None = field(
         None,
         valid_min=14,
-        description="Input height; divisible by patch_size. Empty (or equal to model.backbone.img_size "
-        "of this spec): the img_size the checkpoint was trained with.",
+        description="Input height; divisible by the checkpoint's patch size. Empty: the img_size the "
+        "checkpoint was trained with.",
     )
 
 
@@ -425,10 +425,10 @@ class NVDINOv2TensorRTConfig(TensorRTConfig):
 @dataclass
 class NVDINOv2GenTrtEngineConfig(GenTrtEngineConfig):
     input_width: int | None = field(
-        None, valid_min=14, description="Input width. Empty: model.backbone.img_size."
+        None, valid_min=14, description="Input width. Empty: the ONNX file's own (static) width."
     )
     input_height: int | None = field(
-        None, valid_min=14, description="Input height. Empty: model.backbone.img_size."
+        None, valid_min=14, description="Input height. Empty: the ONNX file's own (static) height."
     )
     tensorrt: NVDINOv2TensorRTConfig = section(
         NVDINOv2TensorRTConfig, description="TensorRT builder settings."
@@ -499,7 +499,7 @@ def _check_schedules(issues: list[SpecIssue], schedulers: SchedulersConfig) -> N
 
 
 def resolve(cfg: NVDINOv2Config) -> NVDINOv2Config:
-    """Check cross-field rules and fill derived values (scaled learning rates, export input size).
+    """Check cross-field rules and fill derived values (the scaled learning rates).
 
     Returns a copy of ``cfg``; raises :class:`SpecError` listing every problem found.
     """
@@ -509,11 +509,8 @@ def resolve(cfg: NVDINOv2Config) -> NVDINOv2Config:
     _check_divisible(issues, "model.backbone.img_size", backbone.img_size, patch)
     _check_divisible(issues, "dataset.transform.global_crops_size", transform.global_crops_size, patch)
     _check_divisible(issues, "dataset.transform.local_crops_size", transform.local_crops_size, patch)
-    for action in ("export", "gen_trt_engine"):
-        for side in ("input_width", "input_height"):
-            value = getattr(getattr(cfg, action), side)
-            if value is not None:
-                _check_divisible(issues, f"{action}.{side}", value, patch)
+    # export/gen_trt_engine sizes are checked against the *checkpoint's* patch size when they run:
+    # a downstream job's spec (filled by --parent) does not describe the trained model.
     if transform.n_local_crops > 0 and transform.local_crops_size > transform.global_crops_size:
         issues.append(
             SpecIssue(
@@ -559,7 +556,4 @@ def resolve(cfg: NVDINOv2Config) -> NVDINOv2Config:
     for sched in (out.train.schedulers.learning_rate, out.train.schedulers.last_layer_learning_rate):
         if sched.val_base is None:
             sched.val_base = scaled_lr
-    for action in (out.export, out.gen_trt_engine):
-        action.input_width = action.input_width or out.model.backbone.img_size
-        action.input_height = action.input_height or out.model.backbone.img_size
     return out

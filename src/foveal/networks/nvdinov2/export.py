@@ -5,11 +5,11 @@ The graph has one input, ``input`` (B, 3, H, W), ImageNet-normalised, and two ou
 inference writes), and ``patch_tokens`` (B, N, D), the normalised patch tokens
 (N = H/p * W/p). ``export.batch_size: -1`` makes B dynamic (checked at two batch sizes).
 
-Input size: ``export.input_width`` / ``input_height`` when set, else the checkpoint's
-``model.backbone.img_size`` (the grid its position table is built for, so the graph needs no
-resampling at the default size). The export job's own spec fills the two fields from *its*
-``model.backbone.img_size`` (the resolve step), which a downstream spec rarely sets; a value
-equal to that derived default is therefore read as "not set".
+Input size: ``export.input_width`` / ``input_height`` when set (checked against the
+checkpoint's patch size), else the checkpoint's ``model.backbone.img_size`` (the grid its
+position table is built for, so the graph needs no resampling at the default size). The export
+job's own ``model`` section is not used: a ``--parent`` job's spec does not describe the trained
+model, the checkpoint does.
 """
 
 from __future__ import annotations
@@ -47,10 +47,9 @@ class BackboneTokens(nn.Module):
 
 def export_input_size(cfg: Any, loaded: LoadedBackbone) -> tuple[int, int]:
     """(height, width) of the exported graph (see the module docstring)."""
-    derived = cfg.model.backbone.img_size
     trained = int(loaded.cfg.model.backbone.img_size)
-    height = cfg.export.input_height if cfg.export.input_height not in (None, derived) else trained
-    width = cfg.export.input_width if cfg.export.input_width not in (None, derived) else trained
+    height = cfg.export.input_height or trained
+    width = cfg.export.input_width or trained
     patch = loaded.backbone.patch_size
     for key, value in (("export.input_height", height), ("export.input_width", width)):
         if value % patch:
@@ -128,16 +127,15 @@ def gen_trt_engine(cfg: Any, ctx: RunContext) -> ActionResult:
     import copy
 
     g = cfg.gen_trt_engine
-    derived = cfg.model.backbone.img_size
-    if g.onnx_file and Path(g.onnx_file).is_file() and derived in (g.input_height, g.input_width):
+    if g.onnx_file and Path(g.onnx_file).is_file() and None in (g.input_height, g.input_width):
         import onnx
 
         dims = onnx.load(g.onnx_file, load_external_data=False).graph.input[0].type.tensor_type.shape.dim
         if len(dims) == 4 and all(d.HasField("dim_value") for d in dims[2:]):
             cfg = copy.deepcopy(cfg)
-            if g.input_height == derived:
+            if g.input_height is None:
                 cfg.gen_trt_engine.input_height = dims[2].dim_value
-            if g.input_width == derived:
+            if g.input_width is None:
                 cfg.gen_trt_engine.input_width = dims[3].dim_value
             logger.info(
                 "gen_trt_engine: input %dx%d from %s",
