@@ -91,8 +91,8 @@ def finetune(pretrain, data, ws):
 def test_pretrain_then_finetune_from_the_parent(pretrain, finetune):
     assert pretrain.status is JobStatus.DONE and {"train_loss", "val_loss"} <= set(pretrain.kpis)
     results = Path(pretrain.results_dir)
-    assert (results / "mae_latest.pth").resolve().name == "model_epoch_002_step_00006.pth"
-    ckpt = load_checkpoint(results / "mae_latest.pth", network="mae")
+    assert (results / "vit_tiny_patch16_latest.pth").resolve().name == "model_epoch_002_step_00006.pth"
+    ckpt = load_checkpoint(results / "vit_tiny_patch16_latest.pth", network="mae")
     assert ckpt["stage"] == "pretrain" and ckpt["config"]["model"]["arch"] == "vit_tiny_patch16"
     assert any(k.startswith("model.decoder_blocks.") for k in ckpt["state_dict"])
 
@@ -101,7 +101,7 @@ def test_pretrain_then_finetune_from_the_parent(pretrain, finetune):
     log = (Path(finetune.results_dir) / "logs" / "train.log").read_text()
     assert "is a pretrain checkpoint: fine-tuning starts from its encoder" in log
     assert "loaded" in log and "foveal mae pretrain checkpoint" in log
-    tuned = load_checkpoint(Path(finetune.results_dir) / "mae_latest.pth", network="mae")
+    tuned = load_checkpoint(Path(finetune.results_dir) / "vit_tiny_patch16_latest.pth", network="mae")
     assert tuned["stage"] == "finetune" and tuned["classes"] == ["circle", "square"]
 
 
@@ -176,7 +176,7 @@ def test_export_both_stages_and_overwrite_guard(pretrain, finetune, ws, tmp_path
 
 
 def test_wrong_kinds_and_class_counts_are_one_line(pretrain, finetune, data, ws):
-    tuned = Path(finetune.results_dir) / "mae_latest.pth"
+    tuned = Path(finetune.results_dir) / "vit_tiny_patch16_latest.pth"
     labeled = f"dataset.train_data_sources={data['labeled_train']}"
     cases = [
         (

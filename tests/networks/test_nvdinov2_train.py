@@ -95,6 +95,7 @@ def test_cli_train_writes_full_and_backbone_checkpoints(trained):
         stem = f"epoch_{epoch:03d}_step_{step:05d}.pth"
         assert {f"model_{stem}", f"student_{stem}", f"teacher_{stem}"} <= names
     assert (trained / "nvdinov2_model_latest.pth").resolve().name == "model_epoch_002_step_00008.pth"
+    assert not (trained / "nvdinov2_latest.pth").exists()  # one link, TAO's name
 
     full = load_checkpoint(trained / "model_epoch_002_step_00008.pth", network="nvdinov2", kind="full")
     state = full["state_dict"]

@@ -114,6 +114,8 @@ class FovealCheckpoint(Checkpoint):
         unit: ``"epoch"`` or ``"step"`` (global optimizer steps).
         monitor: metric name (as logged with ``self.log``) used to pick the best checkpoint.
         mode: ``"min"`` or ``"max"`` for ``monitor``.
+        latest_link: file name of the link to the newest checkpoint (default
+            ``<network>_latest.pth``; TAO names it per network, e.g. ``nvdinov2_model_latest.pth``).
     """
 
     def __init__(
@@ -126,6 +128,7 @@ class FovealCheckpoint(Checkpoint):
         unit: str = "epoch",
         monitor: str | None = None,
         mode: str = "min",
+        latest_link: str | None = None,
     ) -> None:
         if unit not in ("epoch", "step"):
             raise ValueError(f"checkpoint interval unit must be 'epoch' or 'step', got {unit!r}")
@@ -140,6 +143,7 @@ class FovealCheckpoint(Checkpoint):
         self.unit = unit
         self.monitor = monitor
         self.mode = mode
+        self.latest_link = latest_link
         self.best_model_path = ""  # names Lightning's `ckpt_path="best"` reads
         self.best_model_score: torch.Tensor | None = None
         self.last_model_path = ""
@@ -211,7 +215,7 @@ class FovealCheckpoint(Checkpoint):
         self._last_saved_step = step
         self.last_model_path = str(path)
         if trainer.is_global_zero:
-            update_latest_link(path, self.dirpath / latest_link_name(self.network))
+            update_latest_link(path, self.dirpath / (self.latest_link or latest_link_name(self.network)))
             self._record(path, epoch, step, trainer)
         logger.info("saved checkpoint %s", path)
 

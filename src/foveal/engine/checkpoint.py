@@ -352,7 +352,7 @@ def load_checkpoint(
         if kind == FULL_KIND:
             raise CheckpointError(
                 f"{path} holds {found_kind} weights only; resuming needs a full training checkpoint "
-                f"(model_epoch_EEE_step_SSSSS.pth or {found_network}_latest.pth)"
+                f"(model_epoch_EEE_step_SSSSS.pth or the *_latest.pth link beside it)"
             )
         raise CheckpointError(f"{path} is a {found_kind} checkpoint; expected {kind} weights")
     return obj

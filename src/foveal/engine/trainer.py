@@ -167,6 +167,7 @@ def build_trainer(
     progress: str = "auto",
     log_every_n_steps: int = 50,
     callbacks: Iterable[L.Callback] = (),
+    latest_link: str | None = None,
     **trainer_kwargs: Any,
 ) -> L.Trainer:
     """A ``lightning.Trainer`` wired to Foveal's checkpoint, status and progress contracts.
@@ -188,6 +189,7 @@ def build_trainer(
         progress: ``auto`` (rich bar on a TTY, plain log lines otherwise) | ``bar`` | ``plain`` | ``off``.
         log_every_n_steps: logger and plain-progress interval.
         callbacks: extra callbacks.
+        latest_link: name of the link to the newest checkpoint (default ``<network>_latest.pth``).
         **trainer_kwargs: any other ``lightning.Trainer`` argument; wins over the above.
     """
     results_dir = Path(results_dir)
@@ -203,6 +205,7 @@ def build_trainer(
             unit=checkpoint_interval_unit,
             monitor=monitor,
             mode=monitor_mode,
+            latest_link=latest_link,
         ),
         NonFiniteLossGuard(),
         *progress_callbacks,

@@ -142,6 +142,7 @@ def _trainer(cfg: Any, ctx: RunContext, monitor: str, mode: str) -> Any:
         status=getattr(ctx, "status_writer", None),
         monitor=monitor,
         monitor_mode=mode,
+        latest_link=f"{cfg.model.arch}_latest.pth",  # the issue's <arch>_latest.pth, e.g. vit_base_patch16
     )
 
 

@@ -27,7 +27,7 @@ from foveal.engine import build_trainer, checkpoint_artifacts, fit, load_checkpo
 from foveal.engine.callbacks import NonFiniteLossError
 from foveal.networks.nvdinov2.backbones import backbone_type, build_backbone
 from foveal.networks.nvdinov2.method import NVDINOv2Method, settings_from_config
-from foveal.networks.nvdinov2.module import NETWORK, NVDINOv2Module
+from foveal.networks.nvdinov2.module import LATEST_LINK, NETWORK, NVDINOv2Module
 from foveal.networks.nvdinov2.multicrop import MultiCropAugmentation, MultiCropCollate
 from foveal.networks.nvdinov2.schedules import steps_beyond_run
 from foveal.networks.registry import ActionResult, RunContext
@@ -159,6 +159,7 @@ def _trainer(cfg: Any, ctx: RunContext, config_dict: dict, steps_per_epoch: int)
         results_dir=ctx.results_dir,
         network=NETWORK,
         config_dict=config_dict,
+        latest_link=LATEST_LINK,
         max_epochs=t.num_epochs,
         checkpoint_interval=t.checkpoint_interval,
         checkpoint_interval_unit=t.checkpoint_interval_unit,
