@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 # Backbone tensors a checkpoint may lack without the load being a mismatch.
 _OPTIONAL_KEYS = ("mask_token", "register_tokens")
+_LAYERSCALE = re.compile(r"(^|\.)blocks\.\d+\.ls[12]\.gamma$")
 
 
 @dataclass
@@ -203,6 +205,38 @@ def _match_by_prefix(
     return out
 
 
+def _has_layerscale(keys: Any) -> bool:
+    return any(_LAYERSCALE.search(k) for k in keys)
+
+
+def _check_vit_structure(
+    weights: PretrainedWeights,
+    expected: Mapping[str, torch.Tensor],
+    missing: list[str],
+    source: Any,
+    target: str,
+) -> None:
+    """A ViT whose patch embedding, blocks or LayerScale do not fit is another architecture: loading
+    the rest would start from broken features (e.g. a patch-16 nvdinov2 student in a patch-14
+    vit_t keeps a random patch embedding; a LayerScale-free vit_tiny_patch16 drops the student's
+    learned ls gammas), so it is a mismatch, not a warning."""
+    structural = [k for k in missing if k.startswith(("patch_embed.", "blocks."))]
+    if structural:
+        raise _mismatch(
+            source,
+            weights,
+            target,
+            f"{', '.join(structural[:3])} absent from the checkpoint or of another shape",
+        )
+    if _has_layerscale(weights.tensors) and not _has_layerscale(expected):
+        raise _mismatch(
+            source,
+            weights,
+            target,
+            "the checkpoint's blocks have LayerScale (ls1/ls2.gamma), the model's do not",
+        )
+
+
 def load_backbone(model: Any, weights: PretrainedWeights, target: str, source: Any) -> int:
     """Load ``weights`` into ``model.backbone``; returns how many tensors were loaded.
 
@@ -233,6 +267,8 @@ def load_backbone(model: Any, weights: PretrainedWeights, target: str, source: A
         raise _mismatch(
             source, weights, target, f"{len(required) - len(missing)} of {len(required)} tensors match"
         )
+    if isinstance(backbone, VisionTransformer):
+        _check_vit_structure(weights, expected, missing, source, target)
     backbone.load_state_dict(filtered, strict=False)
     if missing:
         logger.warning(
