@@ -408,3 +408,22 @@ def test_classification_accepts_unknown_backbone_names():
     cfg.model.backbone.type = "hf_some_ported_model"
     cfg.dataset.augmentation.input_size = 250
     assert resolve(cfg).model.global_pool == "cls"
+
+
+def test_classification_patch_size_sets_the_input_stride_and_reaches_the_vit():
+    from foveal.networks.classification.config import ClassificationConfig, resolve
+    from foveal.networks.classification.model import build_classifier
+
+    cfg = ClassificationConfig()
+    cfg.model.backbone.type = "vit_t"  # patch 14 by default: 64 px is not a multiple
+    cfg.dataset.augmentation.input_size = 64
+    with pytest.raises(SpecError) as excinfo:
+        resolve(cfg)
+    assert issue_keys(excinfo) == {"dataset.augmentation.input_size"}
+    cfg.model.backbone.patch_size = 16
+    model = build_classifier(resolve(cfg).model, num_classes=3, img_size=64)
+    assert model.backbone.patch_size == 16 and model.backbone.img_size == (64, 64)
+    cfg.model.backbone.type = "convnextv2_atto"
+    with pytest.raises(SpecError) as excinfo:
+        resolve(cfg)
+    assert "model.backbone.patch_size" in issue_keys(excinfo)

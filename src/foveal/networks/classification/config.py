@@ -69,6 +69,12 @@ class BackboneConfig:
         default_factory=list, valid_min=0, description="Indices of backbone blocks to keep fixed (0 = first)."
     )
     drop_path_rate: float = field(0.1, valid_min=0.0, valid_max=0.9, description="Stochastic depth rate.")
+    patch_size: int | None = field(
+        None,
+        valid_options=(4, 8, 14, 16),
+        description="ViT patch size when it differs from the type's own (e.g. vit_t pretrained by nvdinov2 "
+        "with model.backbone.patch_size=16). Empty: the type's.",
+    )
 
 
 @dataclass
@@ -366,6 +372,18 @@ def _check_model(issues: list[SpecIssue], cfg: ClassificationConfig) -> None:
             SpecIssue("model.global_pool", f"{backbone} has no class token", "use avg or leave it empty")
         )
     stride, size = input_stride(backbone), cfg.dataset.augmentation.input_size
+    patch = cfg.model.backbone.patch_size
+    if patch is not None:
+        if not backbone.startswith("vit_"):
+            issues.append(
+                SpecIssue(
+                    "model.backbone.patch_size",
+                    f"only the built-in ViTs take a patch size, not {backbone}",
+                    "leave it empty",
+                )
+            )
+        else:
+            stride = patch
     if stride and size % stride:
         lower = size - size % stride
         issues.append(

@@ -54,8 +54,11 @@ class Classifier(nn.Module):
 
 def build_classifier(model_cfg: Any, num_classes: int, img_size: int) -> Classifier:
     """Build the classifier a ``model`` spec section describes (no weights loaded)."""
+    extra = {}
+    if getattr(model_cfg.backbone, "patch_size", None) is not None:
+        extra["patch_size"] = model_cfg.backbone.patch_size
     backbone = create_backbone(
-        model_cfg.backbone.type, img_size=img_size, drop_path_rate=model_cfg.backbone.drop_path_rate
+        model_cfg.backbone.type, img_size=img_size, drop_path_rate=model_cfg.backbone.drop_path_rate, **extra
     )
     return Classifier(
         backbone,
