@@ -269,6 +269,9 @@ FULL_SIZE = {
     "vit_base_patch16": (224, 85_798_656 + 768),
     "vit_large_patch16": (224, 303_301_632 + 1024),
     "vit_huge_patch14": (224, 630_764_800 + 1280),
+    # By hand: patch embed 3*4*4*128+128, cls 128, pos (1+56*56)*128, 4 blocks of 198_272, norm 256,
+    # + D as the MAE-style sizes above.
+    "vit_micro_patch4": (224, 6_272 + 128 + 401_536 + 4 * 198_272 + 256 + 128),
 }
 ALIASES = {f"vit_{size}_patch14": f"vit_{size[0]}" for size in ("tiny", "small", "base", "large", "giant")}
 
