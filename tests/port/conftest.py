@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,12 +41,3 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory):
         return made[name]
 
     return make
-
-
-def write_config(folder: Path, config: dict, *extra_files: str) -> Path:
-    """A model folder holding only a config.json (and empty ``extra_files``)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(config))
-    for name in extra_files:
-        (folder / name).write_text("")
-    return folder

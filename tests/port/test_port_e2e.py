@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_models import write_config
 
-from conftest import write_config
 from foveal.cli.main import main
 
 pytestmark = pytest.mark.integration

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_models import write_config
 
-from conftest import write_config
 from foveal.port.errors import PortSourceError
 from foveal.port.inspect import decide_task, input_geometry, inspect_folder, is_vision
 

@@ -208,3 +208,12 @@ def save_tiny_model(name: str, folder: Path, seed: int = 0, base: bool = False) 
     }
     (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor))
     return folder
+
+
+def write_config(folder: Path, config: dict, *extra_files: str) -> Path:
+    """A model folder holding only a config.json (and empty ``extra_files``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    for name in extra_files:
+        (folder / name).write_text("")
+    return folder
