@@ -3,9 +3,10 @@ Transformers", arXiv:2104.14294; Zhou et al., "iBOT", arXiv:2111.07832; DINOv2, 
 
 An MLP maps a token (B, D) to a bottleneck (B, d), which is L2-normalised and scored against
 ``num_prototypes`` prototypes by a weight-normalised linear layer without bias (the "last
-layer"). As in DINOv2 (``norm_last_layer=True``) the prototypes' norm is fixed at 1, so the
-layer is written as a linear map over row-normalised weights rather than with
-``torch.nn.utils.weight_norm`` (whose gain would be a frozen parameter anyway).
+layer"). The prototypes' norm is fixed at 1, as DINO's ``norm_last_layer=True`` (which freezes
+``weight_norm``'s gain for stability), so the layer is a linear map over row-normalised weights.
+DINOv2's ``DINOHead`` fills the gain with 1 but leaves it trainable; with it fixed the scores
+stay cosines in [-1, 1], so the temperatures alone set the sharpness.
 """
 
 from __future__ import annotations
