@@ -117,3 +117,36 @@ def test_pool_limits_concurrency(tmp_path, images):
     assert pool.free_slots == 1
     assert handle.job().status is JobStatus.CANCELED
     assert json.loads((handle.results_dir / "launch.json").read_text())["pid"] == handle.pid
+
+
+def test_sigterm_that_surfaces_as_a_library_error_is_still_recorded_as_sigterm(tmp_path, images, monkeypatch):
+    # torch.save's writer turns the SIGTERM exception raised inside it into its own RuntimeError
+    # ("unexpected pos ..."): the job must still read as terminated by SIGTERM, exit code 143.
+    from foveal.jobs import execute
+
+    ws = Workspace(tmp_path)
+    prepared = _prepare(ws, images, 1)
+
+    def interrupted_save(*args, **kwargs):
+        execute._CURRENT["terminated"] = True  # what the SIGTERM handler records
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 56340672 vs 56340564")
+
+    monkeypatch.setattr(
+        execute, "execute_job", lambda prepared, **kw: _fail_as_runner(prepared, ws, interrupted_save)
+    )
+    monkeypatch.setattr(execute, "_CURRENT", {})
+    assert execute.main([prepared.job.id, "-w", str(tmp_path)]) == execute.EXIT_TERMINATED
+    last = read_status(Path(prepared.job.results_dir) / "status.json")[-1]
+    assert last["status"] == "FAILURE" and "SIGTERM" in last["message"]
+
+
+def _fail_as_runner(prepared, ws, action):
+    """What the runner does with an action's exception: a FAILURE line with its text, then re-raise."""
+    from foveal.engine.status import StatusWriter
+
+    try:
+        action()
+    except RuntimeError as exc:
+        StatusWriter(Path(prepared.job.results_dir) / "status.json").write("FAILURE", str(exc), verbosity="ERROR")
+        ws.open_registry().finish(prepared.job.id, JobStatus.ERROR, message=str(exc))
+        raise

@@ -64,6 +64,7 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     # Later SIGTERMs (a process-group signal after the first) must not cut the cleanup short;
     # a canceler that runs out of patience sends SIGKILL.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _CURRENT["terminated"] = True
     # Library code with a broad ``except BaseException`` (seen during the action's setup) can
     # swallow the exception and train on: the watchdog then ends the process itself.
     watchdog = threading.Timer(WATCHDOG_S, _force_exit)
@@ -74,20 +75,25 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 def _force_exit() -> None:
     """Record the termination (unless the runner already did) and exit at once."""
-    job_id, workspace = _CURRENT.get("job_id"), _CURRENT.get("workspace")
     try:
-        if job_id and workspace is not None:
-            registry = JobRegistry(workspace.db_path)
-            job = registry.get(job_id)
-            status_file = Path(job.results_dir) / "status.json"
-            lines = read_status(status_file)
-            if not lines or lines[-1].get("status") != "FAILURE":
-                StatusWriter(status_file).write("FAILURE", TERMINATED_MESSAGE, verbosity="ERROR")
-            if not job.status.is_terminal:
-                registry.finish(job_id, JobStatus.ERROR, message=TERMINATED_MESSAGE)
-        logger.warning("job %s: %s (forced exit)", job_id, TERMINATED_MESSAGE)
+        _record_terminated()
+        logger.warning("job %s: %s (forced exit)", _CURRENT.get("job_id"), TERMINATED_MESSAGE)
     finally:
         os._exit(EXIT_TERMINATED)
+
+
+def _record_terminated() -> None:
+    """Make the last status line and the registry say SIGTERM, whatever error it surfaced as."""
+    job_id, workspace = _CURRENT.get("job_id"), _CURRENT.get("workspace")
+    if job_id and workspace is not None:
+        registry = JobRegistry(workspace.db_path)
+        job = registry.get(job_id)
+        status_file = Path(job.results_dir) / "status.json"
+        lines = read_status(status_file)
+        if not lines or lines[-1].get("message") != TERMINATED_MESSAGE:
+            StatusWriter(status_file).write("FAILURE", TERMINATED_MESSAGE, verbosity="ERROR")
+        if not job.status.is_terminal:
+            registry.finish(job_id, JobStatus.ERROR, message=TERMINATED_MESSAGE)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,6 +116,12 @@ def main(argv: list[str] | None = None) -> int:
         logger.warning("job %s: %s", args.job_id, exc)
         return EXIT_TERMINATED
     except Exception as exc:  # noqa: BLE001 - the runner recorded it; the log gets one line
+        if _CURRENT.get("terminated"):
+            # SIGTERM landed inside library code that re-raised it as its own error (torch.save's
+            # writer: "unexpected pos ..."): the job was canceled, say so.
+            _record_terminated()
+            logger.warning("job %s: %s", args.job_id, TERMINATED_MESSAGE)
+            return EXIT_TERMINATED
         if args.debug:
             logger.exception("job %s failed", args.job_id)
         logger.error("error: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
