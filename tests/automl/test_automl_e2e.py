@@ -81,11 +81,12 @@ def test_hyperband_prunes_and_keeps_the_best_checkpoint(tmp_path, tiny_mae, caps
     best = min(complete, key=lambda t: t["value"])  # minimize: the smallest value wins
     assert result["best_trial"] == best["number"] and result["best_value"] == best["value"]
     assert result["best_params"] == best["params"]
-    # The pruned trials' jobs were canceled, the others finished.
+    # The pruned trials' jobs were canceled (or, when the tiny job finished its last epoch before the
+    # cancel reached it, are Done: seen once in CI), the others finished.
     registry = JobRegistry(Workspace(tmp_path).db_path)
     for t in result["trials"]:
-        expected = JobStatus.CANCELED if t["state"] == "PRUNED" else JobStatus.DONE
-        assert registry.get(t["job_id"]).status is expected
+        expected = (JobStatus.CANCELED, JobStatus.DONE) if t["state"] == "PRUNED" else (JobStatus.DONE,)
+        assert registry.get(t["job_id"]).status in expected
     # best_model/ holds the best trial's last checkpoint; the other trials' were deleted.
     best_ckpt = Path(result["best_checkpoint"])
     assert best_ckpt.parent == tmp_path / "automl" / "hb" / "best_model" and best_ckpt.is_file()
