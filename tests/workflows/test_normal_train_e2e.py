@@ -9,6 +9,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ import pytest
 from foveal.cli.main import main
 from foveal.data.synthetic import make_demo_dataset
 from foveal.jobs import JobRegistry, JobStatus, Workspace
+from foveal.jobs import monitor as monitor_mod
 from foveal.networks.mae import models
 from foveal.platforms.runner import job_command
 
@@ -61,7 +63,27 @@ def _workflow(capsys, ws: Path, data, *extra: str) -> tuple[int, dict, str]:
     return code, (json.loads(out) if out.strip() else {}), err
 
 
-def test_plain_train_evaluate_export_on_local(capsys, tmp_path, data, tiny_backbones):
+@pytest.fixture
+def monitor_ticks_during_train(monkeypatch):
+    """Hold the train stage until the monitor thread has printed a line about it.
+
+    A tiny train finishes in well under the monitor's interval once the suite has warmed up,
+    so without this the periodic line is a matter of timing (seen failing in CI)."""
+    real = monitor_mod.Monitor.watch
+
+    def watch(self, stage, job_id):
+        real(self, stage, job_id)
+        if stage == "train" and job_id is not None:
+            seen, deadline = self.lines_emitted, time.monotonic() + 30
+            while self.lines_emitted == seen and time.monotonic() < deadline:
+                time.sleep(0.01)
+
+    monkeypatch.setattr(monitor_mod.Monitor, "watch", watch)
+
+
+def test_plain_train_evaluate_export_on_local(
+    capsys, tmp_path, data, tiny_backbones, monitor_ticks_during_train
+):
     code, summary, err = _workflow(
         capsys, tmp_path, data, "--automl-policy", "off", "--export", "--yes", "--monitor-interval", "0.005"
     )
