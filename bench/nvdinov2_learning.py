@@ -52,13 +52,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--dim", type=int, default=96)
     p.add_argument("--heads", type=int, default=3)
+    p.add_argument("--patch", type=int, default=16, choices=(4, 8, 14, 16), help="ViT patch size")
     p.add_argument("--layerscale", type=float, default=1e-5, help="LayerScale init (vit_t: 1e-5)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--n-local", type=int, default=4)
     p.add_argument(
-        "--local-size", type=int, default=None, help="default: half the image size, a multiple of 16"
+        "--local-size", type=int, default=None, help="default: half the image size, a multiple of the patch"
     )
     p.add_argument("--global-scale", type=float, nargs=2, default=[0.32, 1.0], help="global crop area range")
     p.add_argument("--local-scale", type=float, nargs=2, default=[0.05, 0.32], help="local crop area range")
@@ -81,12 +82,12 @@ def recipe(args: argparse.Namespace, images_dir: Path) -> list[str]:
     """Spec overrides: the schedules are sized to this run's steps (TAO's are for ImageNet)."""
     steps = max(1, args.num_train // args.batch) * args.epochs
     warm = max(1, steps // 10)
-    local = args.local_size or max(16, args.img_size // 32 * 16)
+    local = args.local_size or max(args.patch, args.img_size // 2 // args.patch * args.patch)
     return [
         f"dataset.train_dataset.images_dir={images_dir}",
         "model.backbone.teacher_type=vit_t",
         "model.backbone.student_type=vit_t",
-        "model.backbone.patch_size=16",
+        f"model.backbone.patch_size={args.patch}",
         f"model.backbone.img_size={args.img_size}",
         "model.backbone.drop_path_rate=0.0",
         f"model.head.hidden_dim={args.hidden}",

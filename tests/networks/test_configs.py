@@ -427,3 +427,21 @@ def test_classification_patch_size_sets_the_input_stride_and_reaches_the_vit():
     with pytest.raises(SpecError) as excinfo:
         resolve(cfg)
     assert "model.backbone.patch_size" in issue_keys(excinfo)
+
+
+def test_nvdinov2_small_patches_for_cpu_sized_runs():
+    from foveal.networks.nvdinov2.config import NVDINOv2Config, resolve
+    from foveal.spec import build_config
+
+    raw = {
+        "model": {"backbone": {"patch_size": 4, "img_size": 32, "teacher_type": "vit_t", "student_type": "vit_t"}},
+        "dataset": {"transform": {"global_crops_size": 32, "local_crops_size": 16}},
+    }
+    assert resolve(build_config(NVDINOv2Config, raw)).model.backbone.patch_size == 4
+    raw["dataset"]["transform"]["local_crops_size"] = 18  # 18 % 4 = 2
+    with pytest.raises(SpecError) as excinfo:
+        resolve(build_config(NVDINOv2Config, raw))
+    assert issue_keys(excinfo) == {"dataset.transform.local_crops_size"}
+    raw["model"]["backbone"]["patch_size"] = 12
+    with pytest.raises(SpecError, match=r"model\.backbone\.patch_size.*4, 8, 14, 16"):
+        build_config(NVDINOv2Config, raw)

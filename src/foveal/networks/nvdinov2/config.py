@@ -24,7 +24,8 @@ from foveal.spec.errors import SpecError, SpecIssue
 from foveal.spec.fields import field, section
 
 BACKBONES = ("vit_t", "vit_s", "vit_b", "vit_l", "vit_g")
-PATCH_SIZES = (14, 16)
+# 14 and 16 are TAO's; 4 and 8 are for CPU-sized runs on small images (32-64 px), like vit_t.
+PATCH_SIZES = (4, 8, 14, 16)
 # TAO's spec files derive the learning rate from the total batch: 2e-4 * sqrt(batch / 1024).
 LR_REFERENCE = 2e-4
 LR_REFERENCE_BATCH = 1024
@@ -58,7 +59,11 @@ class BackboneConfig:
         valid_max=0.9,
         description="Stochastic depth rate of the student (linear per block).",
     )
-    patch_size: int = field(14, valid_options=PATCH_SIZES, description="Patch size in pixels.")
+    patch_size: int = field(
+        14,
+        valid_options=PATCH_SIZES,
+        description="Patch size in pixels: 14 or 16 (TAO's); 4 or 8 for CPU-sized runs on small images.",
+    )
     img_size: int = field(
         518,
         valid_min=14,

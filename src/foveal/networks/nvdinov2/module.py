@@ -23,7 +23,7 @@ from torch import nn
 
 import foveal
 from foveal.engine.callbacks import epoch_number
-from foveal.engine.checkpoint import checkpoint_filename, save_checkpoint_atomic, update_latest_link
+from foveal.engine.checkpoint import save_checkpoint_atomic
 from foveal.networks.nvdinov2.method import NVDINOv2Method
 from foveal.networks.nvdinov2.schedules import StepValues, schedule_value, values_at
 from foveal.nn.vit import layer_id_for_param
@@ -101,7 +101,6 @@ class NVDINOv2Module(L.LightningModule):
         self.results_dir = Path(results_dir) if results_dir is not None else None
         self.config_dict = config_dict or {}
         self.archs = archs or {}
-        self._pending_link: Path | None = None
         self._last_layer = [p for n, p in method.student.named_parameters() if ".last_layer." in n]
 
     # ----------------------------------------------------------------------------- loop
@@ -160,8 +159,6 @@ class NVDINOv2Module(L.LightningModule):
         self._save_backbone("student", student["backbone"], epoch, step)
         if not self.method.settings.distill:
             self._save_backbone("teacher", self.method.teacher["backbone"], epoch, step)
-        # the full file is written after this hook returns: link it at the next hook
-        self._pending_link = self.results_dir / checkpoint_filename(epoch, step)
 
     def _save_backbone(self, kind: str, backbone: nn.Module, epoch: int, step: int) -> None:
         obj = {
@@ -176,14 +173,3 @@ class NVDINOv2Module(L.LightningModule):
             "state_dict": {k: v.detach().cpu() for k, v in backbone.state_dict().items()},
         }
         save_checkpoint_atomic(obj, self.results_dir / backbone_filename(kind, epoch, step))
-
-    def _link_latest(self) -> None:
-        if self._pending_link is not None and self._pending_link.is_file():
-            update_latest_link(self._pending_link, self._pending_link.parent / LATEST_LINK)
-            self._pending_link = None
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        self._link_latest()
-
-    def on_train_end(self) -> None:
-        self._link_latest()
