@@ -63,6 +63,15 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--global-scale", type=float, nargs=2, default=[0.32, 1.0], help="global crop area range")
     p.add_argument("--local-scale", type=float, nargs=2, default=[0.05, 0.32], help="local crop area range")
+    p.add_argument(
+        "--color-jitter",
+        type=float,
+        nargs=4,
+        default=[0.4, 0.4, 0.2, 0.1],
+        help="brightness contrast saturation hue (DINOv2's: 0.4 0.4 0.2 0.1)",
+    )
+    p.add_argument("--jitter-prob", type=float, default=0.8, help="colour jitter probability")
+    p.add_argument("--grayscale-prob", type=float, default=0.2)
     p.add_argument("--teacher-temp", type=float, default=0.04, help="teacher temperature after warm-up")
     p.add_argument("--teacher-temp-start", type=float, default=0.04)
     p.add_argument("--prototypes", type=int, default=1024)
@@ -97,6 +106,9 @@ def recipe(args: argparse.Namespace, images_dir: Path) -> list[str]:
         f"dataset.transform.n_local_crops={args.n_local}",
         f"dataset.transform.global_crops_scale=[{args.global_scale[0]}, {args.global_scale[1]}]",
         f"dataset.transform.local_crops_scale=[{args.local_scale[0]}, {args.local_scale[1]}]",
+        f"dataset.transform.color_jitter=[{', '.join(str(v) for v in args.color_jitter)}]",
+        f"dataset.transform.color_jitter_prob={args.jitter_prob}",
+        f"dataset.transform.grayscale_prob={args.grayscale_prob}",
         f"dataset.batch_size={args.batch}",
         f"dataset.workers={args.workers}",
         f"train.num_epochs={args.epochs}",

@@ -202,6 +202,22 @@ def test_multicrop_shapes_and_crop_major_collate():
     assert batch["masks"].shape == (6, 4) and int((batch["masks"].sum(1) > 0).sum()) == 3
 
 
+def test_multicrop_colour_settings_come_from_the_spec():
+    cfg = _cfg()
+    t = cfg.dataset.transform
+    t.n_local_crops, t.global_crops_scale = 0, [1.0, 1.0]
+    image = Image.new("RGB", (32, 32), (200, 30, 30))
+    t.color_jitter, t.color_jitter_prob, t.grayscale_prob = [0.0, 0.0, 0.0, 0.0], 0.0, 1.0
+    gray = MultiCropAugmentation(t)(image)["global_crops"][1]
+    assert torch.allclose(gray[0] * 0.229 + 0.485, gray[1] * 0.224 + 0.456, atol=1e-2)  # R == G
+    t.color_jitter, t.color_jitter_prob, t.grayscale_prob = [0.0, 0.0, 0.0, 0.5], 1.0, 0.0
+    hues = {
+        tuple(MultiCropAugmentation(t)(image)["global_crops"][1][:, 16, 16].round(decimals=1).tolist())
+        for _ in range(8)
+    }
+    assert len(hues) > 2  # a hue of up to half a turn moves a saturated red around the wheel
+
+
 def test_teacher_sees_unmasked_global_crops_only():
     torch.manual_seed(0)
     method = _method().eval()  # eval: centering state unchanged between the calls

@@ -168,6 +168,18 @@ class TransformConfig:
     local_crops_size: int = field(
         98, valid_min=14, description="Local crop side in pixels; divisible by patch_size (98 = 7 x 14)."
     )
+    color_jitter: list[float] = field(
+        default_factory=lambda: [0.4, 0.4, 0.2, 0.1],
+        valid_min=0.0,
+        description="[brightness, contrast, saturation, hue] of the colour jitter (DINOv2's values; "
+        "hue at most 0.5, a full turn). Raise hue when colour alone tells images apart.",
+    )
+    color_jitter_prob: float = field(
+        0.8, valid_min=0.0, valid_max=1.0, description="Probability of the colour jitter per crop."
+    )
+    grayscale_prob: float = field(
+        0.2, valid_min=0.0, valid_max=1.0, description="Probability of turning a crop to grayscale."
+    )
 
 
 @dataclass
@@ -526,6 +538,15 @@ def resolve(cfg: NVDINOv2Config) -> NVDINOv2Config:
         )
     _check_range(issues, "dataset.transform.global_crops_scale", transform.global_crops_scale)
     _check_range(issues, "dataset.transform.local_crops_scale", transform.local_crops_scale)
+    jitter = transform.color_jitter
+    if len(jitter) != 4 or jitter[3] > 0.5:
+        issues.append(
+            SpecIssue(
+                "dataset.transform.color_jitter",
+                f"expected [brightness, contrast, saturation, hue] with hue <= 0.5, got {jitter}",
+                "DINOv2's values are [0.4, 0.4, 0.2, 0.1]",
+            )
+        )
     if transform.n_global_crops == 1 and transform.n_local_crops == 0:
         issues.append(
             SpecIssue(

@@ -1,8 +1,8 @@
 """Multi-crop augmentation and batching of nvdinov2 (DINOv2's ``DataAugmentationDINO``, arXiv:2304.07193).
 
 Each image gives ``n_global_crops`` large views (seen by teacher and student) and
-``n_local_crops`` small ones (student only): random resized crop + flip, colour jitter (p=0.8),
-grayscale (p=0.2), then Gaussian blur with p=1.0 on the first global crop, 0.1 on the others
+``n_local_crops`` small ones (student only): random resized crop + flip, colour jitter (p=0.8;
+strength and both probabilities from ``dataset.transform``), grayscale (p=0.2), then Gaussian blur with p=1.0 on the first global crop, 0.1 on the others
 (which also get solarize, p=0.2) and 0.5 on local crops (BYOL's asymmetric recipe, Grill et al.,
 arXiv:2006.07733). PIL and torch only, from :mod:`foveal.data.transforms`.
 
@@ -48,8 +48,11 @@ class RandomApply:
         return f"RandomApply({self.transform!r}, p={self.p})"
 
 
-def _colour() -> list[Callable[[Any], Any]]:
-    return [RandomApply(ColorJitter(0.4, 0.4, 0.2, 0.1), p=0.8), RandomGrayscale(p=0.2)]
+def _colour(transform: Any) -> list[Callable[[Any], Any]]:
+    return [
+        RandomApply(ColorJitter(*transform.color_jitter), p=transform.color_jitter_prob),
+        RandomGrayscale(p=transform.grayscale_prob),
+    ]
 
 
 class MultiCropAugmentation:
@@ -57,7 +60,7 @@ class MultiCropAugmentation:
 
     Args:
         transform: ``dataset.transform`` (n_global_crops, global_crops_scale/size, n_local_crops,
-            local_crops_scale/size).
+            local_crops_scale/size, color_jitter, color_jitter_prob, grayscale_prob).
         mean, std: normalisation (ImageNet's by default, as DINOv2).
     """
 
@@ -77,12 +80,18 @@ class MultiCropAugmentation:
             ]
 
         global_geometry = geometry(transform.global_crops_size, transform.global_crops_scale)
-        self.first_global = Compose([*global_geometry, *_colour(), GaussianBlur(p=1.0), *to_tensor])
+        self.first_global = Compose([*global_geometry, *_colour(transform), GaussianBlur(p=1.0), *to_tensor])
         self.other_global = Compose(
-            [*global_geometry, *_colour(), GaussianBlur(p=0.1), Solarize(p=0.2, threshold=128), *to_tensor]
+            [
+                *global_geometry,
+                *_colour(transform),
+                GaussianBlur(p=0.1),
+                Solarize(p=0.2, threshold=128),
+                *to_tensor,
+            ]
         )
         local_geometry = geometry(transform.local_crops_size, transform.local_crops_scale)
-        self.local = Compose([*local_geometry, *_colour(), GaussianBlur(p=0.5), *to_tensor])
+        self.local = Compose([*local_geometry, *_colour(transform), GaussianBlur(p=0.5), *to_tensor])
 
     def __call__(self, img: Image.Image) -> dict[str, list[torch.Tensor]]:
         global_crops = [
