@@ -82,6 +82,19 @@ def test_math_cond_and_options():
     assert "train.steps" not in params and "train.momentum" not in params
 
 
+@pytest.mark.parametrize("network", ["mae", "classification"])
+def test_warmup_stays_below_the_base_spec_epochs(network):
+    net = get_network(network)
+    warm = "train.optim.warmup_epochs"
+    short = _by_key(build_space(net, params=[warm], base={"train": {"num_epochs": 1}}))[warm]
+    assert (short.low, short.high) == (0, 0)  # num_epochs=1 leaves warm-up 0 only (was: 0..50, failed trials)
+    mid = _by_key(build_space(net, params=[warm], base={"train": {"num_epochs": 10}}))[warm]
+    assert (mid.low, mid.high) == (0, 9)
+    # num_epochs searched too: the bound is unknown when the range is built, so the schema's range
+    both = _by_key(build_space(net, params=[warm, "train.num_epochs"], ranges={"train.num_epochs": "2:20"}))
+    assert both[warm].high == 50
+
+
 def test_option_weights_and_depends_on_when_sampling():
     space = build_space(TOY)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))

@@ -7,7 +7,8 @@ the keys the user names (``--params``, ``--range``); a searchable field that is 
 Ranges: ``valid_min``/``valid_max`` for numbers (log scale for a positive range spanning more
 than two decades, e.g. a learning rate), ``valid_options`` (weighted by ``option_weights``) for
 choices, ``[False, True]`` for a named boolean; ``math_cond`` narrows the range (``"> 0"``
-excludes the bound, ``"% 8 == 0"`` steps an integer); ``depends_on`` makes a parameter
+excludes the bound, ``"% 8 == 0"`` steps an integer, ``"< train.num_epochs"`` bounds it by
+another key's value in the base spec, when that key is not searched itself); ``depends_on`` makes a parameter
 conditional: it is sampled only while the key it depends on is true in that trial.
 """
 
@@ -31,7 +32,7 @@ from foveal.spec.fields import unwrap_optional
 logger = logging.getLogger(__name__)
 
 LOG_SCALE_DECADES = 2.0  # a positive range wider than this many decades is searched in log space
-_COND_RE = re.compile(r"^\s*(>=|<=|>|<)\s*(-?[0-9.eE+-]+)\s*$")
+_COND_RE = re.compile(r"^\s*(>=|<=|>|<)\s*(-?[0-9.eE+-]+|[A-Za-z_][\w.]*)\s*$")
 _MOD_RE = re.compile(r"^\s*%\s*(\d+)\s*==\s*0\s*$")
 _WEIGHT_SUFFIX = "#u"  # weighted choices are drawn through a uniform variable of this name
 
@@ -176,7 +177,7 @@ def build_space(
     for key in keys:
         if key not in leaves:
             raise _unknown_key(key, list(leaves), "--range" if key in ranges else "--params")
-    built = {key: _param(key, *leaves[key], ranges.get(key)) for key in keys}
+    built = {key: _param(key, *leaves[key], ranges.get(key), base, keys) for key in keys}
     ordered = _dependency_order(built)
     kept = []
     for param in ordered:
@@ -211,7 +212,14 @@ def _dependency_order(built: dict[str, Param]) -> list[Param]:
     return out
 
 
-def _param(key: str, tp: Any, meta: dict[str, Any], override: str | None) -> Param:
+def _param(
+    key: str,
+    tp: Any,
+    meta: dict[str, Any],
+    override: str | None,
+    spec: Mapping[str, Any] | None = None,
+    searched: Sequence[str] = (),
+) -> Param:
     base, _ = unwrap_optional(tp)
     depends_on = meta.get("depends_on")
     options = meta.get("valid_options")
@@ -241,7 +249,8 @@ def _param(key: str, tp: Any, meta: dict[str, Any], override: str | None) -> Par
             f"pass --range {key}=LOW:HIGH"
         )
     kind = "int" if base is int else "float"
-    lo, hi, step = _apply_math_cond(key, kind, float(lo), float(hi), meta.get("math_cond"))
+    cond = _cond_with_values(key, meta.get("math_cond"), spec, searched)
+    lo, hi, step = _apply_math_cond(key, kind, float(lo), float(hi), cond)
     if lo > hi:
         raise UsageError(
             f"--range {key}: empty range [{lo:g}, {hi:g}] after math_cond {meta.get('math_cond')!r}"
@@ -289,6 +298,27 @@ def _parse_range(key: str, text: str, meta: dict[str, Any]) -> tuple[float, floa
         bounds = f"[{'-inf' if vmin is None else vmin}, {'inf' if vmax is None else vmax}]"
         raise UsageError(f"--range {key}={text}: need LOW <= HIGH within the valid range {bounds}")
     return lo, hi, None if scale is None else scale == "log"
+
+
+def _cond_with_values(
+    key: str, cond: str | None, base: Mapping[str, Any] | None, searched: Sequence[str]
+) -> str | None:
+    """``"< train.num_epochs"`` -> ``"< 10"`` with the base spec's value; None (no narrowing)
+    when that key is searched too or there is no base to read it from."""
+    match = _COND_RE.match(cond or "")
+    if not match or not re.match(r"[A-Za-z_]", match.group(2)):
+        return cond
+    other = match.group(2)
+    if base is None:
+        return None
+    if other in searched:
+        logger.warning("%s: math_cond %r not applied (%s is searched too)", key, cond, other)
+        return None
+    value = get_dotted(base, other)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        logger.warning("%s: math_cond %r not applied (%s = %r is not a number)", key, cond, other, value)
+        return None
+    return f"{match.group(1)} {value}"
 
 
 def _apply_math_cond(

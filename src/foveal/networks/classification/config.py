@@ -263,6 +263,7 @@ class OptimConfig:
         valid_min=0,
         valid_max=50,
         automl_enabled=True,
+        math_cond="< train.num_epochs",
         description="Epochs of linear warm-up; must be below train.num_epochs.",
     )
     min_lr_ratio: float = field(
