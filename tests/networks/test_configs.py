@@ -434,7 +434,9 @@ def test_nvdinov2_small_patches_for_cpu_sized_runs():
     from foveal.spec import build_config
 
     raw = {
-        "model": {"backbone": {"patch_size": 4, "img_size": 32, "teacher_type": "vit_t", "student_type": "vit_t"}},
+        "model": {
+            "backbone": {"patch_size": 4, "img_size": 32, "teacher_type": "vit_t", "student_type": "vit_t"}
+        },
         "dataset": {"transform": {"global_crops_size": 32, "local_crops_size": 16}},
     }
     assert resolve(build_config(NVDINOv2Config, raw)).model.backbone.patch_size == 4

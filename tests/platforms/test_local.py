@@ -147,6 +147,8 @@ def _fail_as_runner(prepared, ws, action):
     try:
         action()
     except RuntimeError as exc:
-        StatusWriter(Path(prepared.job.results_dir) / "status.json").write("FAILURE", str(exc), verbosity="ERROR")
+        StatusWriter(Path(prepared.job.results_dir) / "status.json").write(
+            "FAILURE", str(exc), verbosity="ERROR"
+        )
         ws.open_registry().finish(prepared.job.id, JobStatus.ERROR, message=str(exc))
         raise

@@ -164,6 +164,15 @@ def test_base_checkpoint_flag_and_model_default(ws, data, tmp_path, monkeypatch)
     )
     assert plan.base_checkpoint["source"] == "override train.pretrained_model_path"
     assert plan.stage_overrides["train"].count(f"train.pretrained_model_path={ckpt}") == 1
+    # a ported model starts from its source's weights, not from scratch
+    ported = {k: v for k, v in net.metadata.items() if k != "default_pretrained_checkpoint"}
+    monkeypatch.setattr(net, "metadata", {**ported, "ported": True, "ported_from": "/models/vit-hf"})
+    plan = _plan(ws, model="mae", train_dataset_uri=str(data["train"]))
+    assert plan.base_checkpoint == {
+        "source": "ported weights (/models/vit-hf)",
+        "path": None,
+        "key": "train.pretrained_model_path",
+    }
 
 
 def test_remote_image_needs_confirmation(ws, data):

@@ -75,7 +75,9 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool | None:
             cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
         except OSError:
             return None
-    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), None)
+    flags = next(
+        (line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), None
+    )
     if flags is None:
         return None
     return "avx512_bf16" in flags or "amx_bf16" in flags

@@ -122,7 +122,13 @@ def ported_network(entry_dir: Path) -> Network:
     description = entry.get("description") or f"ported {entry.get('source', {}).get('model_type', '')} model"
     if not entry.get("verified"):
         description += " (port not verified)"
-    metadata = {**base.metadata, **entry.get("metadata", {}), "ported": True, "entry_dir": str(entry_dir)}
+    metadata = {
+        **base.metadata,
+        **entry.get("metadata", {}),
+        "ported": True,
+        "entry_dir": str(entry_dir),
+        "ported_from": entry.get("source", {}).get("path"),
+    }
     return Network(
         name=name,
         config_cls=config_cls,

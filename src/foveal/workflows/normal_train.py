@@ -173,6 +173,9 @@ def _decide_base(request: NormalTrainRequest, network: Network, explicit: set[st
     default = catalog.default_pretrained(network, ws.root)
     if default["available"] and key is not None:
         return {"source": "model default", "path": default["path"], "key": key}
+    if network.metadata.get("ported"):  # the backbone's own weights load whenever the model is built
+        source = network.metadata.get("ported_from") or network.metadata.get("entry_dir")
+        return {"source": f"ported weights ({source})", "path": None, "key": key}
     why = "no default declared" if not default["declared"] else f"{default['declared']} not found locally"
     return {"source": f"from scratch ({why})", "path": None, "key": key}
 
