@@ -96,6 +96,21 @@ def test_monitor_emits_every_interval_from_a_thread(running_job):
     assert len(lines) == count  # stopped
 
 
+def test_a_failing_tick_is_said_once_and_the_monitor_goes_on(running_job, caplog):
+    registry, job, _ = running_job
+    lines: list[str] = []
+    monitor = Monitor(registry, 60.0, lines.append)
+    monitor.watch("train", "no-such-job")
+    with caplog.at_level("DEBUG", logger="foveal.jobs.monitor"):
+        monitor.tick()
+        monitor.tick()
+    levels = [r.levelname for r in caplog.records]
+    assert levels == ["WARNING", "DEBUG"] and "no status line this time" in caplog.records[0].message
+    monitor.watch("train", job.id)
+    monitor.tick()
+    assert len(lines) == 1 and f"train {job.id}" in lines[0]
+
+
 def test_watch_returns_when_the_job_ends(running_job):
     registry, job, writer = running_job
     lines: list[str] = []

@@ -173,6 +173,7 @@ class Monitor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.lines_emitted = 0
+        self._failed_ticks = 0
 
     def watch(self, stage: str, job_id: str | None) -> None:
         with self._lock:
@@ -201,7 +202,10 @@ class Monitor:
         try:
             text = self.line()
         except Exception as exc:  # noqa: BLE001 - a monitoring hiccup must never stop the run
-            logger.debug("monitor line failed: %s", exc)
+            # said once (a stuck monitor should not be silent), then only at debug level
+            log = logger.debug if self._failed_ticks else logger.warning
+            self._failed_ticks += 1
+            log("monitor: no status line this time (%s: %s); the run goes on", type(exc).__name__, exc)
             return
         if text:
             self.emit(_stamp(text))
