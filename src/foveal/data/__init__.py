@@ -53,6 +53,7 @@ _EXPORTS = {
     "RandAugment": "randaugment",
     "SHAPE_CLASSES": "synthetic",
     "make_demo_dataset": "synthetic",
+    "make_loader": "loader",
 }
 
 __all__ = [
@@ -84,6 +85,7 @@ __all__ = [
     "is_image_file",
     "load_image",
     "make_demo_dataset",
+    "make_loader",
     "resolve_dataset",
     "scan_images",
     "verify_images",
@@ -94,6 +96,7 @@ if TYPE_CHECKING:  # static tools see plain imports
     from .errors import DatasetError
     from .folders import ImageFolderDataset, LabeledImageFolderDataset
     from .images import IMG_EXTENSIONS, is_image_file, load_image, scan_images, verify_images
+    from .loader import make_loader
     from .randaugment import RandAugment
     from .synthetic import SHAPE_CLASSES, make_demo_dataset
     from .transforms import (

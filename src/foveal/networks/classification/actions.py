@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from foveal.data import (
     LabeledImageFolderDataset,
     build_eval_transform,
     build_train_transform,
+    make_loader,
     resolve_dataset,
 )
 from foveal.engine import build_trainer, checkpoint_artifacts, fit, load_checkpoint, resolve_resume_checkpoint
@@ -36,17 +36,7 @@ NETWORK = "classification"
 
 
 def _loader(dataset: Any, batch_size: int, workers: int, *, train: bool) -> DataLoader:
-    # TAO's default of 8 workers oversubscribes small machines; more workers than cores never helps.
-    workers = min(workers, os.cpu_count() or 1)
-    return DataLoader(
-        dataset,
-        batch_size=min(batch_size, len(dataset)),
-        shuffle=train,
-        drop_last=train and len(dataset) > batch_size,
-        num_workers=workers,
-        persistent_workers=workers > 0,
-        pin_memory=torch.cuda.is_available(),
-    )
+    return make_loader(dataset, batch_size, workers, train=train)
 
 
 def _class_weights(dataset: LabeledImageFolderDataset, mode: str) -> torch.Tensor | None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from foveal.data import (
     ImageFolderDataset,
     LabeledImageFolderDataset,
     build_eval_transform,
+    make_loader,
     resolve_dataset,
 )
 from foveal.engine import (
@@ -57,17 +57,7 @@ GRID_IMAGES = 8  # images in the inference reconstruction grid
 
 
 def _loader(dataset: Any, batch_size: int, workers: int, *, train: bool) -> DataLoader:
-    # More workers than cores never helps (TAO's defaults oversubscribe small machines).
-    workers = min(workers, os.cpu_count() or 1)
-    return DataLoader(
-        dataset,
-        batch_size=min(batch_size, len(dataset)),
-        shuffle=train,
-        drop_last=train and len(dataset) > batch_size,
-        num_workers=workers,
-        persistent_workers=workers > 0,
-        pin_memory=torch.cuda.is_available(),
-    )
+    return make_loader(dataset, batch_size, workers, train=train)
 
 
 def _batch(cfg: Any, section: Any) -> int:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from foveal.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, ImageFolderDataset, build_eval_transform
+from foveal.data import make_loader as data_loader
 from foveal.networks.nvdinov2.checkpoints import LoadedBackbone, load_backbone_file
 from foveal.networks.registry import ActionResult, RunContext
 
@@ -57,16 +57,8 @@ def batch_size_of(cfg: Any, section: Any) -> int:
 
 
 def make_loader(dataset: Dataset, batch_size: int, workers: int) -> DataLoader:
-    """Ordered batches; more workers than cores never helps (TAO's defaults oversubscribe)."""
-    workers = min(workers, os.cpu_count() or 1)
-    return DataLoader(
-        dataset,
-        batch_size=max(1, min(batch_size, len(dataset))),
-        shuffle=False,
-        num_workers=workers,
-        persistent_workers=False,
-        pin_memory=torch.cuda.is_available(),
-    )
+    """Ordered batches, one pass."""
+    return data_loader(dataset, batch_size, workers, train=False, persistent=False)
 
 
 # ------------------------------------------------------------------------------ PCA picture

@@ -15,14 +15,13 @@ Outputs (results folder): ``model_epoch_EEE_step_SSSSS.pth`` (full, resume only)
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
-from foveal.data import ImageFolderDataset, resolve_dataset
+from foveal.data import ImageFolderDataset, make_loader, resolve_dataset
 from foveal.engine import build_trainer, checkpoint_artifacts, fit, load_checkpoint, resolve_resume_checkpoint
 from foveal.engine.callbacks import NonFiniteLossError
 from foveal.networks.nvdinov2.backbones import backbone_type, build_backbone
@@ -81,17 +80,13 @@ def build_loader(cfg: Any, cache_dir: Any) -> DataLoader:
     dataset = ImageFolderDataset(root, transform=MultiCropAugmentation(cfg.dataset.transform), recursive=True)
     logger.info("nvdinov2 train: %d images from %s", len(dataset), root)
     grid = cfg.dataset.transform.global_crops_size // cfg.model.backbone.patch_size
-    batch = min(cfg.dataset.batch_size, len(dataset))
-    workers = min(cfg.dataset.workers, os.cpu_count() or 1)  # more workers than cores never helps
-    return DataLoader(
+    return make_loader(
         dataset,
-        batch_size=batch,
-        shuffle=True,
-        drop_last=len(dataset) > batch,
-        num_workers=workers,
-        persistent_workers=workers > 0,
-        pin_memory=cfg.dataset.pin_memory and torch.cuda.is_available(),
+        cfg.dataset.batch_size,
+        cfg.dataset.workers,
+        train=True,
         collate_fn=MultiCropCollate((grid, grid), cfg.train.masking),
+        pin_memory=cfg.dataset.pin_memory,
     )
 
 
