@@ -83,6 +83,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument(
+        "--set",
+        dest="extra",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any further spec override, e.g. --set train.loss.ibot_loss_weight=0 (repeatable)",
+    )
     p.add_argument("--out", type=Path, default=None, help="folder for data and jobs (default: a temp dir)")
     return p.parse_args()
 
@@ -133,7 +141,23 @@ def recipe(args: argparse.Namespace, images_dir: Path) -> list[str]:
         f"train.schedulers.teacher_temperature.warm_up_steps={3 * warm}",
         f"train.schedulers.teacher_temperature.max_decay_steps={3 * warm}",
         f"train.checkpoint_interval={args.epochs}",
+        *args.extra,
     ]
+
+
+def background_kinds(files: list[Path], split: str, seed: int) -> torch.Tensor:
+    """The background texture of each image (0 solid, 1 gradient, 2 stripes, 3 checker, 4 noise),
+    re-drawn from the generator's seeds: what two crops of one image share besides the shape."""
+    import numpy as np
+
+    from foveal.data.synthetic import SPLITS
+
+    kinds = []
+    for path in files:
+        rng = np.random.default_rng([seed, SPLITS.index(split), int(Path(path).stem.split("_")[1])])
+        rng.random(3, dtype=np.float32), rng.random(3, dtype=np.float32)  # the two colours
+        kinds.append(int(rng.integers(5)))
+    return torch.tensor(kinds)
 
 
 @torch.inference_mode()
@@ -212,6 +236,10 @@ def main() -> None:
         f"classes, {args.img_size} px; ViT depth {args.depth} dim {args.dim}; {args.epochs} epochs in {train_s:.0f} s; "
         f"final train_loss {job.kpis.get('train_loss', float('nan')):.3f}"
     )
+    kinds = [
+        background_kinds(s.files, split, args.seed) for s, split in ((train_set, "train"), (val_set, "val"))
+    ]
+    print("  (shape: the class, chance 1/classes; background kind: a nuisance, 5 kinds, chance ~0.2)")
     scores: dict[tuple[str, bool], float] = {}
     for name, model in models.items():
         for with_patch_mean in (False, True) if model is not None else (False,):
@@ -219,8 +247,9 @@ def main() -> None:
             val_feats, val_y = embed(model, loaders[1], with_patch_mean)
             score = knn_top1(train_feats, train_y, val_feats, val_y, k=20, temperature=0.07)
             scores[name, with_patch_mean] = score
+            background = knn_top1(train_feats, kinds[0], val_feats, kinds[1], k=20, temperature=0.07)
             feature = "" if model is None else (" CLS + mean patch" if with_patch_mean else " CLS")
-            print(f"  kNN top-1 {name + feature:42s} {score:.3f}")
+            print(f"  kNN top-1 {name + feature:42s} {score:.3f}   background kind {background:.3f}")
     for with_patch_mean, feature in ((False, "CLS"), (True, "CLS + mean patch")):
         best = max(scores[f"(c) pretrained {kind}", with_patch_mean] for kind in ("student", "teacher"))
         base = max(scores["(a) raw pixels", False], scores["(b) random init", with_patch_mean])
