@@ -28,10 +28,18 @@ def _rows(study_dir: Path) -> list[dict]:
 
 
 def test_every_trial_failing_stops_with_the_first_error(tmp_path, tiny_mae, capsys):
-    # Cosine warm-up must be shorter than the run: every sampled warm-up (2-5 of 2 epochs) is
-    # rejected by the spec, so the trials fail before any process starts.
-    args = ["automl", "mae", "-w", str(tmp_path), "--algorithm", "random", "--max-trials", "3"]
-    args += ["--params", "train.optim.warmup_epochs", "--range", "train.optim.warmup_epochs=2:5"]
+    base = ["automl", "mae", "-w", str(tmp_path), "--algorithm", "random", "--max-trials", "3"]
+    # A warm-up range that the spec's 2 epochs leave empty is refused before any trial.
+    args = [*base, "--params", "train.optim.warmup_epochs", "--range", "train.optim.warmup_epochs=2:5"]
+    assert main([*args, *tiny_mae(2, "train.optim.lr_scheduler=cosine")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: --range train.optim.warmup_epochs: empty range [2, 1] after math_cond "
+        "'< train.num_epochs' (< 2 in this spec); widen the range or change the spec"
+    )
+    # With num_epochs searched too (1-2), the bound is not known up front: every sampled warm-up
+    # (2-5) is rejected by the spec when the trial is prepared, before any process starts.
+    args = [*base, "--params", "train.optim.warmup_epochs,train.num_epochs"]
+    args += ["--range", "train.optim.warmup_epochs=2:5", "--range", "train.num_epochs=1:2"]
     args += tiny_mae(2, "train.optim.lr_scheduler=cosine")
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()

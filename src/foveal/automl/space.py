@@ -252,8 +252,11 @@ def _param(
     cond = _cond_with_values(key, meta.get("math_cond"), spec, searched)
     lo, hi, step = _apply_math_cond(key, kind, float(lo), float(hi), cond)
     if lo > hi:
+        given = meta.get("math_cond")
+        rule = repr(given) if cond == given else f"{given!r} ({cond} in this spec)"
         raise UsageError(
-            f"--range {key}: empty range [{lo:g}, {hi:g}] after math_cond {meta.get('math_cond')!r}"
+            f"--range {key}: empty range [{lo:g}, {hi:g}] after math_cond {rule}; "
+            "widen the range or change the spec"
         )
     if log is None:
         log = lo > 0 and math.log10(hi / lo) > LOG_SCALE_DECADES and (step or 1) == 1
