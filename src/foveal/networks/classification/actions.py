@@ -35,10 +35,6 @@ logger = logging.getLogger(__name__)
 NETWORK = "classification"
 
 
-def _loader(dataset: Any, batch_size: int, workers: int, *, train: bool) -> DataLoader:
-    return make_loader(dataset, batch_size, workers, train=train)
-
-
 def _class_weights(dataset: LabeledImageFolderDataset, mode: str) -> torch.Tensor | None:
     per_class = dataset.class_counts()
     counts = torch.tensor([per_class[c] for c in dataset.classes], dtype=torch.float)
@@ -160,8 +156,8 @@ def train(cfg: Any, ctx: RunContext) -> ActionResult:
         )
 
     batch = cfg.dataset.batch_size
-    train_loader = _loader(train_set, batch, cfg.dataset.workers, train=True)
-    val_loader = _loader(val_set, batch, cfg.dataset.workers, train=False) if val_set else None
+    train_loader = make_loader(train_set, batch, cfg.dataset.workers, train=True)
+    val_loader = make_loader(val_set, batch, cfg.dataset.workers, train=False) if val_set else None
     module = ClassificationModule(
         model,
         OptimSettings.from_classification(cfg.train.optim),
@@ -248,7 +244,7 @@ def evaluate(cfg: Any, ctx: RunContext) -> ActionResult:
         root, transform=build_eval_transform(aug.input_size, aug.mean, aug.std), classes=classes
     )
     batch = cfg.evaluate.batch_size if cfg.evaluate.batch_size > 0 else cfg.dataset.batch_size
-    logits, targets = _predict(model, _loader(dataset, batch, cfg.dataset.workers, train=False))
+    logits, targets = _predict(model, make_loader(dataset, batch, cfg.dataset.workers, train=False))
     report = classification_report(logits, targets, classes)
     report["weights"] = model.weights_kind
     results = ctx.results_dir / "results.json"
@@ -282,7 +278,7 @@ def inference(cfg: Any, ctx: RunContext) -> ActionResult:
     with out.open("w", newline="") as f, torch.inference_mode():
         writer = csv.writer(f)
         writer.writerow(["path"] + [c for i in range(k) for c in (f"class_{i + 1}", f"score_{i + 1}")])
-        for images, paths in _loader(dataset, batch, cfg.dataset.workers, train=False):
+        for images, paths in make_loader(dataset, batch, cfg.dataset.workers, train=False):
             scores, idx = model(images).float().softmax(dim=1).topk(k, dim=1)
             for p, s, i in zip(paths, scores.tolist(), idx.tolist(), strict=True):
                 writer.writerow([p] + [v for j in range(k) for v in (classes[i[j]], f"{s[j]:.6f}")])

@@ -56,10 +56,6 @@ _TRAIN_KPIS = ("train_loss", "train_loss_epoch", "train_top1", "val_loss", "val_
 GRID_IMAGES = 8  # images in the inference reconstruction grid
 
 
-def _loader(dataset: Any, batch_size: int, workers: int, *, train: bool) -> DataLoader:
-    return make_loader(dataset, batch_size, workers, train=train)
-
-
 def _batch(cfg: Any, section: Any) -> int:
     return section.batch_size if section.batch_size > 0 else cfg.dataset.batch_size
 
@@ -160,8 +156,8 @@ def _pretrain_setup(cfg: Any, ctx: RunContext, start: str | None) -> tuple:
         logger.info(checkpoints.load_pretrain_start(model, start, cfg.model.arch))
     checkpoints.freeze(model, list(cfg.train.freeze))
     batch, workers = cfg.dataset.batch_size, cfg.dataset.num_workers_per_gpu
-    train_loader = _loader(train_set, batch, workers, train=True)
-    val_loader = _loader(val_set, batch, workers, train=False) if val_set else None
+    train_loader = make_loader(train_set, batch, workers, train=True)
+    val_loader = make_loader(val_set, batch, workers, train=False) if val_set else None
     module = MAEPretrainModule(
         model,
         optim_settings_from_mae(cfg.train.optim),
@@ -194,8 +190,8 @@ def _finetune_setup(cfg: Any, ctx: RunContext, start: str | None) -> tuple:
         logger.info(checkpoints.load_finetune_start(model, start, cfg.model.arch))
     checkpoints.freeze(model, list(cfg.train.freeze))
     batch, workers = cfg.dataset.batch_size, cfg.dataset.num_workers_per_gpu
-    train_loader = _loader(train_set, batch, workers, train=True)
-    val_loader = _loader(val_set, batch, workers, train=False) if val_set else None
+    train_loader = make_loader(train_set, batch, workers, train=True)
+    val_loader = make_loader(val_set, batch, workers, train=False) if val_set else None
     module = MAEFinetuneModule(
         model,
         optim_settings_from_mae(cfg.train.optim),
@@ -253,7 +249,7 @@ def _evaluate_finetune(cfg: Any, loaded: checkpoints.Trained, root: Path) -> dic
     dataset = LabeledImageFolderDataset(root, transform=tf, classes=loaded.classes)
     logits, targets = [], []
     with torch.inference_mode():
-        for images, target in _loader(
+        for images, target in make_loader(
             dataset, _batch(cfg, cfg.evaluate), cfg.dataset.num_workers_per_gpu, train=False
         ):
             logits.append(loaded.model(images).float())
@@ -274,7 +270,7 @@ def _evaluate_pretrain(cfg: Any, ctx: RunContext, loaded: checkpoints.Trained, r
         "num_images": len(images),
         "mask_ratio": loaded.cfg.train.mask_ratio,
         "reconstruction_loss": reconstruction_loss(
-            loaded.model, _loader(images, batch, workers, train=False)
+            loaded.model, make_loader(images, batch, workers, train=False)
         ),
     }
     if not cfg.dataset.train_data_sources:
@@ -289,8 +285,8 @@ def _evaluate_pretrain(cfg: Any, ctx: RunContext, loaded: checkpoints.Trained, r
         report["knn"] = f"skipped: {str(exc).splitlines()[0]}"
         return report
     encoder = encoder_of(loaded.model)
-    train_feats, train_y = extract_features(encoder, _loader(train_set, batch, workers, train=False))
-    val_feats, val_y = extract_features(encoder, _loader(val_set, batch, workers, train=False))
+    train_feats, train_y = extract_features(encoder, make_loader(train_set, batch, workers, train=False))
+    val_feats, val_y = extract_features(encoder, make_loader(val_set, batch, workers, train=False))
     for name in train_feats:
         report[f"knn_top1_{name}"] = knn_top1(
             train_feats[name],
@@ -314,7 +310,7 @@ def inference(cfg: Any, ctx: RunContext) -> ActionResult:
     root = resolve_dataset(cfg.dataset.test_data_sources, ctx.cache_dir)
     tf = build_eval_transform(aug.input_size, aug.mean, aug.std)
     dataset = ImageFolderDataset(root, transform=tf, recursive=True, return_path=True)
-    loader = _loader(dataset, _batch(cfg, cfg.inference), cfg.dataset.num_workers_per_gpu, train=False)
+    loader = make_loader(dataset, _batch(cfg, cfg.inference), cfg.dataset.num_workers_per_gpu, train=False)
     if loaded.stage == "finetune":
         _check_num_classes(cfg.model.num_classes, len(loaded.classes), f"checkpoint {loaded.path}")
         artifacts = {"results": str(_write_predictions(loaded, loader, ctx.results_dir / "results.csv"))}

@@ -201,8 +201,8 @@ class _Split:
 
 def _features(cfg: Any, ctx: RunContext, loaded: Any) -> tuple[_Split, _Split, str, list[str]]:
     """(reference, evaluated, how the reference was chosen, class names)."""
-    from foveal.data import LabeledImageFolderDataset, resolve_dataset
-    from foveal.networks.nvdinov2.inference import batch_size_of, eval_transform, make_loader
+    from foveal.data import LabeledImageFolderDataset, make_loader, resolve_dataset
+    from foveal.networks.nvdinov2.inference import batch_size_of, eval_transform
 
     e = cfg.evaluate
     transform = eval_transform(loaded)
@@ -210,10 +210,15 @@ def _features(cfg: Any, ctx: RunContext, loaded: Any) -> tuple[_Split, _Split, s
         resolve_dataset(cfg.dataset.val_dataset.images_dir, ctx.cache_dir), transform
     )
     batch, workers = batch_size_of(cfg, e), cfg.dataset.workers
-    val = _Split(*extract_features(loaded.backbone, make_loader(val_set, batch, workers)))
+
+    def features(dataset: Any) -> _Split:  # one ordered pass over the frozen backbone
+        loader = make_loader(dataset, batch, workers, train=False, persistent=False)
+        return _Split(*extract_features(loaded.backbone, loader))
+
+    val = features(val_set)
     ref_set, why = _reference_set(cfg, ctx, transform, val_set.classes)
     if ref_set is not None:
-        ref = _Split(*extract_features(loaded.backbone, make_loader(ref_set, batch, workers)))
+        ref = features(ref_set)
         return ref, val, "dataset.train_dataset.images_dir", val_set.classes
     ref_rows, val_rows = stratified_split(val.labels, e.reference_fraction, e.seed)
     if not ref_rows or not val_rows:

@@ -30,10 +30,15 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from foveal.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, ImageFolderDataset, build_eval_transform
-from foveal.data import make_loader as data_loader
+from foveal.data import (
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    ImageFolderDataset,
+    build_eval_transform,
+    make_loader,
+)
 from foveal.networks.nvdinov2.checkpoints import LoadedBackbone, load_backbone_file
 from foveal.networks.registry import ActionResult, RunContext
 
@@ -54,11 +59,6 @@ def eval_transform(loaded: LoadedBackbone) -> Any:
 
 def batch_size_of(cfg: Any, section: Any) -> int:
     return section.batch_size if section.batch_size > 0 else cfg.dataset.batch_size
-
-
-def make_loader(dataset: Dataset, batch_size: int, workers: int) -> DataLoader:
-    """Ordered batches, one pass."""
-    return data_loader(dataset, batch_size, workers, train=False, persistent=False)
 
 
 # ------------------------------------------------------------------------------ PCA picture
@@ -163,7 +163,7 @@ def inference(cfg: Any, ctx: RunContext) -> ActionResult:
         batch,
         cfg.dataset.workers,
     )
-    loader = make_loader(dataset, batch, cfg.dataset.workers)
+    loader = make_loader(dataset, batch, cfg.dataset.workers, train=False, persistent=False)
     rows, dim, artifacts = _write_features(loaded, loader, ctx.results_dir)
     sample = torch.stack([dataset[i][0] for i in range(min(PCA_IMAGES, len(dataset)))])
     artifacts["pca"] = str(save_pca_figure(loaded, sample, ctx.results_dir / "pca.png"))
