@@ -36,7 +36,7 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from foveal.data import LabeledImageFolderDataset, build_eval_transform  # noqa: E402
-from foveal.data.synthetic import make_demo_dataset  # noqa: E402
+from foveal.data.synthetic import background_kind, make_demo_dataset  # noqa: E402
 from foveal.jobs import Workspace  # noqa: E402
 from foveal.jobs.runner import run_job  # noqa: E402
 from foveal.networks.nvdinov2 import backbones  # noqa: E402
@@ -146,18 +146,9 @@ def recipe(args: argparse.Namespace, images_dir: Path) -> list[str]:
 
 
 def background_kinds(files: list[Path], split: str, seed: int) -> torch.Tensor:
-    """The background texture of each image (0 solid, 1 gradient, 2 stripes, 3 checker, 4 noise),
-    re-drawn from the generator's seeds: what two crops of one image share besides the shape."""
-    import numpy as np
-
-    from foveal.data.synthetic import SPLITS
-
-    kinds = []
-    for path in files:
-        rng = np.random.default_rng([seed, SPLITS.index(split), int(Path(path).stem.split("_")[1])])
-        rng.random(3, dtype=np.float32), rng.random(3, dtype=np.float32)  # the two colours
-        kinds.append(int(rng.integers(5)))
-    return torch.tensor(kinds)
+    """The background texture kind of each image (``synthetic.BACKGROUND_KINDS``): what two crops
+    of one image share besides the shape."""
+    return torch.tensor([background_kind(seed, split, int(Path(f).stem.split("_")[1])) for f in files])
 
 
 @torch.inference_mode()

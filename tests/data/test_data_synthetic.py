@@ -152,3 +152,21 @@ def test_raw_pixels_classify_poorly(tmp_path):
     means = np.stack([x_train[y_train == c].mean(0) for c in range(4)])
     predicted = np.argmin(((x_val[:, None] - means[None]) ** 2).sum(-1), axis=1)
     assert (predicted == y_val).mean() < 0.45  # chance is 0.25
+
+
+@pytest.mark.unit
+def test_background_kind_names_the_texture_the_image_was_drawn_with():
+    from foveal.data.synthetic import BACKGROUND_KINDS, background_kind, render_demo_image
+
+    kinds = [background_kind(3, "train", i) for i in range(80)]
+    assert set(kinds) == set(range(len(BACKGROUND_KINDS)))  # every kind occurs
+    assert kinds == [background_kind(3, "train", i) for i in range(80)]  # deterministic
+
+    def border_spread(i: int) -> float:  # pixel spread along the edges, where the shape rarely is
+        a = np.asarray(render_demo_image(3, "train", i, 0, 32), dtype=np.float32)
+        edge = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+        return float(edge.std(axis=0).mean())
+
+    solid = [border_spread(i) for i, k in enumerate(kinds) if BACKGROUND_KINDS[k] == "solid"]
+    checker = [border_spread(i) for i, k in enumerate(kinds) if BACKGROUND_KINDS[k] == "checker"]
+    assert np.median(solid) < np.median(checker)

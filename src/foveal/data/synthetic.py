@@ -127,11 +127,26 @@ def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     return np.meshgrid(coords, coords, indexing="xy")
 
 
+BACKGROUND_KINDS = ("solid", "gradient", "stripes", "checker", "noise")
+
+
+def _background_colours_and_kind(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int]:
+    """The first draws of every image: its two background colours and its texture kind."""
+    c1, c2 = rng.random(3, dtype=np.float32), rng.random(3, dtype=np.float32)
+    return c1, c2, int(rng.integers(len(BACKGROUND_KINDS)))
+
+
+def background_kind(seed: int, split: str, index: int) -> int:
+    """The background texture of image ``index`` of ``split`` (an index into BACKGROUND_KINDS).
+
+    A nuisance label for benchmarks: every crop of an image shares it, whatever its class."""
+    return _background_colours_and_kind(np.random.default_rng([seed, SPLITS.index(split), index]))[2]
+
+
 def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A textured background (H, W, 3) in [0, 1] and its two colours."""
     x, y = _grid(size)
-    c1, c2 = rng.random(3, dtype=np.float32), rng.random(3, dtype=np.float32)
-    kind = int(rng.integers(5))
+    c1, c2, kind = _background_colours_and_kind(rng)
     theta = rng.uniform(0, 2 * math.pi)
     u = x * math.cos(theta) + y * math.sin(theta)
     v = -x * math.sin(theta) + y * math.cos(theta)
