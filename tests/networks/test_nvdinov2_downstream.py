@@ -115,6 +115,17 @@ def test_knn_and_linear_probe_separable_vs_random_labels() -> None:
     assert linear_probe_top1(noise[train], random_labels[train], noise[val], random_labels[val]) < 0.45
 
 
+def test_linear_probe_takes_features_and_labels_made_in_inference_mode() -> None:
+    # Features embedded under torch.inference_mode() (as a user's own loop would) must not trip
+    # autograd's "inference tensors cannot be saved for backward" in the probe's loss.
+    generator = torch.Generator().manual_seed(1)
+    with torch.inference_mode():
+        labels = torch.arange(80) % 2
+        feats = torch.randn(2, 8, generator=generator)[labels] * 4 + torch.randn(80, 8, generator=generator)
+    assert labels.is_inference() and feats.is_inference()
+    assert linear_probe_top1(feats[:60], labels[:60], feats[60:], labels[60:]) == 1.0
+
+
 def test_stratified_split_is_fixed_and_covers_every_class() -> None:
     labels = [0] * 5 + [1] * 2 + [2] * 9
     ref, held = stratified_split(labels, 0.5, seed=3)

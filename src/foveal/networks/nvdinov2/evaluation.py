@@ -28,7 +28,10 @@ logger = logging.getLogger(__name__)
 
 
 def _labels(labels: torch.Tensor | Sequence[int]) -> torch.Tensor:
-    return torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+    """Class indices as a 1-D long tensor; an inference-mode tensor is cloned, since the linear
+    probe's loss saves its targets for backward, which inference tensors forbid."""
+    out = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+    return out.clone() if out.is_inference() else out
 
 
 def knn_top1(
