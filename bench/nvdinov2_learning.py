@@ -14,7 +14,7 @@ random), the script
 4. trains (d) the same ViT from the same random init *with the labels* (CLS -> linear head,
    cross-entropy, AdamW one-cycle, horizontal flips; ``--sup-epochs``, 0 to skip) and prints its
    val top-1 and the kNN top-1 of its CLS: the supervised ceiling of this model, data and size,
-   which tells whether the +15 target is within reach of any label-free method here.
+   the yardstick for the +15 target (what the labels themselves buy this ViT here).
 
 The ViT is the registered ``vit_t`` shrunk with ``--depth``/``--dim``/``--heads`` so that the run
 fits a CPU budget of a few minutes, patch 16; ``--layerscale`` sets its LayerScale init (vit_t's
@@ -22,6 +22,9 @@ DINOv2 value 1e-5 leaves the CLS token of a random-init ViT the same for every i
 bench/README.md).
 
     python bench/nvdinov2_learning.py                        # ~ a few minutes on 2 cores
+    python bench/nvdinov2_learning.py --threads 2 --img-size 32 --epochs 60 --lr 1e-3 --layerscale 0.1 \
+        --teacher-temp 0.07 --teacher-temp-start 0.04 --hidden 256 --bottleneck 64 --prototypes 512
+                                                             # the best recipe measured, ~8 min
     python bench/nvdinov2_learning.py --epochs 40 --num-train 2000
 """
 
@@ -310,16 +313,12 @@ def main() -> None:
         f"{sup_s:.0f} s): val top-1 {top1:.3f}, kNN top-1 of its CLS {knn:.3f}"
     )
     best, base = margins["CLS"]
-    target = base + 0.15
+    ceiling = max(top1, knn)
     print(
-        f"  target for (c), CLS: {target:.3f}; (d) - max(a, b): {100 * (max(top1, knn) - base):+.1f} points; "
-        + (
-            f"(c) recovers {100 * (best - base) / (max(top1, knn) - base):.0f}% of it"
-            if max(top1, knn) > base
-            else "labels do not beat max(a, b) either"
-        )
+        f"  target for (c), CLS: {base + 0.15:.3f} = max(a, b) + 15 points; (d) - max(a, b): "
+        f"{100 * (ceiling - base):+.1f} points; (c) - (d): {100 * (best - ceiling):+.1f} points"
     )
-    if max(top1, knn) < target:
+    if ceiling < base + 0.15:
         print("  the target is above what this ViT reaches *with* the labels at this size (d)")
 
 
