@@ -63,6 +63,50 @@ def test_sinkhorn_knopp_rows_sum_to_one_and_prototypes_share_mass():
     assert (q3.sum(dim=0) - 4).abs().max() < (torch.softmax(logits / 0.1, -1).sum(0) - 4).abs().max()
 
 
+def _sinkhorn_rank(rank: int, port: int, logits: torch.Tensor, out: dict) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        centering = TeacherCentering(logits.shape[1], centering="sinkhorn_knopp")
+        mine = logits if rank == 1 else logits[:0]  # rank 0: no masked patch in its batch
+        out[rank] = centering(mine, temperature=0.1)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.integration
+def test_sinkhorn_centering_with_an_empty_rank_joins_the_collectives():
+    # Under DDP a rank with no masked patch used to return early and skip the all-reduces inside
+    # Sinkhorn-Knopp: the other ranks then waited forever. Two gloo processes, rank 0 empty.
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    torch.manual_seed(0)
+    logits = torch.randn(12, 8) * 0.3
+    context = mp.get_context("spawn")
+    with context.Manager() as manager:
+        out = manager.dict()
+        procs = [context.Process(target=_sinkhorn_rank, args=(r, port, logits, out)) for r in (0, 1)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(timeout=120)
+        hung = [proc.is_alive() for proc in procs]
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
+        assert not any(hung), "a rank is still waiting in a collective"
+        assert [proc.exitcode for proc in procs] == [0, 0]
+        assert out[0].shape == (0, 8)
+        # rank 1 holds every row, so its targets are the single-process ones
+        assert torch.allclose(out[1], sinkhorn_knopp(logits, temperature=0.1), atol=1e-6)
+
+
 def test_softmax_centering_uses_then_updates_the_running_centre():
     centering = TeacherCentering(3, "softmax", center_momentum=0.9).train()
     centering.center.copy_(torch.tensor([[1.0, 0.0, -1.0]]))

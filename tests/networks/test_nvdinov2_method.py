@@ -69,6 +69,22 @@ def test_forward_gives_finite_losses_and_student_only_gradients():
     assert method.student["backbone"].mask_token.grad.abs().sum() > 0  # masked patches were used
 
 
+@pytest.mark.parametrize("disable_masking", [False, True])
+def test_every_student_parameter_gets_a_gradient_without_masked_patches(disable_masking):
+    # DDP (find_unused_parameters=False) needs the same parameters in the graph on every rank and
+    # step: a rank whose batch has no masked patch, or distillation without masking, must still
+    # route the mask token through the backbone (with an all-False mask).
+    changes = {"model.distill.enable": True, "model.distill.pretrained_non_distill_pl_model_path": "x"}
+    cfg = _cfg(**changes, **{"model.distill.disable_masking": True}) if disable_masking else _cfg()
+    torch.manual_seed(0)
+    method = _method(cfg).train()
+    loss, _ = method(_batch(2, masked=disable_masking), teacher_temp=0.04)
+    loss.backward()
+    missing = [name for name, p in method.student.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == []
+    assert method.student["backbone"].mask_token.grad.abs().sum() == 0  # in the graph, nothing masked
+
+
 def test_batch_of_one_image_is_finite_and_skips_koleo():
     method = _method().train()
     loss, parts = method(_batch(1), teacher_temp=0.04)

@@ -16,6 +16,7 @@ Shapes: B images per crop, G global crops, L local crops, K prototypes, M masked
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 import torch.distributed as dist
@@ -50,8 +51,13 @@ def sinkhorn_knopp(
         n_rows: total rows over all ranks (default: ``R`` x world size).
     """
     # Subtracting the (global) max is a constant factor the first normalisation removes; it keeps
-    # exp() finite for logits that are not cosine scores.
-    shift = logits.detach().float().max()
+    # exp() finite for logits that are not cosine scores. A rank without rows (no masked patch)
+    # still joins every collective below with empty sums, or the other ranks would wait forever.
+    shift = (
+        logits.detach().float().max()
+        if logits.numel()
+        else logits.new_full((), -math.inf, dtype=torch.float32)
+    )
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(shift, op=dist.ReduceOp.MAX)
     q = torch.exp((logits.float() - shift) / temperature).t()  # (K, R)
@@ -85,8 +91,7 @@ class TeacherCentering(nn.Module):
     @torch.no_grad()
     def forward(self, logits: torch.Tensor, temperature: float, n_rows: int | None = None) -> torch.Tensor:
         if self.centering == "sinkhorn_knopp":
-            if logits.shape[0] == 0:  # no masked patch in this batch
-                return logits.float()
+            # also with no rows (no masked patch here): under DDP the collectives must still run
             return sinkhorn_knopp(logits, temperature, n_rows=n_rows)
         probs = F.softmax((logits.float() - self.center) / temperature, dim=-1)
         if self.training:

@@ -144,8 +144,10 @@ class NVDINOv2Method(nn.Module):
         """Student scores: ``cls_logits`` (G + L) x (B, K), ``patch_logits`` (M, K), and the global
         class tokens ``global_cls`` (G B, D) for KoLeo."""
         backbone = self.student["backbone"]
-        use_masks = masks.any() and not (self.settings.distill and self.settings.disable_masking)
-        out = backbone.forward_features(global_crops, masks=masks if use_masks else None)
+        # The mask token joins the graph on every step, even when no patch is masked (or masking is
+        # disabled: an all-False mask): DDP expects the same parameters to get gradients on every rank.
+        use_masks = not (self.settings.distill and self.settings.disable_masking)
+        out = backbone.forward_features(global_crops, masks=masks if use_masks else torch.zeros_like(masks))
         cls_tokens = [out["x_norm_clstoken"]]
         if local_crops.numel():
             cls_tokens.append(backbone.forward_features(local_crops)["x_norm_clstoken"])
