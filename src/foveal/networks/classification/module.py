@@ -162,8 +162,16 @@ class ClassificationModule(L.LightningModule):
             logits = self(images)
             loss = self._loss(logits, target, self.label_smoothing)
         top1 = (logits.argmax(dim=1) == target).float().mean()
-        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(target))
-        self.log("train_top1", top1, on_step=False, on_epoch=True, batch_size=len(target))
+        self.log(
+            "train_loss",
+            loss,
+            prog_bar=True,
+            on_step=True,
+            on_epoch=True,
+            batch_size=len(target),
+            sync_dist=True,
+        )
+        self.log("train_top1", top1, on_step=False, on_epoch=True, batch_size=len(target), sync_dist=True)
         return loss
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
@@ -176,9 +184,22 @@ class ClassificationModule(L.LightningModule):
         logits = self.ema.forward(self.model, images) if self.ema is not None else self(images)
         k = min(5, logits.shape[1])
         topk = logits.topk(k, dim=1).indices
-        self.log("val_loss", self._loss(logits, target, 0.0), prog_bar=True, batch_size=len(target))
-        self.log("val_top1", (topk[:, 0] == target).float().mean(), prog_bar=True, batch_size=len(target))
-        self.log("val_top5", (topk == target[:, None]).any(dim=1).float().mean(), batch_size=len(target))
+        self.log(
+            "val_loss", self._loss(logits, target, 0.0), prog_bar=True, batch_size=len(target), sync_dist=True
+        )
+        self.log(
+            "val_top1",
+            (topk[:, 0] == target).float().mean(),
+            prog_bar=True,
+            batch_size=len(target),
+            sync_dist=True,
+        )
+        self.log(
+            "val_top5",
+            (topk == target[:, None]).any(dim=1).float().mean(),
+            batch_size=len(target),
+            sync_dist=True,
+        )
 
     def configure_optimizers(self) -> Any:
         optim = self.optim

@@ -86,7 +86,15 @@ class MAEPretrainModule(L.LightningModule):
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         loss, _ = self.model(batch)
-        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch))
+        self.log(
+            "train_loss",
+            loss,
+            prog_bar=True,
+            on_step=True,
+            on_epoch=True,
+            batch_size=len(batch),
+            sync_dist=True,
+        )
         return loss
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
@@ -94,7 +102,7 @@ class MAEPretrainModule(L.LightningModule):
         with torch.random.fork_rng(devices=[batch.device] if batch.is_cuda else []):
             torch.manual_seed(batch_idx)
             loss, _ = self.model(batch)
-        self.log("val_loss", loss, prog_bar=True, batch_size=len(batch))
+        self.log("val_loss", loss, prog_bar=True, batch_size=len(batch), sync_dist=True)
 
     def configure_optimizers(self) -> Any:
         optim = self.optim

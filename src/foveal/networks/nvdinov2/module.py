@@ -125,8 +125,10 @@ class NVDINOv2Module(L.LightningModule):
         self.apply_schedules(self.optimizers(), values)
         loss, parts = self.method(batch, values.teacher_temp)
         images = len(batch["global_crops"]) // self.method.settings.n_global_crops
-        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=images)
-        self.log_dict(parts, on_step=False, on_epoch=True, batch_size=images)
+        self.log(
+            "train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=images, sync_dist=True
+        )
+        self.log_dict(parts, on_step=False, on_epoch=True, batch_size=images, sync_dist=True)
         schedules = {"lr": values.lr, "wd": values.weight_decay, "teacher_temp": values.teacher_temp}
         self.log_dict(schedules, on_step=True, on_epoch=False, batch_size=images)
         return loss
