@@ -249,3 +249,39 @@ def test_one_global_crop_without_local_crops_is_a_spec_error():
 
     with pytest.raises(SpecError, match="dataset.transform.n_global_crops"):
         _cfg(**{"dataset.transform.n_global_crops": 1, "dataset.transform.n_local_crops": 0})
+
+
+@pytest.mark.slow
+def test_torch_compile_compiles_the_backbones_without_changing_keys_or_outputs():
+    from torch._dynamo.utils import counters
+
+    from foveal.networks.nvdinov2.train import compile_backbones
+
+    torch.manual_seed(0)
+    method = _method().eval()
+    keys = list(method.state_dict())
+    batch = _batch(2, n_local=0)
+    with torch.no_grad():
+        eager = method.teacher_targets(batch["global_crops"], batch["masks"], teacher_temp=0.04)["dino"]
+    torch._dynamo.reset()
+    counters.clear()
+    compile_backbones(method)
+    with torch.no_grad():
+        compiled = method.teacher_targets(batch["global_crops"], batch["masks"], teacher_temp=0.04)["dino"]
+    assert counters["stats"]["unique_graphs"] >= 1  # dynamo really compiled forward_features
+    assert list(method.state_dict()) == keys  # checkpoints keep the eager names
+    for a, b in zip(eager, compiled, strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+    torch._dynamo.reset()
+
+
+def test_torch_compile_without_a_cpu_compiler_is_one_spec_error(monkeypatch):
+    import shutil
+
+    from foveal.networks.nvdinov2 import train
+    from foveal.spec import SpecError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(SpecError, match="train.torch_compile.*C\\+\\+ compiler"):
+        train.compile_backbones(_method())

@@ -359,7 +359,11 @@ class NVDINOv2TrainConfig(TrainConfig):
     activation_checkpointing: bool = field(
         False, description="Recompute block activations in backward to save memory (slower)."
     )
-    torch_compile: bool = field(False, description="Compile the backbones with torch.compile.")
+    torch_compile: bool = field(
+        False,
+        description="Compile the student and teacher backbones with torch.compile: the first steps of each crop "
+        "size pay the compilation; on CPU it needs a C++ compiler.",
+    )
     optim: OptimConfig = section(OptimConfig, description="Optimizer.")
     schedulers: SchedulersConfig = section(SchedulersConfig, description="Per-step schedules.")
     loss: LossConfig = section(LossConfig, description="Loss weights and teacher centering.")

@@ -15,6 +15,8 @@ Outputs (results folder): ``model_epoch_EEE_step_SSSSS.pth`` (full, resume only)
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -96,8 +98,6 @@ def build_method(cfg: Any, start: str | None = None) -> NVDINOv2Method:
     from foveal.networks.nvdinov2.pretrained import load_backbone_weights
 
     settings = settings_from_config(cfg)
-    if getattr(cfg.train, "torch_compile", False):
-        logger.warning("train.torch_compile is not applied by nvdinov2 yet; training runs eagerly")
     student, teacher = build_backbone(cfg, "student"), build_backbone(cfg, "teacher")
     if settings.distill:
         path = cfg.model.distill.pretrained_non_distill_pl_model_path
@@ -116,7 +116,34 @@ def build_method(cfg: Any, start: str | None = None) -> NVDINOv2Method:
     if start:
         logger.info("train.pretrained_model_path: %s", load_backbone_weights(student, start, which="student"))
         method.sync_ema_from_student()
+    if getattr(cfg.train, "torch_compile", False):
+        compile_backbones(method)
     return method
+
+
+def compile_backbones(method: NVDINOv2Method) -> None:
+    """``train.torch_compile``: compile the student's and teacher's ``forward_features``.
+
+    The method calls ``forward_features``, not the modules, so that is what gets compiled
+    (``nn.Module.compile`` would change nothing). The modules are not wrapped: parameter names,
+    checkpoint keys and the EMA update stay those of the eager modules. The first steps of each
+    crop size pay the compilation; the heads stay eager (a few matmuls); the distillation EMA copy
+    only averages weights and never runs. On CPU, compilation needs a C++ compiler on the PATH.
+    """
+    if not torch.cuda.is_available() and not any(
+        shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "c++", "clang++") if c
+    ):
+        raise SpecError(
+            SpecIssue(
+                "train.torch_compile",
+                "true, but torch.compile on CPU needs a C++ compiler and none is on the PATH (g++, c++, clang++, $CXX)",
+                "install one (e.g. apt install g++) or set train.torch_compile=false",
+            )
+        )
+    for part in (method.student, method.teacher):
+        backbone = part["backbone"]
+        backbone.forward_features = torch.compile(backbone.forward_features)
+    logger.info("train.torch_compile: student and teacher forward_features compiled with torch.compile")
 
 
 def _load_teacher_heads(method: NVDINOv2Method, path: str) -> None:
