@@ -14,13 +14,13 @@ import json
 import sys
 from pathlib import Path
 
+from nvdinov2_tiny import TINY_VIT, TRAIN  # this folder is sys.path[0] for a script
+
 from foveal.data.synthetic import make_demo_dataset
 from foveal.jobs import Workspace
 from foveal.jobs.runner import run_job
 from foveal.networks.nvdinov2 import backbones
 from foveal.networks.nvdinov2 import train as nvdinov2_train
-
-TINY_VIT = {"depth": 2, "embed_dim": 32, "num_heads": 2}
 
 
 def main() -> None:
@@ -38,20 +38,8 @@ def main() -> None:
         "train",
         overrides=[
             f"dataset.train_dataset.images_dir={data['images_train']}",
-            "model.backbone.teacher_type=vit_t",
-            "model.backbone.student_type=vit_t",
-            "model.backbone.patch_size=16",
-            "model.backbone.img_size=32",
-            "model.head.hidden_dim=64",
-            "model.head.bottleneck_dim=32",
+            *TRAIN,
             "dataset.batch_size=4",
-            "dataset.workers=0",
-            "dataset.transform.global_crops_size=32",
-            "dataset.transform.local_crops_size=16",
-            "dataset.transform.n_local_crops=2",
-            "train.num_epochs=2",
-            "train.precision=fp32",
-            "train.num_prototypes=128",
             *extra,
         ],
         workspace=Workspace(out / "ws"),

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from nvdinov2_tiny import TINY_VIT
 from PIL import Image
 
 from foveal.engine import CheckpointError
@@ -19,8 +20,6 @@ from foveal.networks.nvdinov2.evaluation import knn_top1, linear_probe_top1, str
 from foveal.spec import SpecError
 
 pytestmark = pytest.mark.integration
-# vit_t shrunk (the registered size is full width) so that each job takes seconds on a CPU.
-TINY_VIT = {"depth": 2, "embed_dim": 32, "num_heads": 2}
 DIM = TINY_VIT["embed_dim"]
 
 

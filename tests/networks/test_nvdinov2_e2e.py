@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from nvdinov2_tiny import TINY_VIT, TRAIN
 
 from foveal.cli.main import main
 from foveal.data.synthetic import make_demo_dataset
@@ -19,28 +20,6 @@ from foveal.networks.nvdinov2 import NETWORK, backbones
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # the tiny train job alone takes ~40 s here
 
-# vit_t shrunk (the registered size is full width) so that training takes seconds on a CPU.
-TINY_VIT = {"depth": 2, "embed_dim": 32, "num_heads": 2}
-TRAIN = [
-    "model.backbone.teacher_type=vit_t",
-    "model.backbone.student_type=vit_t",
-    "model.backbone.patch_size=16",
-    "model.backbone.img_size=32",
-    "model.head.hidden_dim=64",
-    "model.head.bottleneck_dim=32",
-    "dataset.batch_size=8",
-    "dataset.workers=0",
-    "dataset.transform.global_crops_size=32",
-    "dataset.transform.local_crops_size=16",
-    "dataset.transform.n_local_crops=2",
-    "train.num_epochs=2",
-    "train.precision=fp32",
-    "train.num_prototypes=128",
-    "train.schedulers.learning_rate.val_base=0.001",
-    "train.schedulers.learning_rate.warm_up_steps=2",
-    "train.schedulers.teacher_temperature.warm_up_steps=4",
-    "train.schedulers.teacher_temperature.max_decay_steps=4",
-]
 JOB_LINE = re.compile(r"^job (\S+) (\w+): (\S+)$", re.MULTILINE)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from nvdinov2_tiny import TINY_VIT
 
 from foveal.cli.main import main
 from foveal.data.synthetic import make_demo_dataset
@@ -21,7 +22,6 @@ from foveal.spec import SpecError
 
 pytestmark = pytest.mark.integration
 
-TINY_VIT = {"depth": 2, "embed_dim": 32, "num_heads": 2}
 SPEC = """\
 model:
   backbone: {patch_size: 16, img_size: 32, drop_path_rate: 0.1}
