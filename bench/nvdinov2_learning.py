@@ -40,7 +40,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
 
 from foveal.data import LabeledImageFolderDataset, build_eval_transform  # noqa: E402
 from foveal.data.synthetic import background_kind, make_demo_dataset  # noqa: E402
@@ -162,25 +161,25 @@ def background_kinds(files: list[Path], split: str, seed: int) -> torch.Tensor:
     return torch.tensor([background_kind(seed, split, int(Path(f).stem.split("_")[1])) for f in files])
 
 
+def load_split(dataset: LabeledImageFolderDataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images (N, 3, S, S), labels (N,)) of the whole split, decoded once and reused by every row."""
+    images, labels = zip(*(dataset[i] for i in range(len(dataset))), strict=True)
+    return torch.stack(images), torch.as_tensor(labels)
+
+
 @torch.inference_mode()
-def embed(
-    model: torch.nn.Module | None, loader: DataLoader, with_patch_mean: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features, labels): CLS tokens (B, D) of ``model`` or, with ``with_patch_mean``, CLS and
-    mean patch token concatenated (B, 2 D) as DINOv2's linear eval; flattened pixels when ``model``
-    is None."""
-    feats, labels = [], []
-    if model is not None:
-        model.eval()
-    for images, y in loader:
-        if model is None:
-            feats.append(images.flatten(1))
-        else:
-            out = model.forward_features(images)
-            cls = out["x_norm_clstoken"]
-            feats.append(torch.cat([cls, out["x_norm_patchtokens"].mean(1)], 1) if with_patch_mean else cls)
-        labels.append(y)
-    return torch.cat(feats), torch.cat(labels)
+def embed(model: torch.nn.Module | None, images: torch.Tensor, with_patch_mean: bool = False) -> torch.Tensor:
+    """CLS tokens (N, D) of ``model`` or, with ``with_patch_mean``, CLS and mean patch token
+    concatenated (N, 2 D) as DINOv2's linear eval; the flattened pixels when ``model`` is None."""
+    if model is None:
+        return images.flatten(1)
+    model.eval()
+    feats = []
+    for batch in images.split(128):
+        out = model.forward_features(batch)
+        cls = out["x_norm_clstoken"]
+        feats.append(torch.cat([cls, out["x_norm_patchtokens"].mean(1)], 1) if with_patch_mean else cls)
+    return torch.cat(feats)
 
 
 def supervised_ceiling(
@@ -257,7 +256,7 @@ def main() -> None:
     transform = build_eval_transform(args.img_size, crop_pct=1.0)
     train_set = LabeledImageFolderDataset(data["labeled_train"], transform=transform)
     val_set = LabeledImageFolderDataset(data["labeled_val"], transform=transform, classes=train_set.classes)
-    loaders = [DataLoader(s, batch_size=128) for s in (train_set, val_set)]
+    (train_x, train_y), (val_x, val_y) = load_split(train_set), load_split(val_set)
 
     from foveal.networks.nvdinov2.config import NVDINOv2Config
     from foveal.spec import build_config
@@ -284,35 +283,35 @@ def main() -> None:
     scores: dict[tuple[str, bool], float] = {}
     for name, model in models.items():
         for with_patch_mean in (False, True) if model is not None else (False,):
-            train_feats, train_y = embed(model, loaders[0], with_patch_mean)
-            val_feats, val_y = embed(model, loaders[1], with_patch_mean)
+            train_feats = embed(model, train_x, with_patch_mean)
+            val_feats = embed(model, val_x, with_patch_mean)
             score = knn_top1(train_feats, train_y, val_feats, val_y, k=20, temperature=0.07)
             scores[name, with_patch_mean] = score
             background = knn_top1(train_feats, kinds[0], val_feats, kinds[1], k=20, temperature=0.07)
             feature = "" if model is None else (" CLS + mean patch" if with_patch_mean else " CLS")
             print(f"  kNN top-1 {name + feature:42s} {score:.3f}   background kind {background:.3f}")
-    margins = {}
-    for with_patch_mean, feature in ((False, "CLS"), (True, "CLS + mean patch")):
+
+    def best_and_base(with_patch_mean: bool) -> tuple[float, float]:
+        """(best (c), max(a, b)) for one feature."""
         best = max(scores[f"(c) pretrained {kind}", with_patch_mean] for kind in ("student", "teacher"))
-        base = max(scores["(a) raw pixels", False], scores["(b) random init", with_patch_mean])
-        margins[feature] = best, base
+        return best, max(scores["(a) raw pixels", False], scores["(b) random init", with_patch_mean])
+
+    for with_patch_mean, feature in ((False, "CLS"), (True, "CLS + mean patch")):
+        best, base = best_and_base(with_patch_mean)
         print(f"  margin of (c) over max(a, b), {feature}: {100 * (best - base):+.1f} points (target >= +15)")
     if args.sup_epochs <= 0:
         return
-    (train_x, train_y), (val_x, val_y) = (embed(None, loader) for loader in loaders)  # flat pixels
-    train_x, val_x = (x.clone().reshape(len(x), 3, args.img_size, args.img_size) for x in (train_x, val_x))
-    train_y, val_y = train_y.clone(), val_y.clone()  # out of inference mode: (d) trains on them
     torch.manual_seed(args.seed)
     model = backbones.build_backbone(cfg, "student")  # the same init as (b)
     start = time.perf_counter()
     top1 = supervised_ceiling(model, train_x, train_y, val_x, val_y, args.sup_epochs, args.sup_lr, args.batch)
     sup_s = time.perf_counter() - start
-    knn = knn_top1(*embed(model, loaders[0]), *embed(model, loaders[1]), k=20, temperature=0.07)
+    knn = knn_top1(embed(model, train_x), train_y, embed(model, val_x), val_y, k=20, temperature=0.07)
     print(
         f"  (d) supervised ceiling, the same ViT trained with the labels ({args.sup_epochs} epochs, "
         f"{sup_s:.0f} s): val top-1 {top1:.3f}, kNN top-1 of its CLS {knn:.3f}"
     )
-    best, base = margins["CLS"]
+    best, base = best_and_base(False)
     ceiling = max(top1, knn)
     print(
         f"  target for (c), CLS: {base + 0.15:.3f} = max(a, b) + 15 points; (d) - max(a, b): "
