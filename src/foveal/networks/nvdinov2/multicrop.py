@@ -1,9 +1,10 @@
 """Multi-crop augmentation and batching of nvdinov2 (DINOv2's ``DataAugmentationDINO``, arXiv:2304.07193).
 
 Each image gives ``n_global_crops`` large views (seen by teacher and student) and
-``n_local_crops`` small ones (student only): random resized crop + flip, colour jitter (p=0.8;
-strength and both probabilities from ``dataset.transform``), grayscale (p=0.2), then Gaussian blur with p=1.0 on the first global crop, 0.1 on the others
-(which also get solarize, p=0.2) and 0.5 on local crops (BYOL's asymmetric recipe, Grill et al.,
+``n_local_crops`` small ones (student only): random resized crop + flip, colour jitter and
+grayscale (strength and probabilities from ``dataset.transform``; DINOv2's 0.8 and 0.2 by default),
+then Gaussian blur with p=1.0 on the first global crop, 0.1 on the others (which also get
+solarize, p=0.2) and 0.5 on local crops (BYOL's asymmetric recipe, Grill et al.,
 arXiv:2006.07733). PIL and torch only, from :mod:`foveal.data.transforms`.
 
 :class:`MultiCropCollate` stacks a batch crop-major: ``global_crops`` (G B, 3, S, S) is crop 0 of
