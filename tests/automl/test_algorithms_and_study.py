@@ -10,7 +10,7 @@ from foveal.automl.algorithms import get_algorithm, gp_available, list_algorithm
 from foveal.automl.controller import StudyController
 from foveal.automl.study import best_trial, metric_by_epoch, resolve_metric
 from foveal.cli.main import main
-from foveal.jobs.runner import UsageError
+from foveal.errors import UsageError
 from foveal.networks.registry import get_network
 
 pytestmark = pytest.mark.unit

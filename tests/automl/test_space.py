@@ -10,7 +10,7 @@ import optuna
 import pytest
 
 from foveal.automl.space import build_space
-from foveal.jobs.runner import UsageError
+from foveal.errors import UsageError
 from foveal.networks.registry import Network, get_network
 from foveal.spec import action_schema
 from foveal.spec.fields import field, section

@@ -188,7 +188,7 @@ def test_describe_folder(tmp_path):
 
 
 def test_public_api_is_complete():
-    assert sorted(data.__all__) == sorted(data._EXPORTS)
+    assert sorted(data.__all__) == sorted([*data._EXPORTS, "DatasetError"])
     for name in data.__all__:
         assert getattr(data, name) is not None
     with pytest.raises(AttributeError):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from foveal.errors import OnnxFileError
 from foveal.export import OnnxPredictor, export_onnx
 
 pytestmark = pytest.mark.unit
@@ -64,5 +65,5 @@ def test_wrong_inputs_are_reported_by_name(exported, tmp_path):
         predictor.run({"images": images})
     with pytest.raises(ValueError, match="takes 1 inputs"):
         predictor.run([images, images])
-    with pytest.raises(FileNotFoundError, match="missing.onnx"):
+    with pytest.raises(OnnxFileError, match="missing.onnx"):
         OnnxPredictor(tmp_path / "missing.onnx")

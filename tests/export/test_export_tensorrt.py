@@ -11,6 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from foveal.errors import OnnxFileError
 from foveal.export import EngineBuildError, TensorRTUnavailableError, build_trt_engine, plan_profiles
 
 pytestmark = pytest.mark.unit
@@ -76,7 +77,7 @@ def test_bad_arguments_fail_before_tensorrt_is_needed(
 
 
 def test_missing_onnx_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nothing.onnx"):
+    with pytest.raises(OnnxFileError, match="nothing.onnx"):
         build_trt_engine(tmp_path / "nothing.onnx", tmp_path / "model.engine")
 
 

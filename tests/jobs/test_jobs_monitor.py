@@ -8,6 +8,7 @@ import time
 import pytest
 
 from foveal.engine.status import StatusWriter
+from foveal.errors import UsageError
 from foveal.jobs import JobRegistry, JobStatus, Workspace
 from foveal.jobs.monitor import (
     Monitor,
@@ -18,7 +19,6 @@ from foveal.jobs.monitor import (
     read_progress,
     watch_job,
 )
-from foveal.jobs.runner import UsageError
 
 pytestmark = pytest.mark.unit
 

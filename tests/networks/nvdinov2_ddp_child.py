@@ -18,7 +18,7 @@ from nvdinov2_tiny import TINY_VIT, TRAIN  # this folder is sys.path[0] for a sc
 
 from foveal.data.synthetic import make_demo_dataset
 from foveal.jobs import Workspace
-from foveal.jobs.runner import run_job
+from foveal.jobs.lifecycle import run_job
 from foveal.networks.nvdinov2 import backbones
 from foveal.networks.nvdinov2 import train as nvdinov2_train
 

@@ -17,7 +17,7 @@ import torch
 from foveal.data.synthetic import make_demo_dataset
 from foveal.engine import load_checkpoint
 from foveal.jobs import JobRegistry, JobStatus, Workspace
-from foveal.jobs.runner import run_job
+from foveal.jobs.lifecycle import run_job
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ from PIL import Image
 from foveal.data.synthetic import make_demo_dataset
 from foveal.engine import load_checkpoint, save_weights_only
 from foveal.jobs import JobStatus, Workspace
-from foveal.jobs.runner import run_job
+from foveal.jobs.lifecycle import run_job
 from foveal.nn import create_backbone
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,7 @@ import torch
 from foveal.data.synthetic import make_demo_dataset
 from foveal.engine import CheckpointError, load_checkpoint
 from foveal.jobs import JobStatus, Workspace
-from foveal.jobs.runner import run_job
+from foveal.jobs.lifecycle import run_job
 from foveal.networks.mae import models
 from foveal.spec import SpecError
 

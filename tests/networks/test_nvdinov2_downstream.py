@@ -15,7 +15,7 @@ from PIL import Image
 
 from foveal.engine import CheckpointError
 from foveal.jobs import JobStatus, Workspace
-from foveal.jobs.runner import run_job
+from foveal.jobs.lifecycle import run_job
 from foveal.networks.nvdinov2.evaluation import knn_top1, linear_probe_top1, stratified_split
 from foveal.spec import SpecError
 

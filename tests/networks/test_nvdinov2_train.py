@@ -15,7 +15,7 @@ from foveal.data.synthetic import make_demo_dataset
 from foveal.engine import load_checkpoint
 from foveal.engine.callbacks import NonFiniteLossError
 from foveal.jobs import JobStatus, Workspace
-from foveal.jobs.runner import run_job
+from foveal.jobs.lifecycle import run_job
 from foveal.networks.nvdinov2 import backbones
 from foveal.networks.nvdinov2.method import NVDINOv2Method
 from foveal.spec import SpecError

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from foveal.errors import CheckpointError
 from foveal.nn import convert_hf_state_dict, load_hf_folder, vit_from_hf_config
 from foveal.nn.pos_embed import build_2d_sincos_pos_embed
 
@@ -262,5 +263,5 @@ def test_unrecognised_keys_fail_loudly(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(
         json.dumps({"model_type": "vit", "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2})
     )
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(CheckpointError):
         load_hf_folder(tmp_path)

@@ -14,9 +14,10 @@ import pytest
 from foveal.cli.main import main
 from foveal.data.synthetic import make_demo_dataset
 from foveal.engine.status import read_status
+from foveal.errors import EXIT_TERMINATED
 from foveal.jobs import JobStatus, Workspace
+from foveal.jobs.lifecycle import prepare_job
 from foveal.jobs.process import pid_alive
-from foveal.jobs.runner import prepare_job
 from foveal.platforms.local import LocalPool, launch_job, read_launch_file
 
 pytestmark = pytest.mark.integration
@@ -135,7 +136,7 @@ def test_sigterm_that_surfaces_as_a_library_error_is_still_recorded_as_sigterm(t
         execute, "execute_job", lambda prepared, **kw: _fail_as_runner(prepared, ws, interrupted_save)
     )
     monkeypatch.setattr(execute, "_CURRENT", {})
-    assert execute.main([prepared.job.id, "-w", str(tmp_path)]) == execute.EXIT_TERMINATED
+    assert execute.main([prepared.job.id, "-w", str(tmp_path)]) == EXIT_TERMINATED
     last = read_status(Path(prepared.job.results_dir) / "status.json")[-1]
     assert last["status"] == "FAILURE" and "SIGTERM" in last["message"]
 

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from foveal.jobs.runner import UsageError
+from foveal.errors import UsageError
 from foveal.platforms import (
     describe_platform,
     find_platform,

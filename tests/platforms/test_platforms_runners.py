@@ -265,7 +265,7 @@ def test_docker_submit_runs_the_script_and_tracks_the_container(job, tmp_path, m
 
 
 def test_platforms_without_runner_files_say_so():
-    from foveal.jobs.runner import UsageError
+    from foveal.errors import UsageError
 
     assert isinstance(get_runner("slurm"), SlurmRunner)
     with pytest.raises(UsageError, match="platform ray has no runner files"):

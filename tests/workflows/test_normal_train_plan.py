@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from foveal.cli.main import main
+from foveal.errors import UsageError
 from foveal.jobs import JobRegistry, Workspace
-from foveal.jobs.runner import UsageError
 from foveal.networks.registry import get_network
 from foveal.workflows.normal_train import (
     NormalTrainRequest,

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from foveal.jobs.runner import UsageError
+from foveal.errors import UsageError
 
 logger = logging.getLogger(__name__)
 

@@ -34,10 +34,11 @@ from foveal.automl.study import (
     trial_state,
 )
 from foveal.engine.status import read_status
+from foveal.errors import UsageError
 from foveal.jobs.execute import load_prepared
+from foveal.jobs.lifecycle import find_network, prepare_job, resolve_spec
 from foveal.jobs.model import Job, JobStatus
 from foveal.jobs.registry import JobRegistry
-from foveal.jobs.runner import UsageError, find_network, prepare_job, resolve_spec
 from foveal.jobs.workspace import Workspace
 from foveal.platforms.local import LocalJobHandle, LocalPool
 from foveal.spec import SpecError, parse_overrides, to_dict

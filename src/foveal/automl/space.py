@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from foveal.jobs.runner import UsageError
+from foveal.errors import UsageError
 from foveal.networks.registry import Network
 from foveal.spec import action_schema, get_dotted, walk_leaves
 from foveal.spec.fields import unwrap_optional

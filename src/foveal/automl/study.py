@@ -23,10 +23,9 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from foveal.jobs.errors import JobError
+from foveal.errors import AutoMLError, UsageError
 from foveal.jobs.model import Job, JobStatus
 from foveal.jobs.registry import JobRegistry
-from foveal.jobs.runner import UsageError
 from foveal.networks.registry import Network
 from foveal.spec import get_dotted
 
@@ -39,10 +38,6 @@ _MAXIMIZE_WORDS = ("acc", "top1", "top5", "map", "auc", "f1", "iou", "precision"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 # Settings that must not change when a study is resumed (the trials would not compare).
 _FIXED_SETTINGS = ("network", "metric", "direction", "algorithm", "space")
-
-
-class AutoMLError(JobError):
-    """A study that cannot go on (e.g. every trial failed); one line with the first error."""
 
 
 # ------------------------------------------------------------------------------------- metric

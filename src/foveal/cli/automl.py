@@ -10,7 +10,7 @@ from foveal.cli.output import Format, echo_json, print_table
 
 
 def _parse_ranges(items: list[str]) -> dict[str, str]:
-    from foveal.jobs.runner import UsageError
+    from foveal.errors import UsageError
 
     ranges: dict[str, str] = {}
     for item in items:

@@ -1,47 +1,18 @@
-"""Turning exceptions into one line and an exit code (2 for bad input, 1 for failures)."""
+"""Turning exceptions into lines on stderr and an exit code (the table is in :mod:`foveal.errors`)."""
 
 from __future__ import annotations
 
-import importlib
-import sys
+import signal
 import traceback
+from types import FrameType
 
 import typer
 
+from foveal.errors import EXIT_USAGE, FovealError, Terminated, UsageError, exit_code
+
 DEBUG = False
 
-# (module, class) pairs whose exceptions are the user's input problems: one line, exit 2.
-_USER_ERRORS = (
-    ("foveal.spec.errors", "SpecError"),
-    ("foveal.jobs.runner", "UsageError"),
-    ("foveal.data.errors", "DatasetError"),
-    ("foveal.engine.checkpoint", "CheckpointError"),
-    ("foveal.jobs.errors", "JobError"),  # not found, ambiguous id, wrong state, handoff
-    ("foveal.export.tensorrt", "TensorRTUnavailableError"),
-    ("foveal.export.tensorrt", "OnnxFileError"),
-    ("builtins", "FileNotFoundError"),  # raised for a path the user named
-)
-# Failures of a run that deserve one clear line but are not usage errors: exit 1.
-_RUN_ERRORS = (
-    ("foveal.engine.callbacks", "NonFiniteLossError"),
-    ("foveal.export.onnx", "ExportVerificationError"),
-)
-
-
-class UsageError(ValueError):
-    """A problem with the command line itself."""
-
-
-def _classes(pairs: tuple[tuple[str, str], ...]) -> tuple[type, ...]:
-    found = []
-    for module, name in pairs:
-        mod = sys.modules.get(module)
-        if mod is None:
-            continue  # never imported, so never raised
-        cls = getattr(mod, name, None)
-        if isinstance(cls, type):
-            found.append(cls)
-    return tuple(found)
+__all__ = ["DEBUG", "UsageError", "install_sigterm_handler", "run_cli"]
 
 
 def _say(lines: list[str]) -> None:
@@ -58,49 +29,52 @@ def _click_kind(exc: BaseException) -> str:
     return ""
 
 
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
+    raise Terminated("terminated by SIGTERM")
+
+
+def install_sigterm_handler() -> None:
+    """SIGTERM becomes :class:`Terminated` in the main thread: the running job records it and the
+    command exits 143, as a shell reports a process killed by SIGTERM."""
+    try:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread (e.g. called from a test's worker thread)
+        pass
+
+
 def run_cli(app: typer.Typer, argv: list[str]) -> int:
-    """Run the typer app and map every exception to a message and an exit code."""
+    """Run the typer app and map every exception to its lines and exit code."""
     try:
         result = app(args=argv, prog_name="foveal", standalone_mode=False)
         # Without standalone mode click *returns* the code of a ``typer.Exit(n)`` instead of raising.
         return result if isinstance(result, int) and not isinstance(result, bool) else 0
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         typer.echo("canceled", err=True)
-        return 130
+        return exit_code(exc)
+    except Terminated as exc:
+        typer.echo("terminated", err=True)
+        return exit_code(exc)
     except Exception as exc:  # noqa: BLE001 - the one place every error becomes a line
         kind = _click_kind(exc)
         if kind == "Exit":
-            return exc.exit_code  # type: ignore[attr-defined]
+            return exc.exit_code  # type: ignore[attr-defined,no-any-return]
         if kind == "Abort":
             typer.echo("canceled", err=True)
-            return 130
+            return exit_code(KeyboardInterrupt())
         if kind == "UsageError":
             ctx = getattr(exc, "ctx", None)
             hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
             _say([f"{exc.format_message()}{hint}"])  # type: ignore[attr-defined]
-            return 2
+            return EXIT_USAGE
         if kind == "ClickException":
             _say([exc.format_message()])  # type: ignore[attr-defined]
-            return exc.exit_code  # type: ignore[attr-defined]
+            return exc.exit_code  # type: ignore[attr-defined,no-any-return]
         if DEBUG:
             traceback.print_exc()
-        user = isinstance(exc, (UsageError, *_classes(_USER_ERRORS)))
-        lines = (
-            exc.lines()
-            if hasattr(exc, "lines")
-            else [str(exc).splitlines()[0] if str(exc) else type(exc).__name__]
-        )
-        if user or isinstance(exc, _classes(_RUN_ERRORS)):
-            _say(lines)
-            return 2 if user else 1
-        _say([f"{type(exc).__name__}: {lines[0]} (run with --debug for the traceback)"])
-        return 1
-
-
-def ensure_loaded() -> None:
-    """Import the error modules so their classes are known (used by tests)."""
-    for module, _ in _USER_ERRORS + _RUN_ERRORS:
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            pass
+        if isinstance(exc, FovealError):
+            _say(exc.lines())
+        else:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            _say([f"{type(exc).__name__}: {first} (run with --debug for the traceback)"])
+        return exit_code(exc)

@@ -43,8 +43,19 @@ WorkspaceOpt = typer.Option(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        import foveal
+
+        typer.echo(f"foveal {foveal.__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors."),
     workspace: Path = typer.Option(
@@ -99,7 +110,7 @@ def models(
 @app.command("schema")
 def schema(network: str, action: str) -> None:
     """Print the JSON schema of NETWORK ACTION."""
-    from foveal.jobs.runner import check_action, find_network
+    from foveal.jobs.lifecycle import check_action, find_network
     from foveal.spec import action_schema
 
     net = find_network(network)
@@ -114,7 +125,7 @@ def spec(
     output: Path = typer.Option(None, "--output", "-o", help="Write the template here instead of stdout."),
 ) -> None:
     """Print a YAML spec template (the defaults) for NETWORK ACTION."""
-    from foveal.jobs.runner import check_action, find_network
+    from foveal.jobs.lifecycle import check_action, find_network
     from foveal.spec import spec_template
 
     net = find_network(network)
@@ -198,7 +209,7 @@ def _network_command(network_name: str, action: str):
         workspace: Path = WorkspaceOpt,
         fmt: Format = typer.Option(Format.text, "--format", help="text or json"),
     ) -> None:
-        from foveal.jobs.runner import execute_job, prepare_job
+        from foveal.jobs.lifecycle import execute_job, prepare_job
         from foveal.jobs.workspace import Workspace
 
         ws = Workspace.resolve(workspace)
@@ -274,6 +285,7 @@ def _load_ported_networks(argv: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the exit code."""
     argv = sys.argv[1:] if argv is None else argv
+    errors.install_sigterm_handler()
     _load_ported_networks(argv)
     return errors.run_cli(app, argv)
 

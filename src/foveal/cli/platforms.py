@@ -55,7 +55,7 @@ def resolve(
 ) -> None:
     """The default image of MODEL ACTION (action.container_image -> action.image -> model.container_image
     -> model.image, through the versions file); for local, the current Python environment too."""
-    from foveal.jobs.runner import check_action, find_network
+    from foveal.jobs.lifecycle import check_action, find_network
     from foveal.platforms import find_platform
     from foveal.platforms.images import describe_image
 

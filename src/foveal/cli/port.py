@@ -32,8 +32,8 @@ def port_hf_command(
     fmt: Format = typer.Option(Format.text, "--format", help="text or json"),
 ) -> None:
     """Inspect, map, generate and verify: SOURCE becomes network NAME of the workspace."""
+    from foveal.errors import PortFailedError
     from foveal.port import port_hf
-    from foveal.port.errors import PortFailedError
     from foveal.port.report import PortReport
 
     try:

@@ -49,7 +49,7 @@ def _intake(args: dict[str, Any]) -> None:
 
 def _ask_image(model: str, platform_name: str) -> str | None:
     """On a remote platform: confirm the default image or type another (TTY only)."""
-    from foveal.jobs.runner import find_network
+    from foveal.jobs.lifecycle import find_network
     from foveal.platforms import find_platform
     from foveal.platforms.images import resolve_image
 
@@ -76,7 +76,7 @@ def _require(args: dict[str, Any]) -> None:
         if not args[key]
     ]
     if missing:
-        from foveal.jobs.runner import UsageError
+        from foveal.errors import UsageError
 
         raise UsageError(
             f"no terminal to ask: pass {' and '.join(missing)} (see foveal workflow normal-train --help)"
@@ -116,7 +116,7 @@ def normal_train(
 ) -> None:
     """Train (through AutoML where the model allows it), evaluate and export, as chained jobs."""
     from foveal.cli import errors
-    from foveal.jobs.runner import UsageError
+    from foveal.errors import UsageError
     from foveal.jobs.workspace import Workspace
     from foveal.workflows.normal_train import NormalTrainRequest, run_normal_train
 

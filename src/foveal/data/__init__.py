@@ -21,8 +21,9 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from foveal.errors import DatasetError
+
 _EXPORTS = {
-    "DatasetError": "errors",
     "ARCHIVE_SUFFIXES": "archive",
     "extract_archive": "archive",
     "is_archive": "archive",
@@ -93,7 +94,6 @@ __all__ = [
 
 if TYPE_CHECKING:  # static tools see plain imports
     from .archive import ARCHIVE_SUFFIXES, extract_archive, is_archive
-    from .errors import DatasetError
     from .folders import ImageFolderDataset, LabeledImageFolderDataset
     from .images import IMG_EXTENSIONS, is_image_file, load_image, scan_images, verify_images
     from .loader import make_loader

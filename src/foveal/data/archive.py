@@ -45,7 +45,8 @@ from typing import BinaryIO, NamedTuple
 
 from filelock import FileLock, Timeout
 
-from .errors import DatasetError
+from foveal.errors import DatasetError
+
 from .images import is_ignored_name
 
 logger = logging.getLogger(__name__)

@@ -14,7 +14,8 @@ from typing import Any
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .errors import DatasetError
+from foveal.errors import DatasetError
+
 from .images import IMG_EXTENSIONS, is_image_file, load_image
 
 

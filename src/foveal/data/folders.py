@@ -16,7 +16,8 @@ from typing import Any
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .errors import DatasetError
+from foveal.errors import DatasetError
+
 from .images import (
     IMG_EXTENSIONS,
     _existing_folder,

@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .errors import DatasetError
+from foveal.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 

@@ -31,8 +31,9 @@ from urllib.parse import unquote, urlparse
 import fsspec
 from filelock import FileLock
 
+from foveal.errors import DatasetError
+
 from .archive import ARCHIVE_SUFFIXES, archive_suffix, extract_archive, is_archive
-from .errors import DatasetError
 from .images import is_image_file
 
 logger = logging.getLogger(__name__)

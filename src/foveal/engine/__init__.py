@@ -65,16 +65,12 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
-    "foveal.engine.callbacks": (
-        "FovealCheckpoint",
-        "NonFiniteLossError",
-        "NonFiniteLossGuard",
-    ),
+    "foveal.engine.callbacks": ("FovealCheckpoint", "NonFiniteLossGuard"),
+    "foveal.errors": ("CheckpointError", "NonFiniteLossError"),
     "foveal.engine.checkpoint": (
         "FULL_KIND",
         "INDEX_FILENAME",
         "checkpoint_artifacts",
-        "CheckpointError",
         "checkpoint_filename",
         "find_latest_checkpoint",
         "latest_link_name",
@@ -146,15 +142,10 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from foveal.engine.callbacks import (
-        FovealCheckpoint,
-        NonFiniteLossError,
-        NonFiniteLossGuard,
-    )
+    from foveal.engine.callbacks import FovealCheckpoint, NonFiniteLossGuard
     from foveal.engine.checkpoint import (
         FULL_KIND,
         INDEX_FILENAME,
-        CheckpointError,
         checkpoint_artifacts,
         checkpoint_filename,
         find_latest_checkpoint,
@@ -178,3 +169,4 @@ if TYPE_CHECKING:
         resolve_precision,
         resolve_resume_checkpoint,
     )
+    from foveal.errors import CheckpointError, NonFiniteLossError

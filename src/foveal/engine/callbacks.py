@@ -35,6 +35,7 @@ from foveal.engine.checkpoint import (
     update_latest_link,
 )
 from foveal.engine.checkpoint_io import SafeCheckpointIO
+from foveal.errors import NonFiniteLossError
 
 logger = logging.getLogger(__name__)
 
@@ -296,16 +297,6 @@ class FovealCheckpoint(Checkpoint):
 
 
 # --------------------------------------------------------------------------- non-finite loss
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training stopped because the loss became NaN or infinite."""
-
-    def __init__(self, message: str, *, epoch: int, step: int, last_checkpoint: Path | None) -> None:
-        super().__init__(message)
-        self.epoch = epoch
-        self.step = step
-        self.last_checkpoint = last_checkpoint
 
 
 class NonFiniteLossGuard(L.Callback):

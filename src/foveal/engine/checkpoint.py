@@ -41,16 +41,13 @@ from typing import Any
 import torch
 
 import foveal
+from foveal.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
 FULL_KIND = "full"
 CHECKPOINT_RE = re.compile(r"^model_epoch_(\d+)_step_(\d+)\.pth$")
 _TMP_PREFIX = ".tmp-"
-
-
-class CheckpointError(Exception):
-    """A checkpoint is missing, corrupt, unsafe, not Foveal's, or of the wrong network/kind."""
 
 
 # --------------------------------------------------------------------------- names

@@ -1,20 +1,14 @@
 """Export: PyTorch → ONNX (checked against ONNX Runtime), ONNX Runtime inference, TensorRT engines."""
 
+from foveal.errors import EngineBuildError, ExportError, ExportVerificationError, TensorRTUnavailableError
 from foveal.export.onnx import (
-    ExportError,
     ExportReport,
-    ExportVerificationError,
     export_batch_settings,
     export_onnx,
     verify_onnx,
 )
 from foveal.export.onnx_runtime import OnnxPredictor
-from foveal.export.tensorrt import (
-    EngineBuildError,
-    TensorRTUnavailableError,
-    build_trt_engine,
-    plan_profiles,
-)
+from foveal.export.tensorrt import build_trt_engine, plan_profiles
 
 __all__ = [
     "EngineBuildError",

@@ -24,13 +24,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from foveal.errors import ExporterUnavailableError
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_ORDER: tuple[str, ...] = ("torchscript", "dynamo")
-
-
-class ExporterUnavailableError(RuntimeError):
-    """The installed torch does not provide this exporter."""
 
 
 def _export_parameters() -> set[str]:

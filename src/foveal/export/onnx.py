@@ -26,27 +26,12 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from foveal.errors import ExportError, ExportVerificationError
 from foveal.export.exporters import EXPORTERS, exporter_order
 
 logger = logging.getLogger(__name__)
 
 Inputs = torch.Tensor | Sequence[torch.Tensor]
-
-
-class ExportError(RuntimeError):
-    """No exporter produced a loadable ONNX file."""
-
-
-class ExportVerificationError(ExportError):
-    """ONNX Runtime differs from PyTorch by more than the tolerance; the file is kept."""
-
-    def __init__(self, report: ExportReport):
-        name, diff = max(report.max_abs_diff.items(), key=lambda item: item[1])
-        super().__init__(
-            f"ONNX Runtime differs from PyTorch by {diff:.3g} on output '{name}' "
-            f"(atol {report.atol:g}); the file was kept at {report.onnx_file}"
-        )
-        self.report = report
 
 
 @dataclass
@@ -421,6 +406,11 @@ def export_onnx(
         fallback_reasons=reasons,
     )
     if report.passed is False:
-        raise ExportVerificationError(report)
+        name, diff = max(report.max_abs_diff.items(), key=lambda item: item[1])
+        raise ExportVerificationError(
+            f"ONNX Runtime differs from PyTorch by {diff:.3g} on output '{name}' "
+            f"(atol {report.atol:g}); the file was kept at {report.onnx_file}",
+            report,
+        )
     logger.info(report.summary())
     return report

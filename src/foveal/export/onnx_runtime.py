@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from foveal.errors import OnnxFileError
+
 logger = logging.getLogger(__name__)
 
 # ONNX Runtime's type strings for the input types an exported vision model takes.
@@ -45,7 +47,7 @@ class OnnxPredictor:
     def __init__(self, onnx_file: str | os.PathLike, providers: Sequence[str] | None = None):
         self.onnx_file = Path(onnx_file)
         if not self.onnx_file.is_file():
-            raise FileNotFoundError(f"ONNX file not found: {self.onnx_file}")
+            raise OnnxFileError(f"ONNX file not found: {self.onnx_file}")
         self.session = ort.InferenceSession(
             str(self.onnx_file), providers=list(providers) if providers else default_providers()
         )

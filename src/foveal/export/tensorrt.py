@@ -16,23 +16,13 @@ from pathlib import Path
 
 import onnx
 
+from foveal.errors import EngineBuildError, OnnxFileError, TensorRTUnavailableError
+
 logger = logging.getLogger(__name__)
 
 DATA_TYPES = ("fp32", "fp16", "int8")
 
 Shape = list[int]
-
-
-class TensorRTUnavailableError(RuntimeError):
-    """The ``tensorrt`` package cannot be imported."""
-
-
-class EngineBuildError(RuntimeError):
-    """TensorRT could not parse the ONNX file or build the engine."""
-
-
-class OnnxFileError(ValueError):
-    """The ONNX file given to the engine builder cannot be read as an ONNX model."""
 
 
 def _load_onnx(onnx_file: Path) -> onnx.ModelProto:
@@ -239,7 +229,7 @@ def build_trt_engine(
     if not isinstance(workspace_size_mb, int) or workspace_size_mb <= 0:
         raise ValueError(f"workspace_size_mb must be a positive int, got {workspace_size_mb!r}")
     if not onnx_file.is_file():
-        raise FileNotFoundError(f"ONNX file not found: {onnx_file}")
+        raise OnnxFileError(f"ONNX file not found: {onnx_file}")
     if data_type == "int8" and int8_calibrator is None and not _onnx_has_qdq(onnx_file):
         raise ValueError("data_type 'int8' needs an int8_calibrator or an ONNX file with Q/DQ nodes")
     profiles = plan_profiles(

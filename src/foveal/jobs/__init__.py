@@ -3,7 +3,7 @@
 This package stays light (no torch): listing and managing jobs never imports a network.
 """
 
-from foveal.jobs.errors import (
+from foveal.errors import (
     AmbiguousJobIdError,
     HandoffError,
     JobError,

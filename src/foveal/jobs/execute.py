@@ -4,7 +4,7 @@ The local platform (:mod:`foveal.platforms.local`) prepares a job in the calling
 resolved, registry row created) and runs it with this entry point in a subprocess of its own,
 so that it has its own log, can run next to others and can be canceled by signal.
 
-SIGTERM (``foveal jobs cancel``, a pruned AutoML trial) becomes a :class:`JobTerminated`
+SIGTERM (``foveal jobs cancel``, a pruned AutoML trial) becomes a :class:`foveal.errors.Terminated`
 exception in the main thread, so the runner still writes its FAILURE line to ``status.json``
 and closes the registry row before the process exits.
 """
@@ -22,24 +22,18 @@ from types import FrameType
 from typing import Any
 
 from foveal.engine.status import StatusWriter, read_status
-from foveal.jobs.errors import JobStateError
+from foveal.errors import EXIT_TERMINATED, JobStateError, Terminated
+from foveal.jobs.lifecycle import PreparedJob, execute_job, find_network
 from foveal.jobs.model import JobStatus
 from foveal.jobs.registry import JobRegistry
-from foveal.jobs.runner import PreparedJob, execute_job, find_network
 from foveal.jobs.workspace import Workspace
 from foveal.spec import build_config
 
 logger = logging.getLogger(__name__)
 
-EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports it
 WATCHDOG_S = 5.0  # after SIGTERM, the longest the runner may take to record it and exit
 TERMINATED_MESSAGE = "terminated by SIGTERM (canceled)"
 _CURRENT: dict[str, Any] = {}  # the job this process runs, for the SIGTERM watchdog
-
-
-class JobTerminated(BaseException):
-    """SIGTERM arrived. A BaseException so that no ``except Exception`` in an action swallows it
-    (Lightning turns a KeyboardInterrupt into ``sys.exit(1)``, so that cannot be used)."""
 
 
 def load_prepared(job_id: str, workspace: Workspace, *, restart: bool = False) -> PreparedJob:
@@ -70,7 +64,7 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     watchdog = threading.Timer(WATCHDOG_S, _force_exit)
     watchdog.daemon = True
     watchdog.start()
-    raise JobTerminated(TERMINATED_MESSAGE)
+    raise Terminated(TERMINATED_MESSAGE)
 
 
 def _force_exit() -> None:
@@ -112,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         prepared = load_prepared(args.job_id, workspace, restart=args.restart)
         job = execute_job(prepared, workspace=workspace, debug=args.debug)
-    except JobTerminated as exc:
+    except Terminated as exc:
         logger.warning("job %s: %s", args.job_id, exc)
         return EXIT_TERMINATED
     except Exception as exc:  # noqa: BLE001 - the runner recorded it; the log gets one line

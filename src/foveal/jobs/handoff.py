@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from foveal.jobs.errors import HandoffError
+from foveal.errors import HandoffError
 from foveal.jobs.model import Job, JobStatus
 
 if TYPE_CHECKING:  # keep foveal.jobs free of the networks package at import time

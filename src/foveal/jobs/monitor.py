@@ -40,7 +40,7 @@ def parse_interval(text: str | float) -> float:
     Raises:
         UsageError: not a positive duration.
     """
-    from foveal.jobs.runner import UsageError
+    from foveal.errors import UsageError
 
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         seconds = float(text) * 60.0

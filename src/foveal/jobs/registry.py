@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from foveal.jobs.errors import AmbiguousJobIdError, JobError, JobNotFoundError, JobStateError
+from foveal.errors import AmbiguousJobIdError, JobError, JobNotFoundError, JobStateError
 from foveal.jobs.model import Job, JobStatus, check_job_id, new_job_id, spec_hash, utc_now
 from foveal.jobs.process import pid_alive, process_start_ticks, this_host
 

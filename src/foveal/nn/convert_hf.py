@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from foveal.errors import CheckpointError
 from foveal.nn.vit import VisionTransformer
 
 logger = logging.getLogger(__name__)
@@ -242,7 +243,7 @@ def read_hf_weights(folder: str | Path) -> tuple[dict[str, torch.Tensor], Path]:
     for name, loader in (("model.safetensors", _load_safetensors), ("pytorch_model.bin", _load_bin)):
         if (folder / name).is_file():
             return loader(folder / name), folder / name
-    raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin in {folder}")
+    raise CheckpointError(f"{folder}: no model.safetensors or pytorch_model.bin in it")
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:

@@ -121,7 +121,7 @@ def list_platforms() -> list[Platform]:
 
 def find_platform(name: str) -> Platform:
     """The platform ``name``; a UsageError naming the known ones otherwise."""
-    from foveal.jobs.runner import UsageError
+    from foveal.errors import UsageError
 
     key = (name or "").strip().lower()
     if key in ("k8s", "kube"):
@@ -145,7 +145,7 @@ def _file_section(section: str) -> Mapping[str, Any]:
         return {}
     import yaml
 
-    from foveal.jobs.runner import UsageError
+    from foveal.errors import UsageError
 
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}

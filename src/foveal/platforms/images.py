@@ -42,7 +42,7 @@ def versions_file() -> str:
 @lru_cache(maxsize=4)
 def _load_versions(path: str) -> dict[str, str]:
     from foveal import __version__
-    from foveal.jobs.runner import UsageError
+    from foveal.errors import UsageError
 
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -70,7 +70,7 @@ def resolve_image(network: Any, action: str) -> dict[str, Any]:
     Raises:
         UsageError: the network names no image at all.
     """
-    from foveal.jobs.runner import UsageError
+    from foveal.errors import UsageError
 
     metadata = network.metadata
     scopes = {"action": (metadata.get("action_images") or {}).get(action) or {}, "model": metadata}

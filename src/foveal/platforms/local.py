@@ -1,7 +1,7 @@
 """The local platform: every job runs in a subprocess of its own, with its own log.
 
 ``launch_job`` starts ``python -m foveal.jobs.execute <job_id>`` for a job that
-:func:`foveal.jobs.runner.prepare_job` already recorded, in a new session (so its DataLoader
+:func:`foveal.jobs.lifecycle.prepare_job` already recorded, in a new session (so its DataLoader
 workers share one process group that a cancel can end as a whole), writing stdout and stderr
 to ``<results_dir>/logs/process.log`` and the pid/process group to ``<results_dir>/launch.json``
 (which ``foveal jobs cancel`` reads from another process).
@@ -21,11 +21,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from foveal.jobs.errors import JobStateError
+from foveal.errors import JobStateError
+from foveal.jobs.lifecycle import PreparedJob
 from foveal.jobs.model import Job, JobStatus
 from foveal.jobs.process import pid_alive, process_start_ticks, this_host
 from foveal.jobs.registry import JobRegistry
-from foveal.jobs.runner import PreparedJob
 from foveal.jobs.workspace import Workspace
 
 logger = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ def launch_job(
     """Run a prepared job in a new subprocess and return its handle at once.
 
     Args:
-        prepared: from :func:`foveal.jobs.runner.prepare_job` (its registry row exists).
+        prepared: from :func:`foveal.jobs.lifecycle.prepare_job` (its registry row exists).
         workspace: the workspace the job's registry row lives in.
         restart: run an interrupted job again from its newest checkpoint (default: when
             ``prepared.resumed``).

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from foveal.errors import UsageError
+from foveal.jobs.lifecycle import check_action, find_network, resolve_spec
 from foveal.jobs.model import Job, JobStatus
 from foveal.jobs.registry import JobRegistry
-from foveal.jobs.runner import UsageError, check_action, find_network, resolve_spec
 from foveal.jobs.workspace import Workspace
 from foveal.platforms.runner import TERMINAL, Runner, RunnerJob
 

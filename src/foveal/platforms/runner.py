@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from foveal.errors import SubmitError
 from foveal.platforms import Platform, ResolvedSettings, find_platform
 
 logger = logging.getLogger(__name__)
@@ -39,10 +40,6 @@ PENDING, RUNNING, DONE, ERROR, CANCELED, UNKNOWN = (
 )
 TERMINAL = (DONE, ERROR, CANCELED)
 RUNNER_RECORD = "runner.json"
-
-
-class SubmitError(RuntimeError):
-    """The platform's client refused or failed to submit a job (its message is the first line)."""
 
 
 @dataclass(frozen=True)
@@ -165,7 +162,7 @@ def get_runner(platform_name: str, settings: ResolvedSettings | None = None) -> 
     """The runner of a remote platform; a UsageError for platforms without runner files."""
     import importlib
 
-    from foveal.jobs.runner import UsageError
+    from foveal.errors import UsageError
 
     platform = find_platform(platform_name)
     if not platform.writer:

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from foveal.port.errors import PortSourceError
+from foveal.errors import PortSourceError
 
 logger = logging.getLogger(__name__)
 

@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from foveal.errors import PortFailedError, PortSourceError
 from foveal.jobs.workspace import Workspace
 from foveal.networks.ported import ENTRY_FILE
 from foveal.networks.registry import WORKSPACE_NETWORKS_DIR
-from foveal.port.errors import PortFailedError, PortSourceError
 from foveal.port.report import REPORT_FILE, PortReport
 
 logger = logging.getLogger(__name__)

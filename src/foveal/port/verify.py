@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from foveal.jobs.runner import run_job
+from foveal.jobs.lifecycle import run_job
 from foveal.jobs.workspace import Workspace
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def synthetic_data(ws: Workspace, image_size: int) -> Path:
 def subset_data(source: Path, target: Path, per_class: int = 4) -> Path:
     """The first ``per_class`` images of each class folder of ``source`` (a few steps, not an epoch
     of the user's whole dataset), copied into ``target``."""
-    from foveal.data.errors import DatasetError
+    from foveal.errors import DatasetError
 
     if not source.is_dir():
         raise DatasetError(source, "--data is not a folder", "pass one subfolder of images per class")

@@ -1,6 +1,6 @@
 """foveal.spec: one typed schema per network -> validation, JSON schemas, templates, overrides."""
 
-from foveal.spec.errors import SpecError, SpecIssue
+from foveal.errors import SpecError, SpecIssue
 from foveal.spec.fields import field, field_meta, section
 from foveal.spec.loader import (
     build_config,

@@ -17,7 +17,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
-from foveal.spec.errors import SpecError, SpecIssue
+from foveal.errors import SpecError, SpecIssue
 from foveal.spec.fields import (
     field_default,
     field_meta,

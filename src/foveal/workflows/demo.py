@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from foveal.jobs.runner import run_job
+from foveal.jobs.lifecycle import run_job
 from foveal.jobs.workspace import Workspace
 
 logger = logging.getLogger(__name__)

@@ -34,8 +34,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from foveal.errors import UsageError
+from foveal.jobs.lifecycle import find_network
 from foveal.jobs.registry import JobRegistry
-from foveal.jobs.runner import UsageError, find_network
 from foveal.jobs.workspace import Workspace
 from foveal.networks.registry import Network
 from foveal.platforms import Platform, ResolvedSettings, find_platform, needs_s3, resolve_settings
@@ -306,7 +307,7 @@ def _stage_record(stage: str, job: Any, **extra: Any) -> dict[str, Any]:
 
 def _run_local(run: _Run, action: str, parent_id: str | None) -> Any:
     """Prepare and execute one stage in this process (the progress bar shows in the foreground)."""
-    from foveal.jobs.runner import execute_job, prepare_job
+    from foveal.jobs.lifecycle import execute_job, prepare_job
 
     prepared = prepare_job(
         run.plan.network.name,

@@ -52,7 +52,7 @@ def _refuse_unbuilt(options: dict[str, bool]) -> None:
     """Options the schema names but this version does not run with yet: say so, never ignore."""
     keys = [k for k, used in options.items() if used]
     if keys:
-        from foveal.jobs.runner import UsageError
+        from foveal.errors import UsageError
 
         raise UsageError(f"{', '.join(keys)}: not supported by classification yet; leave empty")
 
@@ -106,7 +106,7 @@ def _load_pretrained(cfg: Any, model: Classifier, classes: list[str], resuming: 
     backbone_path = cfg.model.backbone.pretrained_backbone_path
     model_path = cfg.train.pretrained_model_path
     if backbone_path and model_path:
-        from foveal.jobs.runner import UsageError
+        from foveal.errors import UsageError
 
         raise UsageError(
             "model.backbone.pretrained_backbone_path and train.pretrained_model_path are both set; "
@@ -202,7 +202,7 @@ def load_classifier(path: str | Path, weights: str = "auto") -> tuple[Classifier
         weights: ``auto`` (the EMA weights when the checkpoint has them, else the live ones),
             ``ema`` or ``live``.
     """
-    from foveal.engine import CheckpointError
+    from foveal.errors import CheckpointError
     from foveal.networks.classification.config import ClassificationConfig
 
     ckpt = load_checkpoint(path, network=NETWORK)

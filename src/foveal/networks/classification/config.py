@@ -13,6 +13,7 @@ import copy
 import re
 from dataclasses import dataclass
 
+from foveal.errors import SpecError, SpecIssue
 from foveal.spec.common import (
     PRECISIONS,
     EvaluateConfig,
@@ -21,7 +22,6 @@ from foveal.spec.common import (
     InferenceConfig,
     TrainConfig,
 )
-from foveal.spec.errors import SpecError, SpecIssue
 from foveal.spec.fields import field, section
 
 # Backbones known today; the field is not restricted to them so that ported models can register

@@ -23,7 +23,8 @@ from typing import Any
 
 import torch
 
-from foveal.engine.checkpoint import CheckpointError, load_checkpoint
+from foveal.engine.checkpoint import load_checkpoint
+from foveal.errors import CheckpointError
 from foveal.nn import ConvNeXtV2, VisionTransformer, checkpoint_filter_fn, convnextv2_checkpoint_filter_fn
 
 logger = logging.getLogger(__name__)

@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from foveal.engine.checkpoint import CheckpointError, load_checkpoint
+from foveal.engine.checkpoint import load_checkpoint
+from foveal.errors import CheckpointError
 from foveal.networks.mae.models import build_finetune_model, build_pretrain_model, is_convnext
 from foveal.spec import SpecError, SpecIssue
 

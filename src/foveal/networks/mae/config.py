@@ -12,6 +12,7 @@ import copy
 import re
 from dataclasses import dataclass
 
+from foveal.errors import SpecError, SpecIssue
 from foveal.spec.common import (
     PRECISIONS,
     EvaluateConfig,
@@ -21,7 +22,6 @@ from foveal.spec.common import (
     TensorRTConfig,
     TrainConfig,
 )
-from foveal.spec.errors import SpecError, SpecIssue
 from foveal.spec.fields import field, section
 
 VIT_ARCHS = (

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from foveal.engine.checkpoint import CheckpointError, load_checkpoint
+from foveal.engine.checkpoint import load_checkpoint
+from foveal.errors import CheckpointError
 from foveal.nn.vit import VisionTransformer
 
 logger = logging.getLogger(__name__)

@@ -11,6 +11,7 @@ import copy
 import math
 from dataclasses import dataclass
 
+from foveal.errors import SpecError, SpecIssue
 from foveal.spec.common import (
     PRECISIONS,
     EvaluateConfig,
@@ -20,7 +21,6 @@ from foveal.spec.common import (
     TensorRTConfig,
     TrainConfig,
 )
-from foveal.spec.errors import SpecError, SpecIssue
 from foveal.spec.fields import field, section
 
 BACKBONES = ("vit_t", "vit_s", "vit_b", "vit_l", "vit_g")

@@ -30,7 +30,8 @@ from typing import Any
 
 import torch
 
-from foveal.engine.checkpoint import CheckpointError, load_checkpoint
+from foveal.engine.checkpoint import load_checkpoint
+from foveal.errors import CheckpointError
 from foveal.nn import VisionTransformer, checkpoint_filter_fn
 from foveal.nn.convert_hf import convert_hf_state_dict, read_hf_weights
 

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 
 from foveal.data import ImageFolderDataset, make_loader, resolve_dataset
 from foveal.engine import build_trainer, checkpoint_artifacts, fit, load_checkpoint, resolve_resume_checkpoint
-from foveal.engine.callbacks import NonFiniteLossError
+from foveal.errors import NonFiniteLossError
 from foveal.networks.nvdinov2.backbones import backbone_type, build_backbone
 from foveal.networks.nvdinov2.method import NVDINOv2Method, settings_from_config
 from foveal.networks.nvdinov2.module import LATEST_LINK, NETWORK, NVDINOv2Module

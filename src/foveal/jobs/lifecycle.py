@@ -19,19 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from foveal.errors import SpecError, SpecIssue, UsageError
 from foveal.jobs.handoff import resolve_handoff
 from foveal.jobs.model import Job, JobStatus, new_job_id
 from foveal.jobs.model import spec_hash as compute_spec_hash
 from foveal.jobs.registry import JobRegistry
 from foveal.jobs.workspace import Workspace
 from foveal.networks.registry import ACTIONS, ActionResult, Network, get_network, list_networks
-from foveal.spec import SpecError, SpecIssue, load_spec, parse_overrides, read_yaml, save_spec, to_dict
+from foveal.spec import load_spec, parse_overrides, read_yaml, save_spec, to_dict
 
 logger = logging.getLogger(__name__)
-
-
-class UsageError(ValueError):
-    """A one-line problem with what the user asked for (exit code 2)."""
 
 
 @dataclass
