@@ -41,10 +41,10 @@ sys.path.insert(0, str(BENCH.parent / "src"))
 sys.path.insert(0, str(BENCH))
 
 import nvdinov2_learning  # noqa: E402
+from foveal.jobs.runner import run_job  # noqa: E402
 
 from foveal.data.synthetic import make_demo_dataset  # noqa: E402
 from foveal.jobs import Workspace  # noqa: E402
-from foveal.jobs.runner import run_job  # noqa: E402
 from foveal.networks.nvdinov2 import backbones as nvdinov2_backbones  # noqa: E402
 from foveal.nn.registry import create_backbone, list_backbones, register_backbone  # noqa: E402
 
@@ -163,7 +163,7 @@ def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     log = LoadLog()
-    pretrained_logger = logging.getLogger("foveal.networks.classification.pretrained")
+    pretrained_logger = logging.getLogger("foveal.engine.pretrained")
     pretrained_logger.setLevel(logging.INFO)
     pretrained_logger.addHandler(log)
     logging.getLogger("foveal.nn.checkpoint_filter").addHandler(log)

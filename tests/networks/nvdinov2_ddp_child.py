@@ -17,18 +17,18 @@ from pathlib import Path
 from nvdinov2_tiny import TINY_VIT, TRAIN  # this folder is sys.path[0] for a script
 
 from foveal.data.synthetic import make_demo_dataset
+from foveal.engine import trainer as engine_trainer
 from foveal.jobs import Workspace
 from foveal.jobs.lifecycle import run_job
 from foveal.networks.nvdinov2 import backbones
-from foveal.networks.nvdinov2 import train as nvdinov2_train
 
 
 def main() -> None:
     out, extra = Path(sys.argv[1]), sys.argv[2:]
-    real_backbone, real_trainer = backbones.create_backbone, nvdinov2_train.build_trainer
+    real_backbone, real_trainer = backbones.create_backbone, engine_trainer.build_trainer
     backbones.create_backbone = lambda name, **kw: real_backbone(name, **{**kw, **TINY_VIT})
-    nvdinov2_train.build_trainer = lambda **kw: real_trainer(
-        **{**kw, "accelerator": "cpu", "devices": 2, "strategy": "ddp_fork"}
+    engine_trainer.build_trainer = lambda **kw: real_trainer(
+        **{**kw, "settings": None, "accelerator": "cpu", "devices": 2, "strategy": "ddp_fork"}
     )
     data = make_demo_dataset(
         out / "data", num_train=32, num_val=0, num_test=0, image_size=32, num_classes=2, archives=False

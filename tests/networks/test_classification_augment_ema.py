@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from foveal.networks.classification.ema import WeightEma
-from foveal.networks.classification.mixup import (
+from foveal.engine.ema import WeightEma
+from foveal.engine.mixup import (
     Mixup,
     MixupSettings,
     cutmix_box,
@@ -131,9 +131,9 @@ def test_ema_update_math_and_warmup():
 
 
 def test_ema_checkpoint_round_trip_restores_the_average():
-    from foveal.networks.classification.model import Classifier
-    from foveal.networks.classification.module import ClassificationModule, OptimSettings
+    from foveal.engine.supervised import ClassificationModule, OptimSettings
     from foveal.nn import VisionTransformer
+    from foveal.nn.classifier import Classifier
 
     def module() -> ClassificationModule:
         torch.manual_seed(0)

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from foveal.engine import CheckpointError, save_checkpoint_atomic, save_weights_only
-from foveal.networks.classification.model import Classifier
-from foveal.networks.classification.pretrained import load_pretrained, read_pretrained
+from foveal.engine.pretrained import load_pretrained, read_pretrained
 from foveal.nn import VisionTransformer
+from foveal.nn.classifier import Classifier
 
 pytestmark = pytest.mark.unit
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from foveal.engine import CheckpointError, save_weights_only
-from foveal.networks.classification.model import Classifier
-from foveal.networks.classification.pretrained import load_pretrained
+from foveal.engine.pretrained import load_pretrained
 from foveal.nn import VisionTransformer
+from foveal.nn.classifier import Classifier
 
 pytestmark = pytest.mark.unit
 

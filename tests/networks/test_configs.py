@@ -9,8 +9,8 @@ import sys
 from typing import Any
 
 import pytest
-from foveal.spec.errors import SpecError
 
+from foveal.errors import SpecError
 from foveal.networks.registry import ACTIONS, get_network
 from foveal.spec.fields import field_default, field_meta, is_section_type, resolved_fields, unwrap_optional
 

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from foveal.engine.optim import param_groups
 from foveal.networks.mae.checkpoints import load_finetune_start
 from foveal.networks.mae.config import ARCHS, OptimConfig
 from foveal.networks.mae.models import (
@@ -16,7 +17,7 @@ from foveal.networks.mae.models import (
     build_pretrain_model,
     is_convnext,
 )
-from foveal.networks.mae.module import optim_settings_from_mae, pretrain_param_groups
+from foveal.networks.mae.module import optim_settings_from_mae
 
 pytestmark = pytest.mark.unit
 
@@ -157,7 +158,7 @@ def test_optim_adapter_and_no_decay_groups():
     model = build_pretrain_model(
         _model_cfg("vit_tiny_patch16"), img_size=size, mask_ratio=0.75, norm_pix_loss=True, **overrides
     )
-    decay, no_decay = pretrain_param_groups(model, 0.05)
+    decay, no_decay = sorted(param_groups(model, weight_decay=0.05, backbone=None), key=lambda g: -g["wd_scale"])
     names = {id(p): n for n, p in model.named_parameters()}
     skipped = {names[id(p)] for p in no_decay["params"]}
     assert {"encoder.cls_token", "mask_token"} <= skipped and decay["weight_decay"] == 0.05

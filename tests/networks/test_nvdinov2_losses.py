@@ -9,9 +9,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from foveal.engine.schedules import warmup_cosine
 from foveal.networks.nvdinov2.losses import TeacherCentering, dino_loss, ibot_loss, koleo_loss, sinkhorn_knopp
 from foveal.networks.nvdinov2.masking import BlockMaskGenerator, sample_masks
-from foveal.networks.nvdinov2.schedules import schedule_value, steps_beyond_run, warmup_cosine
+from foveal.networks.nvdinov2.schedules import schedule_value, steps_beyond_run
 
 
 def _ce(target: list[float], logits: list[float], temp: float) -> float:
@@ -160,7 +161,7 @@ def test_masks_cover_half_of_the_global_crops_with_ratios_in_range():
 
 
 def test_warmup_cosine_at_start_warmup_end_and_after_decay():
-    kw = {"base": 1.0, "final": 0.1, "start": 0.2, "warm_up_steps": 10, "max_decay_steps": 110}
+    kw = {"base": 1.0, "final": 0.1, "start": 0.2, "warmup_steps": 10, "total_steps": 110}
     assert warmup_cosine(0, **kw) == pytest.approx(0.2)
     assert warmup_cosine(5, **kw) == pytest.approx(0.6)
     assert warmup_cosine(10, **kw) == pytest.approx(1.0)
@@ -178,7 +179,7 @@ def test_last_layer_lr_is_zero_while_frozen_and_teacher_temperature_warms_up():
     frozen = _sched(freeze_steps=6)
     assert [schedule_value(frozen, s) for s in (0, 5)] == [0.0, 0.0]
     assert schedule_value(frozen, 6) == pytest.approx(
-        warmup_cosine(6, base=1.0, final=0.5, warm_up_steps=4, max_decay_steps=8)
+        warmup_cosine(6, base=1.0, final=0.5, warmup_steps=4, total_steps=8)
     )
     temp = _sched(val_start=0.04, val_base=0.07, val_final=0.07, warm_up_steps=10, max_decay_steps=10)
     assert schedule_value(temp, 0) == pytest.approx(0.04)

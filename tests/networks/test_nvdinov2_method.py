@@ -142,22 +142,22 @@ def test_no_weight_decay_groups_and_layer_decay_multipliers():
         "backbone.norm.weight",
         "dino_head.mlp.0.bias",
     ):
-        assert by_name[name]["wd_multiplier"] == 0.0, name
+        assert by_name[name]["wd_scale"] == 0.0, name
     for name in (
         "backbone.blocks.0.attn.qkv.weight",
         "dino_head.mlp.0.weight",
         "dino_head.last_layer.weight",
     ):
-        assert by_name[name]["wd_multiplier"] == 1.0, name
+        assert by_name[name]["wd_scale"] == 1.0, name
     n = 3  # blocks
-    assert by_name["backbone.blocks.0.mlp.fc1.weight"]["lr_multiplier"] == pytest.approx(0.5**n)
-    assert by_name["backbone.blocks.2.mlp.fc1.weight"]["lr_multiplier"] == pytest.approx(0.5)
-    assert by_name["backbone.patch_embed.proj.weight"]["lr_multiplier"] == pytest.approx(0.5 ** (n + 1) * 0.2)
-    assert by_name["backbone.pos_embed"]["lr_multiplier"] == pytest.approx(0.5 ** (n + 1))
-    assert by_name["backbone.norm.weight"]["lr_multiplier"] == 1.0
-    assert by_name["dino_head.mlp.0.weight"]["lr_multiplier"] == 1.0
-    assert [g["is_last_layer"] for g in groups].count(True) == 1
-    assert by_name["dino_head.last_layer.weight"]["is_last_layer"]
+    assert by_name["backbone.blocks.0.mlp.fc1.weight"]["lr_scale"] == pytest.approx(0.5**n)
+    assert by_name["backbone.blocks.2.mlp.fc1.weight"]["lr_scale"] == pytest.approx(0.5)
+    assert by_name["backbone.patch_embed.proj.weight"]["lr_scale"] == pytest.approx(0.5 ** (n + 1) * 0.2)
+    assert by_name["backbone.pos_embed"]["lr_scale"] == pytest.approx(0.5 ** (n + 1))
+    assert by_name["backbone.norm.weight"]["lr_scale"] == 1.0
+    assert by_name["dino_head.mlp.0.weight"]["lr_scale"] == 1.0
+    assert [g["tag"] == "last_layer" for g in groups].count(True) == 1
+    assert by_name["dino_head.last_layer.weight"]["tag"] == "last_layer"
 
 
 def _module(freeze_steps: int, step: int) -> NVDINOv2Module:
@@ -190,9 +190,9 @@ def test_schedules_set_group_lr_and_weight_decay():
     values = SimpleNamespace(lr=1e-3, last_layer_lr=5e-4, weight_decay=0.04)
     module.apply_schedules(opt, values)
     for g in opt.param_groups:
-        lr = 5e-4 if g["is_last_layer"] else 1e-3
-        assert g["lr"] == pytest.approx(lr * g["lr_multiplier"])
-        assert g["weight_decay"] == pytest.approx(0.04 * g["wd_multiplier"])
+        lr = 5e-4 if g["tag"] == "last_layer" else 1e-3
+        assert g["lr"] == pytest.approx(lr * g["lr_scale"])
+        assert g["weight_decay"] == pytest.approx(0.04 * g["wd_scale"])
 
 
 def test_state_dict_keys_name_student_and_teacher_backbones():

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from foveal.port.errors import PortSourceError
 from tiny_models import write_config
 
+from foveal.errors import PortSourceError
 from foveal.port.inspect import decide_task, input_geometry, inspect_folder, is_vision
 
 pytestmark = pytest.mark.unit
@@ -194,9 +194,8 @@ def test_hub_id_that_cannot_be_fetched_is_one_line(monkeypatch, tmp_path):
 
 
 def test_user_data_is_cut_to_a_few_images_per_class(tmp_path):
-    from foveal.data.errors import DatasetError
-
     from foveal.data.synthetic import make_demo_dataset
+    from foveal.errors import DatasetError
     from foveal.port.verify import subset_data
 
     paths = make_demo_dataset(

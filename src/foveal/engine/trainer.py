@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,12 @@ import torch
 from lightning.pytorch.strategies import Strategy
 
 from foveal.engine.callbacks import FovealCheckpoint, NonFiniteLossGuard, find_checkpoint_callback
-from foveal.engine.checkpoint import FULL_KIND, CheckpointError, find_latest_checkpoint, load_checkpoint
+from foveal.engine.checkpoint import FULL_KIND, find_latest_checkpoint, load_checkpoint
 from foveal.engine.checkpoint_io import SafeCheckpointIO
 from foveal.engine.progress import PlainProgress, StatusCallback
 from foveal.engine.status import StatusWriter
+from foveal.errors import CheckpointError, SpecError, SpecIssue
+from foveal.spec.common import TrainConfig, device_ids
 
 logger = logging.getLogger(__name__)
 
@@ -45,23 +48,72 @@ LIGHTNING_PRECISION = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixe
 PROGRESS_MODES = ("auto", "bar", "plain", "off")
 
 
-def resolve_devices(num_gpus: int = 1, gpu_ids: Sequence[int] | None = None) -> tuple[str, int | list[int]]:
-    """``(accelerator, devices)``: CUDA when present and asked for, else one CPU process.
+def resolve_devices(
+    num_gpus: int = 1, gpu_ids: Sequence[int] | None = None, key: str = "train"
+) -> tuple[str, int | list[int]]:
+    """``(accelerator, devices)`` with TAO's meaning (:func:`foveal.spec.common.device_ids`):
+    ``num_gpus`` GPUs, the ones ``gpu_ids`` lists or else the first ``num_gpus`` visible; one CPU
+    process when no CUDA device is present.
 
-    ``gpu_ids`` (TAO ``train.gpu_ids``) wins over ``num_gpus`` when given.
+    Raises:
+        SpecError: ``gpu_ids`` does not fit ``num_gpus``, or names a GPU that is not visible.
     """
-    wanted = len(gpu_ids) if gpu_ids else int(num_gpus)
-    if wanted <= 0:
+    if int(num_gpus) <= 0:
         return "cpu", 1
+    ids = device_ids(int(num_gpus), list(gpu_ids or []), key)
     if not torch.cuda.is_available():
         logger.info("no CUDA device found; training on CPU")
         return "cpu", 1
-    if gpu_ids:
-        return "gpu", [int(i) for i in gpu_ids]
-    available = torch.cuda.device_count()
-    if wanted > available:
-        raise ValueError(f"train.num_gpus={wanted} but only {available} CUDA device(s) are visible")
-    return "gpu", wanted
+    visible = torch.cuda.device_count()
+    if max(ids) >= visible:
+        raise SpecError(
+            SpecIssue(
+                f"{key}.num_gpus",
+                f"asks for GPU{'s' if len(ids) > 1 else ''} {ids} but {visible} CUDA device(s) are visible",
+                f"set {key}.num_gpus (and {key}.gpu_ids) to at most {visible}, or check CUDA_VISIBLE_DEVICES",
+            )
+        )
+    return "gpu", ids
+
+
+@dataclass(frozen=True)
+class TrainerSettings:
+    """What one spec's ``train`` section asks of the Lightning Trainer (every network alike)."""
+
+    accelerator: str
+    devices: int | list[int]
+    num_nodes: int
+    strategy: str
+    precision: str  # Lightning's flag, e.g. "32-true"
+    accumulate_grad_batches: int
+    max_epochs: int
+    checkpoint_interval: int
+    checkpoint_interval_unit: str
+    validation_interval: int
+
+    @property
+    def processes(self) -> int:
+        per_node = len(self.devices) if isinstance(self.devices, list) else int(self.devices)
+        return per_node * self.num_nodes
+
+
+def trainer_settings(train: TrainConfig) -> TrainerSettings:
+    """The spec -> Trainer mapping: devices (TAO's num_gpus / gpu_ids), strategy (DDP / FSDP only
+    when more than one process trains), precision, accumulation, epochs and intervals."""
+    accelerator, devices = resolve_devices(train.num_gpus, train.gpu_ids)
+    processes = (len(devices) if isinstance(devices, list) else devices) * train.num_nodes
+    return TrainerSettings(
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=train.num_nodes,
+        strategy=train.distributed_strategy if processes > 1 else "auto",
+        precision=resolve_precision(train.precision, accelerator),
+        accumulate_grad_batches=train.accum_grad_batches,
+        max_epochs=train.num_epochs,
+        checkpoint_interval=train.checkpoint_interval,
+        checkpoint_interval_unit=train.checkpoint_interval_unit,
+        validation_interval=train.validation_interval,
+    )
 
 
 def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool | None:
@@ -91,7 +143,7 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     """
     name = _PRECISION_ALIASES.get(str(precision).lower())
     if name is None:
-        raise ValueError(f"train.precision must be one of fp32, bf16, fp16; got {precision!r}")
+        raise SpecError(SpecIssue("train.precision", f"{precision!r} is not one of fp32, bf16, fp16"))
     if accelerator == "cpu" and name == "fp16":
         logger.warning("train.precision=fp16 is not supported on CPU; using fp32")
         name = "fp32"
@@ -145,6 +197,42 @@ def _make_logger(results_dir: Path) -> Any:
         return CSVLogger(save_dir=str(results_dir), name="csv_logs", version="")
 
 
+def trainer_for(
+    train: TrainConfig,
+    *,
+    results_dir: str | os.PathLike[str],
+    network: str,
+    config_dict: Any,
+    status: StatusWriter | None = None,
+    monitor: str | None = None,
+    monitor_mode: str = "min",
+    gradient_clip_val: float | None = None,
+    latest_link: str | None = None,
+    log_every_n_steps: int = 50,
+    callbacks: Iterable[L.Callback] = (),
+) -> L.Trainer:
+    """The Trainer every network trains with, from its spec's ``train`` section
+    (:func:`trainer_settings`) and Foveal's checkpoint, status and progress callbacks."""
+    s = trainer_settings(train)
+    return build_trainer(
+        results_dir=results_dir,
+        network=network,
+        config_dict=config_dict,
+        max_epochs=s.max_epochs,
+        checkpoint_interval=s.checkpoint_interval,
+        checkpoint_interval_unit=s.checkpoint_interval_unit,
+        validation_interval=s.validation_interval,
+        settings=s,
+        gradient_clip_val=gradient_clip_val,
+        status=status,
+        monitor=monitor,
+        monitor_mode=monitor_mode,
+        latest_link=latest_link,
+        log_every_n_steps=log_every_n_steps,
+        callbacks=callbacks,
+    )
+
+
 def build_trainer(
     *,
     results_dir: str | os.PathLike[str],
@@ -160,6 +248,7 @@ def build_trainer(
     precision: str = "fp32",
     strategy: str | Strategy = "auto",
     accumulate_grad_batches: int = 1,
+    settings: TrainerSettings | None = None,
     gradient_clip_val: float | None = None,
     status: StatusWriter | None = None,
     monitor: str | None = None,
@@ -185,6 +274,8 @@ def build_trainer(
         precision: ``fp32`` | ``bf16`` | ``fp16`` (see :func:`resolve_precision`).
         strategy: ``auto`` | ``ddp`` | ``fsdp`` or a Lightning ``Strategy``.
         accumulate_grad_batches, gradient_clip_val: as in Lightning.
+        settings: devices, strategy, precision and accumulation already resolved from a spec
+            (:func:`trainer_settings`); they replace ``num_gpus`` ... ``accumulate_grad_batches``.
         status: writer for status.json (STARTED/RUNNING lines); ``None``: no status lines.
         monitor, monitor_mode: metric that picks the best checkpoint in ``checkpoints.json``.
         limit_train_batches, limit_val_batches: as in Lightning (for smoke runs).
@@ -196,7 +287,13 @@ def build_trainer(
     """
     results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
-    accelerator, devices = resolve_devices(num_gpus, gpu_ids)
+    if settings is None:
+        accelerator, devices = resolve_devices(num_gpus, gpu_ids)
+        lightning_precision = resolve_precision(precision, accelerator)
+    else:
+        accelerator, devices, num_nodes = settings.accelerator, settings.devices, settings.num_nodes
+        strategy, lightning_precision = settings.strategy, settings.precision
+        accumulate_grad_batches = settings.accumulate_grad_batches
     progress_callbacks, progress_bar = _progress_callbacks(progress, log_every_n_steps)
     all_callbacks: list[L.Callback] = [
         FovealCheckpoint(
@@ -222,7 +319,7 @@ def build_trainer(
         "devices": devices,
         "num_nodes": num_nodes,
         "strategy": strategy,
-        "precision": resolve_precision(precision, accelerator),
+        "precision": lightning_precision,
         "max_epochs": max_epochs,
         "default_root_dir": str(results_dir),
         "logger": _make_logger(results_dir),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from foveal.errors import SpecError, SpecIssue
 from foveal.spec.fields import field, section
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -23,9 +24,27 @@ class CudnnConfig:
 class TrainConfig:
     """Fields every network's ``train`` section has (TAO's common train config)."""
 
-    num_gpus: int = field(1, valid_min=1, description="Number of GPUs per node (CPU runs ignore it).")
-    gpu_ids: list[int] = field(default_factory=lambda: [0], valid_min=0, description="GPU indices to use.")
+    num_gpus: int = field(
+        1,
+        valid_min=1,
+        description="Number of GPUs per node: the first num_gpus visible ones unless gpu_ids lists others "
+        "(CPU runs ignore it).",
+    )
+    gpu_ids: list[int] = field(
+        default_factory=lambda: [0],
+        valid_min=0,
+        description="Indices of the GPUs to use: num_gpus of them, or the default [0] for the first num_gpus.",
+    )
     num_nodes: int = field(1, valid_min=1, description="Number of nodes for multi-node training.")
+    precision: str = field(
+        "fp32", valid_options=PRECISIONS, description="Training precision; fp16/bf16 are mixed precision."
+    )
+    distributed_strategy: str = field(
+        "ddp",
+        valid_options=("ddp", "fsdp"),
+        description="Multi-GPU strategy (when more than one device trains): data parallel or fully sharded.",
+    )
+    accum_grad_batches: int = field(1, valid_min=1, description="Batches whose gradients are summed per step.")
     seed: int = field(1234, valid_min=0, description="Random seed.")
     cudnn: CudnnConfig = section(CudnnConfig, description="cuDNN settings.")
     num_epochs: int = field(
@@ -126,3 +145,40 @@ class GenTrtEngineConfig:
     batch_size: int = field(-1, valid_min=-1, description="Batch size; -1 means dynamic.")
     verbose: bool = field(False, description="Verbose builder output.")
     tensorrt: TensorRTConfig = section(TensorRTConfig, description="TensorRT builder settings.")
+
+
+# ---------------------------------------------------------------------------------------- checks
+
+
+def device_ids(num_gpus: int, gpu_ids: list[int] | None, key: str = "train") -> list[int]:
+    """The GPU indices a section asks for, TAO's way.
+
+    ``gpu_ids`` of length ``num_gpus`` names the devices; the default ``[0]`` (or an empty list)
+    means the first ``num_gpus`` visible GPUs. Anything else is a :class:`SpecError`.
+    """
+    ids = [int(i) for i in (gpu_ids or [])]
+    if len(ids) == num_gpus and len(set(ids)) == len(ids):
+        return ids
+    if ids in ([], [0]):
+        return list(range(num_gpus))
+    if len(set(ids)) != len(ids):
+        problem = f"{ids} names a GPU twice"
+    else:
+        problem = f"lists {len(ids)} GPU{'s' if len(ids) != 1 else ''} {ids} but {key}.num_gpus={num_gpus}"
+    raise SpecError(
+        SpecIssue(
+            f"{key}.gpu_ids",
+            problem,
+            f"list {num_gpus} distinct indices, or leave gpu_ids at its default [0] to use the first "
+            f"{key}.num_gpus GPUs",
+        )
+    )
+
+
+def check_train(train: TrainConfig, key: str = "train") -> list[SpecIssue]:
+    """Cross-field problems of the common train fields (every network's resolve step calls it)."""
+    try:
+        device_ids(train.num_gpus, train.gpu_ids, key)
+    except SpecError as exc:
+        return list(exc.issues)
+    return []

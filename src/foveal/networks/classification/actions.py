@@ -22,11 +22,12 @@ from foveal.data import (
     make_loader,
     resolve_dataset,
 )
-from foveal.engine import build_trainer, checkpoint_artifacts, fit, load_checkpoint, resolve_resume_checkpoint
-from foveal.networks.classification.metrics import classification_report
-from foveal.networks.classification.mixup import MixupSettings
+from foveal.engine import checkpoint_artifacts, fit, load_checkpoint, resolve_resume_checkpoint
+from foveal.engine.metrics import classification_report
+from foveal.engine.mixup import MixupSettings
+from foveal.engine.supervised import ClassificationModule, OptimSettings
+from foveal.engine.trainer import trainer_for
 from foveal.networks.classification.model import Classifier, build_classifier, freeze_backbone
-from foveal.networks.classification.module import ClassificationModule, OptimSettings
 from foveal.networks.registry import ActionResult, RunContext
 from foveal.networks.trt import trt_engine_action
 from foveal.spec import build_config, to_dict
@@ -80,6 +81,22 @@ def _train_transform(aug: Any) -> Any:
     return transform
 
 
+def _optim_settings(optim: Any) -> OptimSettings:
+    """classification's ``train.optim`` as the engine loop's :class:`OptimSettings`."""
+    return OptimSettings(
+        optimizer=optim.optimizer,
+        lr=optim.lr,
+        weight_decay=optim.weight_decay,
+        layer_decay=optim.layer_decay,
+        momentum=optim.momentum,
+        scheduler=optim.scheduler,
+        warmup_epochs=optim.warmup_epochs,
+        min_lr_ratio=optim.min_lr_ratio,
+        milestones=tuple(optim.milestones),
+        gamma=optim.gamma,
+    )
+
+
 def _mixup_settings(aug: Any, num_classes: int) -> MixupSettings | None:
     settings = MixupSettings.from_augmentation(aug, num_classes, aug.label_smoothing)
     if settings is None:
@@ -101,7 +118,7 @@ def _mixup_settings(aug: Any, num_classes: int) -> MixupSettings | None:
 def _load_pretrained(cfg: Any, model: Classifier, classes: list[str], resuming: bool) -> None:
     """Start from model.backbone.pretrained_backbone_path (backbone) or train.pretrained_model_path
     (backbone, and the head of a classification checkpoint with the same classes)."""
-    from foveal.networks.classification.pretrained import load_pretrained
+    from foveal.engine.pretrained import load_pretrained
 
     backbone_path = cfg.model.backbone.pretrained_backbone_path
     model_path = cfg.train.pretrained_model_path
@@ -160,7 +177,7 @@ def train(cfg: Any, ctx: RunContext) -> ActionResult:
     val_loader = make_loader(val_set, batch, cfg.dataset.workers, train=False) if val_set else None
     module = ClassificationModule(
         model,
-        OptimSettings.from_classification(cfg.train.optim),
+        _optim_settings(cfg.train.optim),
         label_smoothing=aug.label_smoothing,
         class_weights=_class_weights(train_set, cfg.train.class_weights),
         classes=train_set.classes,
@@ -168,23 +185,15 @@ def train(cfg: Any, ctx: RunContext) -> ActionResult:
         mixup=_mixup_settings(aug, len(train_set.classes)),
         ema_decay=ema.decay if ema.enable else None,
     )
-    trainer = build_trainer(
+    trainer = trainer_for(
+        cfg.train,
         results_dir=ctx.results_dir,
         network=NETWORK,
         config_dict=to_dict(cfg),
-        max_epochs=cfg.train.num_epochs,
-        checkpoint_interval=cfg.train.checkpoint_interval,
-        checkpoint_interval_unit=cfg.train.checkpoint_interval_unit,
-        validation_interval=cfg.train.validation_interval,
-        num_gpus=cfg.train.num_gpus,
-        gpu_ids=list(cfg.train.gpu_ids),
-        num_nodes=cfg.train.num_nodes,
-        precision=cfg.train.precision,
-        accumulate_grad_batches=cfg.train.accum_grad_batches,
-        gradient_clip_val=cfg.train.clip_grad_norm or None,
-        status=getattr(ctx, "status_writer", None),
+        status=ctx.status_writer,
         monitor="val_top1" if val_loader is not None else "train_loss",
         monitor_mode="max" if val_loader is not None else "min",
+        gradient_clip_val=cfg.train.clip_grad_norm or None,
     )
     fit(trainer, module, train_loader, val_loader, ckpt_path=ckpt)
     kpis = {k: float(v) for k, v in trainer.callback_metrics.items() if k in _TRAIN_KPIS}

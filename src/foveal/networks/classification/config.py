@@ -15,12 +15,12 @@ from dataclasses import dataclass
 
 from foveal.errors import SpecError, SpecIssue
 from foveal.spec.common import (
-    PRECISIONS,
     EvaluateConfig,
     ExportConfig,
     GenTrtEngineConfig,
     InferenceConfig,
     TrainConfig,
+    check_train,
 )
 from foveal.spec.fields import field, section
 
@@ -291,12 +291,6 @@ class ClassificationTrainConfig(TrainConfig):
         None, parent_param=True, description="A full classifier checkpoint (backbone + head) to start from."
     )
     optim: OptimConfig = section(OptimConfig, description="Optimizer and learning-rate schedule.")
-    precision: str = field(
-        "fp32", valid_options=PRECISIONS, description="Training precision; fp16/bf16 are mixed precision."
-    )
-    accum_grad_batches: int = field(
-        1, valid_min=1, description="Batches whose gradients are summed per step."
-    )
     clip_grad_norm: float = field(
         0.0, valid_min=0.0, description="Clip the gradient norm to this value; 0 = off."
     )
@@ -448,7 +442,7 @@ def resolve(cfg: ClassificationConfig) -> ClassificationConfig:
 
     Returns a copy of ``cfg``; raises :class:`SpecError` listing every problem found.
     """
-    issues: list[SpecIssue] = []
+    issues: list[SpecIssue] = check_train(cfg.train)
     _check_model(issues, cfg)
     _check_data(issues, cfg.dataset.augmentation)
     _check_train(issues, cfg.train)

@@ -29,14 +29,9 @@ from foveal.data import (
     make_loader,
     resolve_dataset,
 )
-from foveal.engine import (
-    CheckpointError,
-    build_trainer,
-    checkpoint_artifacts,
-    fit,
-    load_checkpoint,
-    resolve_resume_checkpoint,
-)
+from foveal.engine import checkpoint_artifacts, fit, load_checkpoint, resolve_resume_checkpoint
+from foveal.engine.trainer import trainer_for
+from foveal.errors import CheckpointError
 from foveal.networks.mae import checkpoints
 from foveal.networks.mae.models import EncoderFeatures, build_finetune_model, build_pretrain_model
 from foveal.networks.mae.module import (
@@ -108,27 +103,15 @@ def _resume_and_start(cfg: Any, ctx: RunContext) -> tuple[Path | None, str | Non
 
 
 def _trainer(cfg: Any, ctx: RunContext, monitor: str, mode: str) -> Any:
-    t = cfg.train
-    gpus = (len(t.gpu_ids) if t.gpu_ids else t.num_gpus) if torch.cuda.is_available() else 1
-    return build_trainer(
+    return trainer_for(
+        cfg.train,
         results_dir=ctx.results_dir,
         network=NETWORK,
         config_dict=to_dict(cfg),
-        max_epochs=t.num_epochs,
-        checkpoint_interval=t.checkpoint_interval,
-        checkpoint_interval_unit=t.checkpoint_interval_unit,
-        validation_interval=t.validation_interval,
-        num_gpus=t.num_gpus,
-        gpu_ids=list(t.gpu_ids),
-        num_nodes=t.num_nodes,
-        precision=t.precision,
-        # DDP / FSDP only when there is more than one process to spread over.
-        strategy=t.distributed_strategy if gpus * t.num_nodes > 1 else "auto",
-        accumulate_grad_batches=t.accum_grad_batches,
-        status=getattr(ctx, "status_writer", None),
+        status=ctx.status_writer,
         monitor=monitor,
         monitor_mode=mode,
-        latest_link=f"{cfg.model.arch}_latest.pth",  # the issue's <arch>_latest.pth, e.g. vit_base_patch16
+        latest_link=f"{cfg.model.arch}_latest.pth",  # <arch>_latest.pth, e.g. vit_base_patch16_latest.pth
     )
 
 
@@ -241,7 +224,7 @@ def evaluate(cfg: Any, ctx: RunContext) -> ActionResult:
 
 
 def _evaluate_finetune(cfg: Any, loaded: checkpoints.Trained, root: Path) -> dict[str, Any]:
-    from foveal.networks.classification.metrics import classification_report
+    from foveal.engine.metrics import classification_report
 
     _check_num_classes(cfg.model.num_classes, len(loaded.classes), f"checkpoint {loaded.path}")
     aug = loaded.cfg.dataset.augmentation
@@ -258,8 +241,9 @@ def _evaluate_finetune(cfg: Any, loaded: checkpoints.Trained, root: Path) -> dic
 
 
 def _evaluate_pretrain(cfg: Any, ctx: RunContext, loaded: checkpoints.Trained, root: Path) -> dict[str, Any]:
-    from foveal.data import DatasetError
-    from foveal.networks.mae.evaluation import extract_features, knn_top1, reconstruction_loss
+    from foveal.engine.features import extract_features, knn_top1
+    from foveal.errors import DatasetError
+    from foveal.networks.mae.evaluation import reconstruction_loss
     from foveal.networks.mae.models import encoder_of
 
     aug = loaded.cfg.dataset.augmentation
@@ -285,16 +269,13 @@ def _evaluate_pretrain(cfg: Any, ctx: RunContext, loaded: checkpoints.Trained, r
         report["knn"] = f"skipped: {str(exc).splitlines()[0]}"
         return report
     encoder = encoder_of(loaded.model)
-    train_feats, train_y = extract_features(encoder, make_loader(train_set, batch, workers, train=False))
-    val_feats, val_y = extract_features(encoder, make_loader(val_set, batch, workers, train=False))
-    for name in train_feats:
-        report[f"knn_top1_{name}"] = knn_top1(
-            train_feats[name],
-            torch.tensor(train_y),
-            val_feats[name],
-            torch.tensor(val_y),
-            len(train_set.classes),
-        )
+    train_feats = extract_features(encoder, make_loader(train_set, batch, workers, train=False))
+    val_feats = extract_features(encoder, make_loader(val_set, batch, workers, train=False))
+    pairs = {"avg": (train_feats.avg, val_feats.avg)}
+    if train_feats.cls is not None and val_feats.cls is not None:
+        pairs["cls"] = (train_feats.cls, val_feats.cls)
+    for name, (train_x, val_x) in pairs.items():
+        report[f"knn_top1_{name}"] = knn_top1(train_x, train_feats.labels(), val_x, val_feats.labels())
     report["knn"] = f"k=20, T=0.07, {len(train_set)} training images, {len(val_set)} validation images"
     return report
 
@@ -344,13 +325,14 @@ def _write_predictions(loaded: checkpoints.Trained, loader: DataLoader, out: Pat
 def _write_embeddings(loaded: checkpoints.Trained, loader: DataLoader, results_dir: Path) -> dict[str, str]:
     from safetensors.torch import save_file
 
-    from foveal.networks.mae.evaluation import extract_features
+    from foveal.engine.features import extract_features
     from foveal.networks.mae.models import encoder_of
 
-    feats, paths = extract_features(encoder_of(loaded.model), loader)
-    tensors = {"embedding": feats["avg"].contiguous()}
-    if "cls" in feats:
-        tensors["cls_token"] = feats["cls"].contiguous()
+    feats = extract_features(encoder_of(loaded.model), loader)
+    paths = feats.extras
+    tensors = {"embedding": feats.avg.contiguous()}
+    if feats.cls is not None:
+        tensors["cls_token"] = feats.cls.contiguous()
     out = results_dir / "embeddings.safetensors"
     save_file(tensors, str(out), metadata={"arch": loaded.cfg.model.arch, "rows": "embeddings.csv"})
     index = results_dir / "embeddings.csv"

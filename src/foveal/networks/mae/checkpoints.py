@@ -101,9 +101,9 @@ def load_finetune_start(model: nn.Module, path: str | Path, arch: str) -> str:
     """Load the encoder of ``path`` into a classifier's backbone; returns a log line.
 
     ViT weights go through ``checkpoint_filter_fn`` (prefixes stripped, position table resampled
-    to the fine-tuning resolution); the classification network's loader does the reading.
+    to the fine-tuning resolution); the engine's pretrained-weights reader does the reading.
     """
-    from foveal.networks.classification.pretrained import load_backbone, read_pretrained
+    from foveal.engine.pretrained import load_backbone, read_pretrained
 
     try:
         weights = read_pretrained(path)

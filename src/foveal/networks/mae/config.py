@@ -14,13 +14,13 @@ from dataclasses import dataclass
 
 from foveal.errors import SpecError, SpecIssue
 from foveal.spec.common import (
-    PRECISIONS,
     EvaluateConfig,
     ExportConfig,
     GenTrtEngineConfig,
     InferenceConfig,
     TensorRTConfig,
     TrainConfig,
+    check_train,
 )
 from foveal.spec.fields import field, section
 
@@ -242,17 +242,6 @@ class MAETrainConfig(TrainConfig):
         description="Weights to start from: a pretrain checkpoint when fine-tuning, or weights to continue "
         "pretraining from.",
     )
-    accum_grad_batches: int = field(
-        1, valid_min=1, description="Batches whose gradients are summed per step."
-    )
-    precision: str = field(
-        "fp32", valid_options=PRECISIONS, description="Training precision; fp16/bf16 are mixed precision."
-    )
-    distributed_strategy: str = field(
-        "ddp",
-        valid_options=("ddp", "fsdp"),
-        description="Multi-GPU strategy: data parallel or fully sharded.",
-    )
     norm_pix_loss: bool = field(
         True, description="Pretrain: normalise each target patch before the MSE loss."
     )
@@ -355,7 +344,7 @@ def _check_optim(issues: list[SpecIssue], train: MAETrainConfig) -> None:
 
 def resolve(cfg: MAEConfig) -> MAEConfig:
     """Check cross-field rules; returns a copy of ``cfg`` or raises :class:`SpecError` with every problem."""
-    issues: list[SpecIssue] = []
+    issues: list[SpecIssue] = check_train(cfg.train)
     aug = cfg.dataset.augmentation
     stride = input_stride(cfg.model.arch)
     if aug.input_size % stride:

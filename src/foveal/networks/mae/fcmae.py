@@ -74,6 +74,10 @@ class FCMAE(nn.Module):
                 nn.init.zeros_(module.bias)
         nn.init.normal_(self.mask_token, std=0.02)
 
+    def no_weight_decay(self) -> set[str]:
+        """The mask token (the encoder declares its own names; biases and norms go by shape)."""
+        return {"mask_token"}
+
     # ----------------------------------------------------------------------------- patches
 
     def patchify(self, imgs: torch.Tensor) -> torch.Tensor:

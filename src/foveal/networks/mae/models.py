@@ -1,8 +1,8 @@
 """Build the mae network's models from a ``model`` spec section.
 
 Pretraining: ViT archs -> :class:`MaskedAutoencoderViT` (MAE, He et al., arXiv:2111.06377);
-ConvNeXt V2 archs -> FCMAE (Woo et al., arXiv:2301.00808). Fine-tuning: the classification
-network's :class:`Classifier` around the same encoder.
+ConvNeXt V2 archs -> FCMAE (Woo et al., arXiv:2301.00808). Fine-tuning: the shared
+:class:`~foveal.nn.classifier.Classifier` around the same encoder.
 
 Pooling for fine-tuning (``model.global_pool``):
 
@@ -21,9 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from foveal.networks.classification.model import Classifier
+from foveal.engine.features import has_class_token, pooled
 from foveal.networks.mae.mae_vit import MaskedAutoencoderViT
 from foveal.nn import create_backbone
+from foveal.nn.classifier import Classifier
 
 FCMAE_MODULE = "foveal.networks.mae.fcmae"
 
@@ -131,17 +132,18 @@ def encoder_of(model: nn.Module) -> nn.Module:
 
 
 class EncoderFeatures(nn.Module):
-    """Export / embedding view of an encoder: ``(embedding (B, D), tokens)``.
+    """Export view of an encoder: ``(embedding (B, D), tokens)``.
 
-    ``embedding`` is the mean of the normalised ViT patch tokens (ViT also returns its
-    normalised class token), or ConvNeXt V2's globally pooled then normalised feature. Used for
-    inference embeddings and the pretrain ONNX export, so both give the same numbers.
+    ``embedding`` is :func:`foveal.engine.features.pooled`'s ``avg`` (the mean of the normalised
+    ViT patch tokens, or ConvNeXt V2's globally pooled then normalised feature), the same
+    feature inference writes and kNN scores, so the ONNX file and the embeddings agree. A ViT
+    also returns its normalised class token and patch tokens; ConvNeXt V2 its feature map.
     """
 
     def __init__(self, encoder: nn.Module) -> None:
         super().__init__()
         self.encoder = encoder
-        self.is_vit = not is_convnext_module(encoder)
+        self.is_vit = has_class_token(encoder)
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -149,10 +151,7 @@ class EncoderFeatures(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.encoder.forward_features(x)
-        if self.is_vit:
-            return out["x_norm_patchtokens"].mean(dim=1), out["x_norm_clstoken"], out["x_norm_patchtokens"]
-        return out["x_norm_clstoken"], out["x_prenorm"]
-
-
-def is_convnext_module(module: nn.Module) -> bool:
-    return type(module).__name__.startswith("ConvNeXt")
+        cls, avg = pooled(out, self.is_vit)
+        if cls is not None:
+            return avg, cls, out["x_norm_patchtokens"]
+        return avg, out["x_prenorm"]

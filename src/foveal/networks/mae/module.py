@@ -1,8 +1,8 @@
 """Lightning modules of the mae network: masked-image pretraining and classification fine-tuning.
 
-Pretraining follows MAE (He et al., arXiv:2111.06377): AdamW with betas (0.9, 0.95), no weight
-decay on biases, norms, tokens and position tables, a per-step schedule (linear warm-up then
-cosine, or MultiStep). Fine-tuning is the classification network's loop
+Pretraining follows MAE (He et al., arXiv:2111.06377): AdamW with betas (0.9, 0.95), the engine's
+parameter groups (no weight decay on biases, norms, tokens and position tables) and per-step
+schedule (linear warm-up then cosine, or MultiStep). Fine-tuning is the engine's supervised loop
 (:class:`ClassificationModule`: layer-wise LR decay, label smoothing, Mixup/CutMix) fed from
 mae's spec by the adapters below.
 """
@@ -15,12 +15,9 @@ import lightning as L
 import torch
 from torch import nn
 
-from foveal.networks.classification.module import (
-    ClassificationModule,
-    OptimSettings,
-    step_decay,
-    warmup_cosine,
-)
+from foveal.engine.mixup import MixupSettings
+from foveal.engine.optim import param_groups
+from foveal.engine.supervised import ClassificationModule, OptimSettings, build_optimizer
 
 STAGE_KEY = "stage"  # checkpoint field naming the training stage (pretrain | finetune)
 
@@ -41,27 +38,10 @@ def optim_settings_from_mae(optim: Any) -> OptimSettings:
     )
 
 
-def mixup_settings_from_mae(aug: Any, num_classes: int) -> Any:
-    """mae's ``dataset.augmentation`` Mixup/CutMix fields as classification's ``MixupSettings``
+def mixup_settings_from_mae(aug: Any, num_classes: int) -> MixupSettings | None:
+    """mae's ``dataset.augmentation`` Mixup/CutMix fields as the engine's ``MixupSettings``
     (None when both are off)."""
-    from foveal.networks.classification.mixup import MixupSettings
-
     return MixupSettings.from_augmentation(aug, num_classes, aug.smoothing)
-
-
-def pretrain_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two AdamW groups: decayed weights, and biases / norms / tokens / position tables."""
-    no_decay_names = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        skip = param.ndim <= 1 or name in no_decay_names or name.endswith(("mask_token", "pos_embed"))
-        (no_decay if skip else decay).append(param)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
 
 
 class MAEPretrainModule(L.LightningModule):
@@ -105,27 +85,12 @@ class MAEPretrainModule(L.LightningModule):
         self.log("val_loss", loss, prog_bar=True, batch_size=len(batch), sync_dist=True)
 
     def configure_optimizers(self) -> Any:
-        optim = self.optim
-        groups = pretrain_param_groups(self.model, optim.weight_decay)
-        if optim.optimizer == "sgd":
-            opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum)
-        else:
-            # The fused kernel (CPU and CUDA, torch >= 2.4) is one pass over all tensors.
-            opt = torch.optim.AdamW(groups, lr=optim.lr, betas=(0.9, 0.95), fused=True)
-        total = max(1, self.trainer.estimated_stepping_batches)
-        warmup = int(optim.warmup_epochs * self.steps_per_epoch)
-        if optim.scheduler == "step":
-            milestones = list(optim.milestones)
-
-            def multiplier(step: int) -> float:
-                return step_decay(step, self.steps_per_epoch, milestones, optim.gamma, warmup)
-        else:
-
-            def multiplier(step: int) -> float:
-                return warmup_cosine(step, total, warmup, optim.min_lr_ratio)
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, multiplier)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        # MAE's AdamW betas (0.9, 0.95); no layer-wise decay when pretraining.
+        groups = param_groups(self.model, weight_decay=self.optim.weight_decay, backbone=None)
+        return build_optimizer(
+            self.optim, groups, self.trainer.estimated_stepping_batches, self.steps_per_epoch,
+            betas=(0.9, 0.95), fused=True,
+        )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[STAGE_KEY] = "pretrain"

@@ -20,6 +20,7 @@ from foveal.spec.common import (
     InferenceConfig,
     TensorRTConfig,
     TrainConfig,
+    check_train,
 )
 from foveal.spec.fields import field, section
 
@@ -524,7 +525,7 @@ def resolve(cfg: NVDINOv2Config) -> NVDINOv2Config:
 
     Returns a copy of ``cfg``; raises :class:`SpecError` listing every problem found.
     """
-    issues: list[SpecIssue] = []
+    issues: list[SpecIssue] = check_train(cfg.train)
     backbone, transform = cfg.model.backbone, cfg.dataset.transform
     patch = backbone.patch_size
     _check_divisible(issues, "model.backbone.img_size", backbone.img_size, patch)

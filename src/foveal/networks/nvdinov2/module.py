@@ -24,14 +24,13 @@ from torch import nn
 import foveal
 from foveal.engine.callbacks import epoch_number
 from foveal.engine.checkpoint import save_checkpoint_atomic
+from foveal.engine.optim import param_groups as engine_param_groups
 from foveal.networks.nvdinov2.method import NVDINOv2Method
 from foveal.networks.nvdinov2.schedules import StepValues, schedule_value, values_at
-from foveal.nn.vit import layer_id_for_param
 
 logger = logging.getLogger(__name__)
 NETWORK = "nvdinov2"
 LATEST_LINK = "nvdinov2_model_latest.pth"
-_NO_DECAY_SUFFIXES = ("bias", "gamma", "pos_embed", "cls_token", "register_tokens", "mask_token")
 
 
 def backbone_filename(kind: str, epoch: int, step: int) -> str:
@@ -40,32 +39,18 @@ def backbone_filename(kind: str, epoch: int, step: int) -> str:
 
 
 def param_groups(student: nn.ModuleDict, layerwise_decay: float, patch_embed_lr_mult: float) -> list[dict]:
-    """AdamW groups of the student, fused by (lr multiplier, weight-decay multiplier, last layer).
-
-    Each group carries ``lr_multiplier``, ``wd_multiplier`` and ``is_last_layer``; the loop
-    multiplies the scheduled values by them at every step.
-    """
-    backbone = student["backbone"]
-    n_blocks = backbone.n_blocks
-    no_decay = {f"backbone.{name}" for name in backbone.no_weight_decay()}
-    groups: dict[tuple[float, float, bool], dict[str, Any]] = {}
-    for name, param in student.named_parameters():
-        if not param.requires_grad:
-            continue
-        layer = layer_id_for_param(name, n_blocks) if name.startswith("backbone.") else n_blocks + 1
-        lr_mult = layerwise_decay ** (n_blocks + 1 - layer)
-        if "patch_embed" in name:
-            lr_mult *= patch_embed_lr_mult
-        skip_decay = (
-            param.ndim <= 1 or name in no_decay or name.endswith(_NO_DECAY_SUFFIXES) or ".norm" in name
-        )
-        is_last = ".last_layer." in name
-        key = (lr_mult, 0.0 if skip_decay else 1.0, is_last)
-        group = groups.setdefault(
-            key, {"params": [], "lr_multiplier": key[0], "wd_multiplier": key[1], "is_last_layer": is_last}
-        )
-        group["params"].append(param)
-    return list(groups.values())
+    """The engine's AdamW groups of the student (:func:`foveal.engine.optim.param_groups`), with
+    DINOv2's patch-embedding LR multiplier and the DINO head's last layer tagged ``"last_layer"``
+    (its learning rate has its own schedule). The loop multiplies the scheduled values by each
+    group's ``lr_scale`` / ``wd_scale`` at every step."""
+    return engine_param_groups(
+        student,
+        weight_decay=0.0,
+        layer_decay=layerwise_decay,
+        backbone="backbone",
+        lr_multipliers={"patch_embed": patch_embed_lr_mult},
+        tag=lambda name: "last_layer" if ".last_layer." in name else None,
+    )
 
 
 class NVDINOv2Module(L.LightningModule):
@@ -116,9 +101,9 @@ class NVDINOv2Module(L.LightningModule):
     def apply_schedules(self, optimizer: Any, values: StepValues) -> None:
         """Scheduled lr / weight decay times each group's multipliers."""
         for group in optimizer.param_groups:
-            lr = values.last_layer_lr if group["is_last_layer"] else values.lr
-            group["lr"] = lr * group["lr_multiplier"]
-            group["weight_decay"] = values.weight_decay * group["wd_multiplier"]
+            lr = values.last_layer_lr if group["tag"] == "last_layer" else values.lr
+            group["lr"] = lr * group["lr_scale"]
+            group["weight_decay"] = values.weight_decay * group["wd_scale"]
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         values = values_at(self.schedulers, self.trainer.global_step)

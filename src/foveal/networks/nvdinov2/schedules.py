@@ -1,6 +1,7 @@
 """Per-step schedules of nvdinov2 (DINOv2's ``CosineScheduler``, arXiv:2304.07193), as pure functions.
 
-Every schedule in ``train.schedulers`` has the same shape: a linear warm-up from ``val_start`` to
+Every schedule in ``train.schedulers`` is the engine's warm-up + cosine
+(:func:`foveal.engine.schedules.warmup_cosine`): a linear warm-up from ``val_start`` to
 ``val_base`` over ``warm_up_steps``, then a half-cosine from ``val_base`` down (or up) to
 ``val_final`` reached at ``max_decay_steps`` (counted from step 0), held there afterwards. The
 last-layer learning rate is additionally 0 during its ``freeze_steps`` (DINOv2 freezes the
@@ -9,9 +10,10 @@ prototypes at the start, when they would otherwise collapse).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
+
+from foveal.engine.schedules import warmup_cosine
 
 SCHEDULE_NAMES = (
     "learning_rate",
@@ -20,20 +22,6 @@ SCHEDULE_NAMES = (
     "momentum",
     "teacher_temperature",
 )
-
-
-def warmup_cosine(
-    step: int, *, base: float, final: float, start: float = 0.0, warm_up_steps: int = 0, max_decay_steps: int
-) -> float:
-    """Value at optimizer ``step``: linear ``start -> base`` during warm-up, cosine ``base -> final``
-    until ``max_decay_steps``, then ``final``."""
-    if step < warm_up_steps:
-        return start + (base - start) * step / warm_up_steps
-    if step >= max_decay_steps:
-        return final
-    span = max_decay_steps - warm_up_steps
-    progress = (step - warm_up_steps) / span
-    return final + 0.5 * (base - final) * (1.0 + math.cos(math.pi * progress))
 
 
 def schedule_value(sched: Any, step: int) -> float:
@@ -45,8 +33,8 @@ def schedule_value(sched: Any, step: int) -> float:
         base=float(sched.val_base),
         final=float(sched.val_final),
         start=float(sched.val_start),
-        warm_up_steps=int(sched.warm_up_steps),
-        max_decay_steps=int(sched.max_decay_steps),
+        warmup_steps=int(sched.warm_up_steps),
+        total_steps=int(sched.max_decay_steps),
     )
 
 

@@ -24,7 +24,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from foveal.data import ImageFolderDataset, make_loader, resolve_dataset
-from foveal.engine import build_trainer, checkpoint_artifacts, fit, load_checkpoint, resolve_resume_checkpoint
+from foveal.engine import checkpoint_artifacts, fit, load_checkpoint, resolve_resume_checkpoint
+from foveal.engine.trainer import trainer_for
 from foveal.errors import NonFiniteLossError
 from foveal.networks.nvdinov2.backbones import backbone_type, build_backbone
 from foveal.networks.nvdinov2.method import NVDINOv2Method, settings_from_config
@@ -51,7 +52,7 @@ def train(cfg: Any, ctx: RunContext) -> ActionResult:
     resume = resolve_resume_checkpoint(ctx.results_dir, cfg.train.resume_training_checkpoint_path)
     loader = build_loader(cfg, ctx.cache_dir)
     method = build_method(cfg, start=None if resume else cfg.train.pretrained_model_path)
-    steps_per_epoch = max(1, len(loader) // _accumulation(cfg))
+    steps_per_epoch = max(1, len(loader) // cfg.train.accum_grad_batches)
     total = steps_per_epoch * cfg.train.num_epochs
     notes = steps_beyond_run(cfg.train.schedulers, total)
     if notes:
@@ -116,7 +117,7 @@ def build_method(cfg: Any, start: str | None = None) -> NVDINOv2Method:
     if start:
         logger.info("train.pretrained_model_path: %s", load_backbone_weights(student, start, which="student"))
         method.sync_ema_from_student()
-    if getattr(cfg.train, "torch_compile", False):
+    if cfg.train.torch_compile:
         compile_backbones(method)
     return method
 
@@ -173,33 +174,18 @@ def _load_teacher_heads(method: NVDINOv2Method, path: str) -> None:
 
 
 def _trainer(cfg: Any, ctx: RunContext, config_dict: dict, steps_per_epoch: int) -> Any:
-    t = cfg.train
-    # gpu_ids defaults to [0]: it names the devices only when it lists as many as num_gpus
-    gpu_ids = list(t.gpu_ids) if len(t.gpu_ids) >= t.num_gpus else None
-    gpus = (len(gpu_ids) if gpu_ids else t.num_gpus) if torch.cuda.is_available() else 1
-    return build_trainer(
+    # Gradients are clipped per part in the module (DINOv2), not by Lightning.
+    return trainer_for(
+        cfg.train,
         results_dir=ctx.results_dir,
         network=NETWORK,
         config_dict=config_dict,
         latest_link=LATEST_LINK,
-        max_epochs=t.num_epochs,
-        checkpoint_interval=t.checkpoint_interval,
-        checkpoint_interval_unit=t.checkpoint_interval_unit,
-        num_gpus=t.num_gpus,
-        gpu_ids=gpu_ids,
-        num_nodes=t.num_nodes,
-        precision=t.precision,
-        strategy=getattr(t, "distributed_strategy", "ddp") if gpus * t.num_nodes > 1 else "auto",
-        accumulate_grad_batches=_accumulation(cfg),
-        status=getattr(ctx, "status_writer", None),
+        status=ctx.status_writer,
         monitor="train_loss",
         monitor_mode="min",
         log_every_n_steps=max(1, min(50, steps_per_epoch)),
     )
-
-
-def _accumulation(cfg: Any) -> int:
-    return int(getattr(cfg.train, "accum_grad_batches", 1))
 
 
 def _artifacts(results_dir: Path) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""Start a classifier from pretrained weights of any supported kind, named in the log.
+"""Start a model from pretrained weights of any supported kind, named in the log (every network).
 
 Kinds: a Foveal nvdinov2 backbone file (``student_epoch_*.pth`` / ``teacher_epoch_*.pth``) or
 training checkpoint, a Foveal mae checkpoint (pretrain or finetune), a Foveal classification
@@ -316,7 +316,7 @@ def load_pretrained(
     a one-line summary naming the kind of checkpoint.
 
     Args:
-        model: a :class:`~foveal.networks.classification.model.Classifier`.
+        model: a :class:`~foveal.nn.classifier.Classifier`.
         path: the weights (file or Hugging Face folder).
         target: the spec's backbone name, for messages.
         key: the spec key that named ``path``, for messages.

@@ -1,31 +1,33 @@
-"""Lightning module for supervised fine-tuning: loss, metrics, optimiser and schedule.
+"""The supervised training loop every labeled network fine-tunes with (classification, mae
+fine-tuning, ported models): loss, metrics, optimiser and schedule.
 
-The loop around the model: Mixup/CutMix on the batch (:mod:`.mixup`), soft-target or
-label-smoothed cross entropy, and the weight EMA (:mod:`.ema`) updated after each optimizer
-step. Validation uses the EMA weights when there is one; checkpoints keep both
-(``state_dict``: live, ``ema_state_dict``: average).
+The loop around a :class:`~foveal.nn.classifier.Classifier`: Mixup/CutMix on the batch
+(:mod:`.mixup`), soft-target or label-smoothed cross entropy, and the weight EMA (:mod:`.ema`)
+updated after each optimizer step. Validation uses the EMA weights when there is one;
+checkpoints keep both (``state_dict``: live, ``ema_state_dict``: average). Parameter groups and
+schedules are the engine's (:mod:`.optim`, :mod:`.schedules`).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from foveal.networks.classification.ema import WeightEma
-from foveal.networks.classification.mixup import Mixup, MixupSettings, soft_target_cross_entropy
-from foveal.networks.classification.model import Classifier
+from foveal.engine.ema import WeightEma
+from foveal.engine.mixup import Mixup, MixupSettings, soft_target_cross_entropy
+from foveal.engine.optim import param_groups
+from foveal.engine.schedules import lr_multiplier
+from foveal.nn.classifier import Classifier
 
 
 @dataclass(frozen=True)
 class OptimSettings:
-    """What the fine-tuning loop needs to know about the optimiser, whatever network's spec
-    it came from (classification's ``train.optim`` or mae's finetune ``train.optim``)."""
+    """What a training loop needs to know about the optimiser, whatever network's spec it came
+    from (classification's ``train.optim`` or mae's ``train.optim``)."""
 
     optimizer: str = "adamw"  # adamw | sgd
     lr: float = 1e-4
@@ -38,58 +40,44 @@ class OptimSettings:
     milestones: tuple[int, ...] = field(default_factory=tuple)
     gamma: float = 0.1
 
-    @classmethod
-    def from_classification(cls, optim: Any) -> OptimSettings:
-        return cls(
-            optimizer=optim.optimizer,
-            lr=optim.lr,
-            weight_decay=optim.weight_decay,
-            layer_decay=optim.layer_decay,
-            momentum=optim.momentum,
-            scheduler=optim.scheduler,
-            warmup_epochs=optim.warmup_epochs,
-            min_lr_ratio=optim.min_lr_ratio,
-            milestones=tuple(optim.milestones),
-            gamma=optim.gamma,
-        )
 
 
-def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: float = 0.0) -> float:
-    """LR multiplier at ``step``: linear warm-up, then cosine decay to ``min_ratio``."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+def build_optimizer(
+    optim: OptimSettings,
+    groups: list[dict[str, Any]],
+    total_steps: float | int,
+    steps_per_epoch: int,
+    *,
+    betas: tuple[float, float] = (0.9, 0.999),
+    fused: bool = False,
+) -> dict[str, Any]:
+    """Lightning's optimizer + per-step LR schedule for :func:`foveal.engine.optim.param_groups`.
 
-
-def step_decay(
-    step: int, steps_per_epoch: int, milestones: list[int], gamma: float, warmup_steps: int
-) -> float:
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    epoch = step // max(1, steps_per_epoch)
-    return gamma ** sum(1 for m in milestones if epoch >= m)
-
-
-def param_groups(model: Classifier, weight_decay: float, layer_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: no decay on biases, norms and tokens; layer-wise LR decay through the blocks.
-
-    The backbone numbers its own layers (``layer_id_for_param``: 0 for the stem, k for the k-th
-    block, ``n_blocks + 1`` for the final norm), so ViTs and ConvNeXt V2 decay alike.
+    Each group's multiplier is its ``lr_scale`` times the warm-up + cosine (or MultiStep)
+    schedule of :mod:`foveal.engine.schedules`.
     """
-    backbone = model.backbone
-    no_decay = {f"backbone.{n}" for n in backbone.no_weight_decay()}
-    top = backbone.n_blocks + 1
-    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        wd = 0.0 if param.ndim <= 1 or name in no_decay else weight_decay
-        scale = 1.0
-        if name.startswith("backbone.") and layer_decay < 1.0:
-            scale = layer_decay ** (top - backbone.layer_id_for_param(name.removeprefix("backbone.")))
-        groups.setdefault((wd, scale), []).append(param)
-    return [{"params": p, "weight_decay": wd, "lr_scale": s} for (wd, s), p in groups.items()]
+    if optim.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum, nesterov=True)
+    else:
+        # fused: one kernel over all tensors (CPU and CUDA, torch >= 2.4); not where the loop clips
+        # fp16 gradients itself (Lightning does not unscale a fused optimizer's gradients first).
+        opt = torch.optim.AdamW(groups, lr=optim.lr, betas=betas, fused=fused or None)
+    warmup = int(optim.warmup_epochs * steps_per_epoch)
+    multipliers = [
+        lr_multiplier(
+            optim.scheduler,
+            total_steps=max(1, int(total_steps)),
+            warmup_steps=warmup,
+            min_ratio=optim.min_lr_ratio,
+            steps_per_epoch=steps_per_epoch,
+            milestones=optim.milestones,
+            gamma=optim.gamma,
+            scale=group["lr_scale"],
+        )
+        for group in groups
+    ]
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, multipliers)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
 class ClassificationModule(L.LightningModule):
@@ -203,25 +191,8 @@ class ClassificationModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         optim = self.optim
-        groups = param_groups(self.model, optim.weight_decay, optim.layer_decay)
-        if optim.optimizer == "sgd":
-            opt = torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum, nesterov=True)
-        else:
-            opt = torch.optim.AdamW(groups, lr=optim.lr, betas=(0.9, 0.999))
-        total = max(1, self.trainer.estimated_stepping_batches)
-        warmup = int(optim.warmup_epochs * self.steps_per_epoch)
-        scales = [g["lr_scale"] for g in groups]
-
-        def multiplier(i: int):
-            if optim.scheduler == "step":
-                return lambda s: (
-                    scales[i]
-                    * step_decay(s, self.steps_per_epoch, list(optim.milestones), optim.gamma, warmup)
-                )
-            return lambda s: scales[i] * warmup_cosine(s, total, warmup, optim.min_lr_ratio)
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, [multiplier(i) for i in range(len(groups))])
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        groups = param_groups(self.model, weight_decay=optim.weight_decay, layer_decay=optim.layer_decay)
+        return build_optimizer(optim, groups, self.trainer.estimated_stepping_batches, self.steps_per_epoch)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Inference and export read the class list from the checkpoint, never from the spec.

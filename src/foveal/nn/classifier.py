@@ -1,0 +1,62 @@
+"""Image classifier: a backbone, a pooled feature and a linear or MLP head.
+
+Shared by every network that trains with labels (classification, mae fine-tuning, ported
+models): the model computes, the loop (:mod:`foveal.engine.supervised`) orchestrates.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Classifier(nn.Module):
+    """``backbone.forward_features`` -> pool (cls | avg) -> head -> logits (B, num_classes)."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        *,
+        head_type: str = "linear",
+        dropout: float = 0.0,
+        global_pool: str = "cls",
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.global_pool = global_pool
+        dim = int(backbone.embed_dim)
+        if head_type == "mlp":
+            self.head = nn.Sequential(
+                nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, num_classes)
+            )
+        else:
+            self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, num_classes))
+        # Small init keeps the first steps from blowing up a pretrained backbone's features.
+        last = self.head[-1]
+        nn.init.trunc_normal_(last.weight, std=2e-5 if head_type == "linear" else 0.02)
+        nn.init.zeros_(last.bias)
+        self.weights_kind = "live"  # "ema" when loaded from a checkpoint's averaged weights
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features (B, D)."""
+        out = self.backbone.forward_features(x)
+        if self.global_pool == "avg":
+            return out["x_norm_patchtokens"].mean(dim=1)  # type: ignore[no-any-return]
+        return out["x_norm_clstoken"]  # type: ignore[no-any-return]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))  # type: ignore[no-any-return]
+
+
+def freeze_backbone(model: Classifier, freeze: bool, freeze_blocks: list[int]) -> None:
+    """Linear probe (freeze all) or freeze the given block indices (0 = first block)."""
+    if freeze:
+        for p in model.backbone.parameters():
+            p.requires_grad_(False)
+        return
+    # Block k of the backbone has layer id k + 1 (ViT blocks and ConvNeXt V2 blocks alike).
+    frozen = {idx + 1 for idx in freeze_blocks}
+    for name, p in model.backbone.named_parameters():
+        if model.backbone.layer_id_for_param(name) in frozen:
+            p.requires_grad_(False)
