@@ -11,7 +11,7 @@ import pytest
 
 from foveal.automl.space import build_space
 from foveal.errors import UsageError
-from foveal.networks.registry import Network, get_network
+from foveal.networks.registry import Monitoring, Network, NetworkMetadata, get_network
 from foveal.spec import action_schema
 from foveal.spec.fields import field, section
 
@@ -40,7 +40,12 @@ class ToyConfig:
     train: ToyTrain = section(ToyTrain)
 
 
-TOY = Network(name="toy", config_cls=ToyConfig, actions={})
+TOY = Network(
+    name="toy",
+    config_cls=ToyConfig,
+    actions={},
+    metadata=NetworkMetadata(task="toy", automl_enabled=True, monitoring=Monitoring("train_loss")),
+)
 
 
 def _by_key(space):

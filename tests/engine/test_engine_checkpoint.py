@@ -59,7 +59,7 @@ class Evil:
 def test_names():
     assert checkpoint_filename(2, 40) == "model_epoch_002_step_00040.pth"
     assert checkpoint_filename(1234, 123456) == "model_epoch_1234_step_123456.pth"
-    assert weights_filename("student", 3) == "student_epoch_003.pth"
+    assert weights_filename("student", 3, 120) == "student_epoch_003_step_00120.pth"
     assert latest_link_name("nvdinov2") == "nvdinov2_latest.pth"
     assert parse_checkpoint_filename("model_epoch_002_step_00040.pth") == (2, 40)
     for name in (
@@ -173,7 +173,7 @@ def test_wrong_network_and_kind(tmp_path):
         load_checkpoint(path, network="classification")
     student = save_weights_only(
         {"w": torch.zeros(3)},
-        tmp_path / weights_filename("student", 3),
+        tmp_path / weights_filename("student", 3, 30),
         network="nvdinov2",
         config={"x": 1},
         kind="student",

@@ -1,236 +1,261 @@
-import json
-from dataclasses import dataclass
+"""Handoff contract: every reader gets the real output of its writer (tiny real runs, no fixtures of
+what a writer used to write). The parent decides: a train job *starts from* a train parent's selected
+checkpoint, downstream actions take the parent train job's checkpoint, a wrong or unfinished parent
+is one line before any job exists."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
 
 import pytest
 
-from foveal.jobs import HandoffError, Job, JobStatus, apply_handoff, resolve_handoff, select_checkpoint
-from foveal.networks.registry import Network
+from foveal.data.synthetic import make_demo_dataset
+from foveal.engine import CheckpointIndex, load_checkpoint
+from foveal.errors import HandoffError
+from foveal.jobs import JobRegistry, JobStatus, Workspace, apply_handoff
+from foveal.jobs.lifecycle import prepare_job, run_job
+from foveal.networks.classification import model as classification_model
+from foveal.networks.mae import models as mae_models
+from foveal.networks.nvdinov2 import backbones as nvdinov2_backbones
 
-pytestmark = pytest.mark.unit
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "networks"))
+from nvdinov2_tiny import TRAIN as NVDINOV2_TINY  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+TINY_VIT = {"depth": 2, "embed_dim": 32, "num_heads": 2}
+CLS = [
+    "dataset.augmentation.input_size=32",
+    "dataset.batch_size=16",
+    "dataset.workers=0",
+    "train.num_epochs=1",
+]
+MAE = [
+    "model.arch=vit_tiny_patch16",
+    "model.decoder_embed_dim=16",
+    "model.decoder_depth=1",
+    "dataset.augmentation.input_size=32",
+    "dataset.batch_size=16",
+    "dataset.num_workers_per_gpu=0",
+    "train.num_epochs=1",
+    "train.optim.warmup_epochs=0",
+]
 
 
-@dataclass
-class DummyConfig:
-    results_dir: str = ""
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Every network builds the same tiny ViT, so weights can flow between them."""
+    with pytest.MonkeyPatch.context() as mp:
+        for module in (classification_model, mae_models, nvdinov2_backbones):
+            real = module.create_backbone
+            mp.setattr(
+                module, "create_backbone", lambda name, real=real, **kw: real(name, **{**kw, **TINY_VIT})
+            )
+        yield
 
 
-def _action(cfg, ctx):  # never called: handoff only reads the descriptor
-    raise AssertionError
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, Path]:
+    return make_demo_dataset(
+        tmp_path_factory.mktemp("shapes"),
+        num_train=32,
+        num_val=16,
+        num_test=8,
+        image_size=32,
+        num_classes=2,
+        archives=False,
+    )
 
 
-ACTIONS = {a: _action for a in ("train", "evaluate", "export", "gen_trt_engine")}
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory) -> Workspace:
+    return Workspace(tmp_path_factory.mktemp("ws"))
 
-DINO = Network(
-    name="dino",
-    config_cls=DummyConfig,
-    actions=ACTIONS,
-    checkpoint_globs={
-        "student": "student_epoch_*.pth",
-        "teacher": "teacher_epoch_*.pth",
-        "model": "model_epoch_*.pth",
-    },
-    handoff={
-        "train": {
-            "train.resume_training_checkpoint_path": "resume_model",
-            "train.pretrained_model_path": "ptm_if_no_resume_model",
-        },
-        "evaluate": {"evaluate.checkpoint": "parent_model", "evaluate.parent_folder": "parent_model_folder"},
-        "export": {
-            "export.checkpoint": "parent_model",
-            "export.onnx_file": "create_onnx_file",
-            "results_dir": "output_dir",
-            "encryption_key": "key",
-        },
-        "gen_trt_engine": {"gen_trt_engine.onnx_file": "parent_onnx_file"},
-    },
+
+@pytest.fixture(scope="module")
+def jobs(tiny, data, ws):
+    """nvdinov2 train, mae pretrain -> finetune, classification from each: real tiny runs."""
+    val = f"dataset.val_dataset.images_dir={data['labeled_val']}"
+    out = {}
+    out["nvdinov2"] = run_job(
+        "nvdinov2",
+        "train",
+        overrides=[
+            f"dataset.train_dataset.images_dir={data['images_train']}",
+            *NVDINOV2_TINY,
+            "train.num_epochs=1",
+        ],
+        workspace=ws,
+    )
+    out["pretrain"] = run_job(
+        "mae", "train", overrides=[*MAE, f"dataset.train_data_sources={data['images_train']}"], workspace=ws
+    )
+    out["finetune"] = run_job(
+        "mae",
+        "train",
+        parent_id=out["pretrain"].id,
+        workspace=ws,
+        overrides=[
+            *MAE,
+            "train.stage=finetune",
+            f"dataset.train_data_sources={data['labeled_train']}",
+            f"dataset.val_data_sources={data['labeled_val']}",
+            "dataset.augmentation.mixup=0",
+            "dataset.augmentation.cutmix=0",
+        ],
+    )
+    train = f"dataset.train_dataset.images_dir={data['labeled_train']}"
+    out["cls_from_nvdinov2"] = run_job(
+        "classification",
+        "train",
+        parent_id=out["nvdinov2"].id,
+        workspace=ws,
+        overrides=[*CLS, train, val, "model.backbone.type=vit_t", "model.backbone.patch_size=16"],
+    )
+    out["cls_from_finetune"] = run_job(
+        "classification",
+        "train",
+        parent_id=out["finetune"].id,
+        workspace=ws,
+        overrides=[*CLS, train, val, "model.backbone.type=vit_tiny_patch16"],
+    )
+    out["cls_from_cls"] = run_job(
+        "classification",
+        "train",
+        parent_id=out["cls_from_finetune"].id,
+        workspace=ws,
+        overrides=[*CLS, train, val, "model.backbone.type=vit_tiny_patch16"],
+    )
+    for name, job in out.items():
+        assert job.status is JobStatus.DONE, name
+    return out
+
+
+def _index(job) -> CheckpointIndex:
+    return CheckpointIndex.read(job.results_dir)
+
+
+def test_the_index_the_engine_wrote_names_every_file_and_the_best(jobs):
+    index = _index(jobs["finetune"])
+    assert (index.network, index.monitor, index.mode) == ("mae", "val_top1", "max")
+    entry = index.entries[-1]
+    assert entry.files == {"full": "model_epoch_001_step_00002.pth"} and "val_top1" in entry.metrics
+    # nvdinov2's backbone files are written by the engine beside the full checkpoint, in the index
+    nvd = _index(jobs["nvdinov2"])
+    assert nvd.monitor is None and set(nvd.entries[-1].files) == {"full", "student", "teacher"}
+    for kind, name in nvd.entries[-1].files.items():
+        ckpt = load_checkpoint(Path(jobs["nvdinov2"].results_dir) / name, network="nvdinov2")
+        assert ckpt["kind"] == kind and (ckpt["epoch"], ckpt["global_step"]) == (1, nvd.entries[-1].step)
+    # ... and the job records what the index says
+    assert jobs["finetune"].artifacts["best_checkpoint"] == str(index.select("best"))
+    assert jobs["nvdinov2"].artifacts["student"] == str(nvd.select("latest", "student"))
+    assert "best_checkpoint" not in jobs["nvdinov2"].artifacts  # no metric picks an SSL "best"
+
+
+@pytest.mark.parametrize(
+    "child, parent, key, kind",
+    [
+        ("finetune", "pretrain", "train.pretrained_model_path", "full"),  # mae pretrain -> mae finetune
+        ("cls_from_nvdinov2", "nvdinov2", "model.backbone.pretrained_backbone_path", "student"),
+        ("cls_from_finetune", "finetune", "model.backbone.pretrained_backbone_path", "full"),
+        ("cls_from_cls", "cls_from_finetune", "train.pretrained_model_path", "full"),
+    ],
 )
-MAE = Network(
-    name="mae",
-    config_cls=DummyConfig,
-    actions=ACTIONS,
-    handoff={"export": {"export.checkpoint": "parent_model"}},
-)
+def test_a_train_job_starts_from_its_parents_selected_checkpoint(jobs, child, parent, key, kind):
+    section, *rest = key.split(".")
+    value = jobs[child].spec[section]
+    for part in rest:
+        value = value[part]
+    assert value == str(_index(jobs[parent]).select("best", kind))
+    assert jobs[child].spec["train"]["resume_training_checkpoint_path"] is None  # never a resume
+    assert jobs[child].parent_id == jobs[parent].id
+    log = (Path(jobs[child].results_dir) / "logs" / "train.log").read_text()
+    assert "loaded" in log and Path(value).name in log
 
 
-def _touch(folder, *names):
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        (folder / name).write_bytes(b"")
+def _refused(ws, *args, **kwargs) -> str:
+    before = len(JobRegistry(ws.db_path).list())
+    with pytest.raises(HandoffError) as caught:
+        prepare_job(*args, workspace=ws, **kwargs)
+    assert len(JobRegistry(ws.db_path).list()) == before  # refused before the job exists
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
 
 
-def _job(tmp_path, network="dino", action="train", status=JobStatus.DONE, **kw) -> Job:
-    results = tmp_path / f"{network}-{action}"
-    results.mkdir(exist_ok=True)
-    return Job(
-        id=f"{network}-{action}-1",
-        network=network,
-        action=action,
-        status=status,
-        results_dir=str(results),
-        **kw,
+def test_nvdinov2_cannot_start_mae_and_the_line_says_what_can(jobs, ws, data):
+    message = _refused(ws, "mae", "train", parent_id=jobs["nvdinov2"].id, overrides=MAE)
+    assert f"job {jobs['nvdinov2'].id} (a nvdinov2 train job, Done) cannot start a mae train job" in message
+    assert "a mae train job starts from a finished mae train (train.stage=pretrain) job" in message
+    assert "train.pretrained_model_path" in message
+
+
+def test_a_mae_finetune_job_cannot_start_more_mae_training(jobs, ws):
+    message = _refused(ws, "mae", "train", parent_id=jobs["finetune"].id, overrides=MAE)
+    assert "train.stage=finetune" in message and "mae train (train.stage=pretrain)" in message
+
+
+def test_an_unfinished_parent_is_refused(jobs, ws):
+    registry = JobRegistry(ws.db_path)
+    running = registry.create(
+        "mae", "train", {"train": {"stage": "pretrain"}}, results_dir=str(ws.root / "r")
+    )
+    registry.mark_running(running.id, os.getpid())
+    message = _refused(ws, "mae", "train", parent_id=running.id, overrides=MAE)
+    assert f"job {running.id} (a mae train job, train.stage=pretrain, Running) has not finished" in message
+    failed = registry.create("classification", "train", {}, results_dir=str(ws.root / "f"))
+    registry.finish(failed.id, JobStatus.ERROR, message="boom")
+    assert "did not finish" in _refused(ws, "classification", "export", parent_id=failed.id)
+
+
+def test_downstream_actions_take_a_train_job_of_their_own_network(jobs, ws):
+    assert "pass a finished mae train job" in _refused(ws, "mae", "export", parent_id=jobs["cls_from_cls"].id)
+    export = run_job("classification", "export", parent_id=jobs["cls_from_cls"].id, workspace=ws)
+    assert "cannot start a train job" in _refused(ws, "classification", "train", parent_id=export.id)
+    # gen_trt_engine takes the export job: its ONNX file is what the export recorded
+    prepared = prepare_job("classification", "gen_trt_engine", parent_id=export.id, workspace=ws, new=True)
+    assert prepared.config.gen_trt_engine.onnx_file == export.artifacts["onnx"]
+    assert "recorded no ONNX file" in _refused(
+        ws, "classification", "gen_trt_engine", parent_id=jobs["cls_from_cls"].id
     )
 
 
-@pytest.fixture
-def dino_parent(tmp_path):
-    parent = _job(tmp_path, spec={"encryption_key": "secret"})
-    folder = tmp_path / "dino-train"
-    for epoch in (1, 2, 3):
-        _touch(
-            folder,
-            f"student_epoch_{epoch:03d}_step_{epoch * 10:05d}.pth",
-            f"teacher_epoch_{epoch:03d}_step_{epoch * 10:05d}.pth",
-            f"model_epoch_{epoch:03d}_step_{epoch * 10:05d}.pth",
-        )
-    _touch(folder, "model_latest.pth")
-    return parent
-
-
-def _write_index(folder, best):
-    index = {"checkpoints": [{"path": best, "epoch": 2, "step": 20, "metrics": {"loss": 0.1}}], "best": best}
-    (folder / "checkpoints.json").write_text(json.dumps(index))
-
-
-def test_selection_latest_epoch_and_best_fallback(dino_parent):
-    assert select_checkpoint(DINO, dino_parent, "latest").name == "student_epoch_003_step_00030.pth"
-    assert (
-        select_checkpoint(DINO, dino_parent, "best").name == "student_epoch_003_step_00030.pth"
-    )  # no record
-    for choice in ("epoch:1", 1, "1"):
-        assert select_checkpoint(DINO, dino_parent, choice).name == "student_epoch_001_step_00010.pth"
-    with pytest.raises(
-        HandoffError, match="no student_epoch_\\*.pth checkpoint for epoch 9; epochs available: 1, 2, 3"
-    ):
-        select_checkpoint(DINO, dino_parent, "epoch:9")
-    with pytest.raises(HandoffError, match="use best, latest or epoch:N"):
-        select_checkpoint(DINO, dino_parent, "newest")
-
-
-def test_best_from_checkpoints_json(dino_parent, tmp_path):
-    _write_index(tmp_path / "dino-train", "student_epoch_002_step_00020.pth")
-    assert select_checkpoint(DINO, dino_parent, "best").name == "student_epoch_002_step_00020.pth"
-
-
-def test_best_of_another_kind_maps_to_same_epoch(dino_parent, tmp_path):
-    _write_index(tmp_path / "dino-train", "student_epoch_003_step_00030.pth")
-    # The artifact wins over checkpoints.json; it names a full checkpoint, the student twin is used.
-    dino_parent.artifacts["best_checkpoint"] = str(tmp_path / "dino-train" / "model_epoch_001_step_00010.pth")
-    assert select_checkpoint(DINO, dino_parent, "best").name == "student_epoch_001_step_00010.pth"
-
-
-def test_checkpoints_one_folder_down(tmp_path):
-    parent = _job(tmp_path, network="mae")
-    _touch(tmp_path / "mae-train" / "train", "model_epoch_004.pth", "model_epoch_010.pth")
-    assert select_checkpoint(MAE, parent, "latest").name == "model_epoch_010.pth"
-
-
-def test_export_rules(dino_parent, tmp_path):
-    out = tmp_path / "export-job"
-    overrides = resolve_handoff(DINO, "export", dino_parent, job_results_dir=out, selection="epoch:2")
-    assert overrides == {
-        "export.checkpoint": str(tmp_path / "dino-train" / "student_epoch_002_step_00020.pth"),
-        "export.onnx_file": str(out / "dino.onnx"),
-        "results_dir": str(out),
-        "encryption_key": "secret",
-    }
-
-
-def test_evaluate_parent_model_folder(dino_parent, tmp_path):
-    overrides = resolve_handoff(DINO, "evaluate", dino_parent, job_results_dir=tmp_path / "e")
-    assert overrides["evaluate.parent_folder"] == dino_parent.results_dir
-    assert overrides["evaluate.checkpoint"].endswith("student_epoch_003_step_00030.pth")
-
-
-def test_wrong_checkpoint_kind_names_the_right_one(tmp_path):
-    mae_parent = _job(tmp_path, network="mae")
-    _touch(tmp_path / "mae-train", "model_epoch_001.pth")
-    with pytest.raises(HandoffError) as info:
-        resolve_handoff(DINO, "export", mae_parent, job_results_dir=tmp_path / "x")
-    assert str(info.value) == (
-        "job mae-train-1 (mae train) has no student_epoch_*.pth checkpoint; pick a dino train job"
+def test_a_bad_parent_checkpoint_selection_is_one_line(jobs, ws):
+    message = _refused(
+        ws, "classification", "export", parent_id=jobs["cls_from_cls"].id, parent_checkpoint="newest"
     )
-
-
-def test_parent_must_be_done(dino_parent, tmp_path):
-    dino_parent.status = JobStatus.RUNNING
-    with pytest.raises(HandoffError, match="job dino-train-1 is Running; wait for it or pick a finished job"):
-        resolve_handoff(DINO, "export", dino_parent, job_results_dir=tmp_path / "x")
-    dino_parent.status = JobStatus.ERROR
-    with pytest.raises(HandoffError, match="ended with Error; pick a Done job"):
-        resolve_handoff(DINO, "evaluate", dino_parent, job_results_dir=tmp_path / "x")
-
-
-def test_action_mismatch(tmp_path):
-    export_parent = _job(tmp_path, action="export", artifacts={"onnx": "/r/dino.onnx"})
-    with pytest.raises(HandoffError, match="needs a train job as parent.*is a export job"):
-        resolve_handoff(DINO, "evaluate", export_parent, job_results_dir=tmp_path / "x")
-    assert resolve_handoff(DINO, "gen_trt_engine", export_parent, job_results_dir=tmp_path / "x") == {
-        "gen_trt_engine.onnx_file": "/r/dino.onnx"
-    }
-    train_parent = _job(tmp_path)
-    with pytest.raises(HandoffError, match="recorded no ONNX file; pick a dino export job"):
-        resolve_handoff(DINO, "gen_trt_engine", train_parent, job_results_dir=tmp_path / "x")
-    # An action without handoff rules gets nothing filled (the runner checks availability).
-    assert resolve_handoff(DINO, "inference", train_parent, job_results_dir=tmp_path / "x") == {}
-
-
-def test_resume_model_wins_over_ptm_even_from_a_killed_parent(dino_parent, tmp_path):
-    dino_parent.status = JobStatus.ERROR  # killed mid-run: resuming it is the point
-    overrides = resolve_handoff(DINO, "train", dino_parent, job_results_dir=tmp_path / "t")
-    assert overrides == {
-        "train.resume_training_checkpoint_path": str(
-            tmp_path / "dino-train" / "model_epoch_003_step_00030.pth"
-        )
-    }
-
-
-def test_ptm_when_parent_has_no_full_checkpoint(tmp_path):
-    parent = _job(tmp_path)
-    _touch(tmp_path / "dino-train", "student_epoch_005.pth")
-    overrides = resolve_handoff(DINO, "train", parent, job_results_dir=tmp_path / "t")
-    assert overrides == {
-        "train.pretrained_model_path": str(tmp_path / "dino-train" / "student_epoch_005.pth")
-    }
-
-
-def test_explicit_keys_win(dino_parent, tmp_path):
-    # An explicit resume path suppresses both rules: resume is the user's, ptm must stay unset.
-    explicit = {"train.resume_training_checkpoint_path"}
-    assert (
-        resolve_handoff(DINO, "train", dino_parent, job_results_dir=tmp_path / "t", explicit_keys=explicit)
-        == {}
+    assert "--parent-checkpoint" in message and "best, latest or epoch:N" in message
+    message = _refused(
+        ws, "classification", "export", parent_id=jobs["cls_from_cls"].id, parent_checkpoint="epoch:9"
     )
-    # An explicit checkpoint skips its rule, so a parent without that kind is no error.
-    mae_parent = _job(tmp_path, network="mae")
-    overrides = resolve_handoff(
-        DINO, "export", mae_parent, job_results_dir=tmp_path / "x", explicit_keys={"export.checkpoint"}
+    assert "no full training (model_epoch_*.pth) checkpoint of epoch 9; epochs: 1" in message
+
+
+def test_explicit_keys_win_but_the_parent_is_still_checked(jobs, ws, tmp_path):
+    mine = tmp_path / "mine.pth"
+    prepared = prepare_job(
+        "classification",
+        "export",
+        parent_id=jobs["cls_from_cls"].id,
+        workspace=ws,
+        new=True,
+        overrides=[f"export.checkpoint={mine}"],
     )
-    assert "export.checkpoint" not in overrides and overrides["results_dir"] == str(tmp_path / "x")
-
-
-def test_no_parent_fills_only_own_paths(tmp_path):
-    overrides = resolve_handoff(DINO, "export", None, job_results_dir=tmp_path / "x")
-    assert overrides == {
-        "export.onnx_file": str(tmp_path / "x" / "dino.onnx"),
-        "results_dir": str(tmp_path / "x"),
-    }
+    assert prepared.config.export.checkpoint == str(mine)
+    _refused(
+        ws, "classification", "export", parent_id=jobs["nvdinov2"].id, overrides=[f"export.checkpoint={mine}"]
+    )
 
 
 def test_apply_handoff_merges_without_clobbering():
-    spec = {"export": {"checkpoint": "mine.pth", "opset_version": 17}, "results_dir": None, "train": None}
-    overrides = {
-        "export.checkpoint": "parent.pth",
-        "export.onnx_file": "/r/x.onnx",
-        "results_dir": "/r",
-        "train.pretrained_model_path": "p.pth",
-        "evaluate.checkpoint": "e.pth",
+    spec = {"train": {"num_epochs": 3}, "export": {"checkpoint": "mine.pth"}}
+    out = apply_handoff(
+        spec, {"export.checkpoint": "x.pth", "export.onnx_file": "y.onnx"}, {"export.checkpoint"}
+    )
+    assert out["export"] == {"checkpoint": "mine.pth", "onnx_file": "y.onnx"} and spec["export"] == {
+        "checkpoint": "mine.pth"
     }
-    merged = apply_handoff(spec, overrides, {"export.checkpoint", "evaluate"})
-    assert merged == {
-        "export": {"checkpoint": "mine.pth", "opset_version": 17, "onnx_file": "/r/x.onnx"},
-        "results_dir": "/r",
-        "train": {"pretrained_model_path": "p.pth"},
-    }
-    assert spec["export"] == {"checkpoint": "mine.pth", "opset_version": 17}  # input untouched
-    with pytest.raises(HandoffError, match="cannot set export.checkpoint.x: export.checkpoint is a str"):
-        apply_handoff(spec, {"export.checkpoint.x": 1}, set())
+    with pytest.raises(HandoffError, match="train.num_epochs is a int"):
+        apply_handoff(spec, {"train.num_epochs.x": 1})

@@ -126,12 +126,15 @@ def test_handoff_and_dataset_keys_exist(network):
         assert action in ACTIONS
         for key in rules:
             assert key in keys, f"{network.name}.{action}: {key}"
-    for action, needs in network.metadata["dataset_requirements"].items():
-        for key, need in needs.items():
-            assert key in keys, key
-            required = keys[key][1]["required"]
-            if need["required"]:
-                assert required is True or action in required, f"{key} should be required for {action}"
+    for action, needs in network.metadata.dataset_requirements.items():
+        for need in needs:
+            assert need.key in keys, need.key
+            required = keys[need.key][1]["required"]
+            if need.required:
+                assert required is True or action in required, f"{need.key} should be required for {action}"
+    for rule in network.start_from:
+        assert rule.key in keys, rule.key
+    assert network.start_key in keys
 
 
 def test_action_sections_exist(network):
@@ -143,10 +146,9 @@ def test_action_sections_exist(network):
 
 def test_metadata(network):
     meta = network.metadata
-    for key in ("task", "automl_enabled", "monitoring_metric", "monitoring_mode", "eval_dataset", "image"):
-        assert key in meta, key
-    assert meta["monitoring_mode"] in ("min", "max")
-    assert meta["default_pretrained_checkpoint"] is None
+    assert meta.task and meta.monitoring.metric and meta.eval_dataset in ("required", "optional")
+    assert meta.monitoring.mode in ("min", "max") and meta.image.image == "foveal-pytorch"
+    assert meta.default_pretrained_checkpoint is None and meta.ported is None
 
 
 def test_package_import_does_not_import_torch():

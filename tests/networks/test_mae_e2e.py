@@ -99,7 +99,9 @@ def test_pretrain_then_finetune_from_the_parent(pretrain, finetune):
     assert finetune.status is JobStatus.DONE and finetune.parent_id == pretrain.id
     assert {"train_loss", "val_top1"} <= set(finetune.kpis)
     log = (Path(finetune.results_dir) / "logs" / "train.log").read_text()
-    assert "is a pretrain checkpoint: fine-tuning starts from its encoder" in log
+    # --parent starts fine-tuning from the pretrain job's best checkpoint (val_loss), never resumes it
+    assert finetune.spec["train"]["pretrained_model_path"] == pretrain.artifacts["best_checkpoint"]
+    assert finetune.spec["train"]["resume_training_checkpoint_path"] is None
     assert "loaded" in log and "foveal mae pretrain checkpoint" in log
     tuned = load_checkpoint(Path(finetune.results_dir) / "vit_tiny_patch16_latest.pth", network="mae")
     assert tuned["stage"] == "finetune" and tuned["classes"] == ["circle", "square"]

@@ -130,7 +130,7 @@ def test_evaluate_from_parent(trained, data, ws, capsys):
     assert job.kpis == {"knn_top1": report["knn_top1"], "linear_probe_top1": report["linear_probe_top1"]}
 
 
-def test_handoff_picks_backbone_files_and_full_checkpoint_for_resume(trained, ws, tmp_path):
+def test_handoff_picks_student_files_and_a_child_train_job_starts_from_one(trained, ws, tmp_path):
     train_id, train_dir = trained
     parent = JobRegistry(Workspace(ws).db_path).get(train_id)
     for selection, name in (
@@ -141,6 +141,7 @@ def test_handoff_picks_backbone_files_and_full_checkpoint_for_resume(trained, ws
         for action in ("inference", "export", "evaluate"):
             values = resolve_handoff(NETWORK, action, parent, job_results_dir=tmp_path, selection=selection)
             assert Path(values[f"{action}.checkpoint"]).name == name, (action, selection)
-    train = resolve_handoff(NETWORK, "train", parent, job_results_dir=tmp_path)
-    assert Path(train["train.resume_training_checkpoint_path"]).name == "model_epoch_002_step_00008.pth"
-    assert "train.pretrained_model_path" not in train  # resumed: no pretrained start
+    # a train job with a train parent starts from it (never resumes it), from the selected student
+    train = resolve_handoff(NETWORK, "train", parent, job_results_dir=tmp_path, selection="epoch:1")
+    assert Path(train["train.pretrained_model_path"]).name == "student_epoch_001_step_00004.pth"
+    assert "train.resume_training_checkpoint_path" not in train

@@ -106,7 +106,7 @@ def test_cli_train_writes_full_and_backbone_checkpoints(trained):
     } <= set(state)
     for kind in ("student", "teacher"):
         obj = torch.load(trained / f"{kind}_epoch_002_step_00008.pth", weights_only=True)
-        assert (obj["network"], obj["kind"], obj["arch"], obj["epoch"], obj["step"]) == (
+        assert (obj["network"], obj["kind"], obj["arch"], obj["epoch"], obj["global_step"]) == (
             "nvdinov2",
             kind,
             "vit_t",

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from foveal.errors import UsageError
+from foveal.networks.registry import ImageRef, Monitoring, NetworkMetadata
 from foveal.platforms import (
     describe_platform,
     find_platform,
@@ -90,7 +91,14 @@ def test_bad_credentials_file_is_one_line(monkeypatch, tmp_path):
         resolve_settings(find_platform("slurm"))
 
 
-def _net(**metadata):
+def _net(image=None, container_image=None, action_images=None):
+    metadata = NetworkMetadata(
+        task="toy",
+        automl_enabled=False,
+        monitoring=Monitoring("train_loss"),
+        image=ImageRef(image, container_image),
+        action_images={a: ImageRef(**refs) for a, refs in (action_images or {}).items()},
+    )
     return SimpleNamespace(name="toy", metadata=metadata)
 
 

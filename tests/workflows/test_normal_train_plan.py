@@ -4,6 +4,7 @@ metric, base checkpoint and image decisions; the non-interactive and interactive
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from foveal.cli.main import main
 from foveal.errors import UsageError
 from foveal.jobs import JobRegistry, Workspace
-from foveal.networks.registry import get_network
+from foveal.networks.registry import PortedFrom, get_network
 from foveal.workflows.normal_train import (
     NormalTrainRequest,
     _max_concurrent,
@@ -90,7 +91,7 @@ def test_automl_policy_rules(ws, data):
         _plan(ws, model="nvdinov2", train_dataset_uri=str(data["train"]), automl_policy="on")
     plan = _plan(ws, model="nvdinov2", train_dataset_uri=str(data["train"]))
     assert not plan.use_automl and "automl_enabled: false" in plan.automl_note
-    assert get_network("nvdinov2").metadata["automl_enabled"] is False  # the policy never changes metadata
+    assert get_network("nvdinov2").metadata.automl_enabled is False  # the policy never changes metadata
     with pytest.raises(UsageError, match="--automl-policy 'sometimes': expected one of auto, on, off"):
         _plan(ws, model="mae", train_dataset_uri=str(data["train"]), automl_policy="sometimes")
     with pytest.raises(UsageError, match="AutoML trials run on the local platform only"):
@@ -148,7 +149,7 @@ def test_base_checkpoint_flag_and_model_default(ws, data, tmp_path, monkeypatch)
     }
     assert f"train.pretrained_model_path={ckpt}" in plan.stage_overrides["train"]
     net = get_network("mae")
-    monkeypatch.setattr(net, "metadata", {**net.metadata, "default_pretrained_checkpoint": "mae_base.pth"})
+    monkeypatch.setattr(net, "metadata", replace(net.metadata, default_pretrained_checkpoint="mae_base.pth"))
     plan = _plan(ws, model="mae", train_dataset_uri=str(data["train"]))
     assert plan.base_checkpoint["source"] == "from scratch (mae_base.pth not found locally)"
     (ws.root / "pretrained").mkdir()
@@ -165,8 +166,10 @@ def test_base_checkpoint_flag_and_model_default(ws, data, tmp_path, monkeypatch)
     assert plan.base_checkpoint["source"] == "override train.pretrained_model_path"
     assert plan.stage_overrides["train"].count(f"train.pretrained_model_path={ckpt}") == 1
     # a ported model starts from its source's weights, not from scratch
-    ported = {k: v for k, v in net.metadata.items() if k != "default_pretrained_checkpoint"}
-    monkeypatch.setattr(net, "metadata", {**ported, "ported": True, "ported_from": "/models/vit-hf"})
+    ported = replace(
+        net.metadata, default_pretrained_checkpoint=None, ported=PortedFrom("/ws/networks/x", "/models/vit-hf")
+    )
+    monkeypatch.setattr(net, "metadata", ported)
     plan = _plan(ws, model="mae", train_dataset_uri=str(data["train"]))
     assert plan.base_checkpoint == {
         "source": "ported weights (/models/vit-hf)",

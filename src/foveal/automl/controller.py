@@ -72,7 +72,7 @@ class StudyController:
         if request.timeout_s is not None and request.timeout_s <= 0:
             raise UsageError(f"--timeout {request.timeout_s}: expected a number of seconds > 0")
         self.network = find_network(request.network)
-        if not self.network.metadata.get("automl_enabled"):
+        if not self.network.metadata.automl_enabled:
             raise UsageError(
                 f"{self.network.name}: AutoML is not enabled for this network (automl_enabled: false)"
             )

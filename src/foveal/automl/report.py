@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from foveal.automl.study import counted_trials, trial_state
-from foveal.jobs.handoff import select_checkpoint
+from foveal.engine.checkpoint_index import select_checkpoint
 from foveal.jobs.registry import JobRegistry
 from foveal.networks.registry import Network
 
@@ -288,7 +288,7 @@ def copy_best_checkpoint(network: Network, registry: JobRegistry, best: Any, fol
     target_dir = folder / BEST_DIR
     record_path = target_dir / BEST_RECORD
     try:
-        source = select_checkpoint(network, job, "latest")
+        source = select_checkpoint(job.results_dir, "latest", network.checkpoint_kind)
     except Exception as exc:  # noqa: BLE001 - e.g. deleted by hand; the study result still stands
         logger.warning("best trial %d: no checkpoint to keep (%s)", best.number, exc)
         return None

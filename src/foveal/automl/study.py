@@ -50,43 +50,37 @@ def _looks_like(metric: str, words: tuple[str, ...]) -> bool:
 
 def _has_validation(network: Network, base: dict[str, Any]) -> bool:
     """Whether the base spec sets the validation data a ``val_*`` metric needs."""
-    needs = network.metadata.get("dataset_requirements", {}).get("train", {})
-    val_keys = [k for k in needs if "val" in k]
+    val_keys = [need.key for need in network.metadata.needs("train") if "val" in need.key]
     return not val_keys or any(get_dotted(base, k) for k in val_keys)
 
 
 def resolve_metric(
     network: Network, base: dict[str, Any], metric: str | None, direction: str | None
 ) -> tuple[str, str]:
-    """(metric, direction) of a study: the user's, else the network's monitoring metadata.
+    """(metric, direction) of a study: the user's, else the network's monitoring metadata
+    (:meth:`foveal.networks.registry.Monitoring.choose`, the rule the workflow catalog uses).
 
     A loss is never maximised: ``--direction maximize`` for a metric named like a loss is an
     error, and a metric of unknown sense needs an explicit direction.
     """
-    md = network.metadata
-    default_metric, default_mode = md.get("monitoring_metric"), md.get("monitoring_mode")
+    monitoring = network.metadata.monitoring
     stage = get_dotted(base, "train.stage")
-    by_stage = md.get("monitoring_by_stage") or {}
-    if stage in by_stage:
-        default_metric, default_mode = by_stage[stage]
     if metric is None:
-        if not default_metric:
-            raise UsageError(f"{network.name} declares no monitoring metric; pass --metric and --direction")
-        metric, mode = default_metric, default_mode
-        if metric.startswith("val_") and not _has_validation(network, base):
-            fallback = md.get("monitoring_fallback_metric")
-            if not fallback:
-                raise UsageError(
-                    f"{network.name}: the default metric {metric} needs validation data in the spec; "
-                    "set it or pass --metric"
-                )
-            logger.info("no validation data in the spec: optimising %s instead of %s", fallback, metric)
-            metric, mode = fallback, "min" if _looks_like(fallback, _MINIMIZE_WORDS) else default_mode
-        direction = direction or _MODES.get(str(mode))
+        has_validation = _has_validation(network, base)
+        choice = monitoring.choose(stage, has_validation)
+        if choice.metric.startswith("val_") and not has_validation:
+            raise UsageError(
+                f"{network.name}: the default metric {choice.metric} needs validation data in the spec; "
+                "set it or pass --metric"
+            )
+        if not has_validation and choice.metric != monitoring.choose(stage).metric:
+            logger.info("no validation data in the spec: optimising %s", choice.metric)
+        metric = choice.metric
+        direction = direction or choice.direction
     if direction is None:
-        known = {default_metric: default_mode, **{m: d for m, d in by_stage.values()}}
-        if metric in known:
-            direction = _MODES.get(str(known[metric]))
+        mode = monitoring.mode_of(metric)
+        if mode is not None:
+            direction = _MODES[mode]
         elif _looks_like(metric, _MINIMIZE_WORDS):
             direction = "minimize"
         elif _looks_like(metric, _MAXIMIZE_WORDS):

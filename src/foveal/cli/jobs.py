@@ -105,7 +105,8 @@ def watch(
     registry = _registry(workspace)
     job = registry.get(job_id)
     try:
-        metric = get_network(job.network).metadata.get("monitoring_metric")
+        stage = (job.spec.get("train") or {}).get("stage")
+        metric: str | None = get_network(job.network).metadata.monitoring.choose(stage).metric
     except KeyError:
         metric = None
     final = watch_job(registry, job.id, interval, typer.echo, metric=metric)

@@ -1,9 +1,11 @@
 """Lightning callbacks for checkpoints and the non-finite loss stop.
 
 :class:`FovealCheckpoint` replaces Lightning's ``ModelCheckpoint``: it names files by the
-Foveal contract, embeds network + config, updates ``<network>_latest.pth`` and keeps an index
-(``checkpoints.json``) with the metrics of every checkpoint and the best one by a monitored
-metric. :class:`NonFiniteLossGuard` stops a run whose loss became NaN/inf *before* the bad
+Foveal contract, embeds network + config, writes the module's weights-only handoff files beside
+each full checkpoint (a module with ``handoff_weights()``, e.g. nvdinov2's student and teacher),
+updates ``<network>_latest.pth`` and keeps the index (``checkpoints.json``,
+:mod:`foveal.engine.checkpoint_index`) with the files and metrics of every save and the best
+one by a monitored metric. :class:`NonFiniteLossGuard` stops a run whose loss became NaN/inf *before* the bad
 update is applied (MAE's ``isfinite`` check), so the last checkpoint stays the last good one.
 
 Status and progress callbacks live in :mod:`foveal.engine.progress`.
@@ -12,7 +14,6 @@ Status and progress callbacks live in :mod:`foveal.engine.progress`.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
 import math
 import os
@@ -25,15 +26,15 @@ from lightning.pytorch.callbacks import Checkpoint
 
 import foveal
 from foveal.engine.checkpoint import (
-    FULL_KIND,
-    INDEX_FILENAME,
-    atomic_write,
     checkpoint_filename,
     find_latest_checkpoint,
     latest_link_name,
+    save_weights_only,
     to_plain_config,
     update_latest_link,
+    weights_filename,
 )
+from foveal.engine.checkpoint_index import FULL_KIND, CheckpointIndex, IndexEntry
 from foveal.engine.checkpoint_io import SafeCheckpointIO
 from foveal.errors import NonFiniteLossError
 
@@ -148,14 +149,15 @@ class FovealCheckpoint(Checkpoint):
         self.best_model_path = ""  # names Lightning's `ckpt_path="best"` reads
         self.best_model_score: torch.Tensor | None = None
         self.last_model_path = ""
-        self._entries: list[dict[str, Any]] = []
+        self.index = CheckpointIndex(self.dirpath, network, monitor, mode)
         self._last_saved_step = -1
         self._nonfinite_seen: torch.Tensor | None = None
 
     # -- Lightning hooks
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self._entries = self._read_index()
+        previous = CheckpointIndex.read(self.dirpath, self.network)  # a resumed run keeps its saves
+        self.index = CheckpointIndex(self.dirpath, self.network, self.monitor, self.mode, previous.entries)
         self._nonfinite_seen = None
         self._refresh_best()
 
@@ -216,84 +218,47 @@ class FovealCheckpoint(Checkpoint):
         self._last_saved_step = step
         self.last_model_path = str(path)
         if trainer.is_global_zero:
+            files = {FULL_KIND: path.name, **self._save_handoff_weights(trainer.lightning_module, epoch, step)}
             update_latest_link(path, self.dirpath / (self.latest_link or latest_link_name(self.network)))
-            self._record(path, epoch, step, trainer)
+            self._record(files, epoch, step, trainer)
         logger.info("saved checkpoint %s", path)
+
+    def _save_handoff_weights(self, module: L.LightningModule, epoch: int, step: int) -> dict[str, str]:
+        """The module's weights-only files of this step (``handoff_weights()``: kind -> (state
+        dict, extra fields)), written by the engine beside the full checkpoint."""
+        handoff = getattr(module, "handoff_weights", None)
+        if not callable(handoff):
+            return {}
+        files = {}
+        for kind, (state_dict, extra) in handoff().items():
+            path = self.dirpath / weights_filename(kind, epoch, step)
+            save_weights_only(
+                state_dict, path, network=self.network, config=self.config, kind=kind,
+                epoch=epoch, step=step, extra=extra,
+            )
+            files[kind] = path.name
+        return files
 
     def _metric_nonfinite(self, trainer: L.Trainer) -> bool:
         value = trainer.callback_metrics.get("train_loss")
         return value is not None and not is_finite(value)
 
-    def _record(self, path: Path, epoch: int, step: int, trainer: L.Trainer) -> None:
+    def _record(self, files: dict[str, str], epoch: int, step: int, trainer: L.Trainer) -> None:
         metrics = {k: _json_number(v) for k, v in scalar_metrics(trainer).items()}
-        now = _dt.datetime.now(_dt.timezone.utc)
-        entry = {
-            "file": path.name,
-            "epoch": epoch,
-            "step": step,
-            "metrics": metrics,
-            "date": now.strftime("%Y-%m-%d"),
-            "time": now.strftime("%H:%M:%S"),
-        }
         if self.monitor is not None and self.monitor not in metrics:
             logger.warning("monitored metric %r was not logged; available: %s", self.monitor, sorted(metrics))
-        self._entries = [e for e in self._entries if e.get("file") != path.name] + [entry]
+        now = _dt.datetime.now(_dt.timezone.utc)
+        self.index.record(
+            IndexEntry(epoch, step, files, metrics, now.strftime("%Y-%m-%d"), now.strftime("%H:%M:%S"))
+        )
         self._refresh_best()
-        self._write_index()
-
-    # -- index (checkpoints.json)
+        self.index.write()
 
     def _refresh_best(self) -> None:
-        best = self.best_entry()
-        self.best_model_path = str(self.dirpath / best["file"]) if best else ""
-        self.best_model_score = torch.tensor(best["metrics"][self.monitor]) if best else None
-
-    def best_entry(self) -> dict[str, Any] | None:
-        """Index entry of the best checkpoint by ``monitor`` (``None`` without a monitor)."""
-        if self.monitor is None:
-            return None
-        scored = [
-            e
-            for e in self._entries
-            if isinstance(e.get("metrics", {}).get(self.monitor), (int, float))
-            and (self.dirpath / e["file"]).is_file()
-        ]
-        if not scored:
-            return None
-        pick = min if self.mode == "min" else max
-        return pick(scored, key=lambda e: e["metrics"][self.monitor])
-
-    def _read_index(self) -> list[dict[str, Any]]:
-        path = self.dirpath / INDEX_FILENAME
-        try:
-            index = json.loads(path.read_text(encoding="utf-8"))
-        except (FileNotFoundError, json.JSONDecodeError):
-            return []
-        if not isinstance(index, dict) or index.get("network") != self.network:
-            return []
-        return [e for e in index.get("checkpoints", []) if isinstance(e, dict) and "file" in e]
-
-    def _write_index(self) -> None:
-        best = self.best_entry()
-        latest = find_latest_checkpoint(self.dirpath)
-        index = {
-            "network": self.network,
-            "monitor": self.monitor,
-            "mode": self.mode,
-            "latest_checkpoint": latest.name if latest else None,
-            "best_checkpoint": None
-            if best is None
-            else {
-                "file": best["file"],
-                "epoch": best["epoch"],
-                "step": best["step"],
-                "metric": self.monitor,
-                "value": best["metrics"][self.monitor],
-            },
-            "checkpoints": sorted(self._entries, key=lambda e: (e.get("epoch", 0), e.get("step", 0))),
-        }
-        data = json.dumps(index, indent=2).encode("utf-8")
-        atomic_write(self.dirpath / INDEX_FILENAME, lambda handle: handle.write(data))
+        best = self.index.best()
+        self.best_model_path = str(self.dirpath / best.files[FULL_KIND]) if best else ""
+        value = best.metrics.get(self.monitor) if best and self.monitor else None
+        self.best_model_score = torch.tensor(float(value)) if isinstance(value, (int, float)) else None
 
 
 # --------------------------------------------------------------------------- non-finite loss

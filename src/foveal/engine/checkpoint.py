@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import enum
-import json
 import logging
 import os
 import pickle
@@ -41,11 +40,11 @@ from typing import Any
 import torch
 
 import foveal
+from foveal.engine.checkpoint_index import FULL_KIND
 from foveal.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
-FULL_KIND = "full"
 CHECKPOINT_RE = re.compile(r"^model_epoch_(\d+)_step_(\d+)\.pth$")
 _TMP_PREFIX = ".tmp-"
 
@@ -53,33 +52,15 @@ _TMP_PREFIX = ".tmp-"
 # --------------------------------------------------------------------------- names
 
 
-INDEX_FILENAME = "checkpoints.json"  # written by FovealCheckpoint: every checkpoint + the best
-
-
-def checkpoint_artifacts(results_dir: str | os.PathLike[str]) -> dict[str, str]:
-    """A finished train job's checkpoint artifacts: the newest full checkpoint and, when the run
-    monitored a metric, the best one recorded in ``checkpoints.json``."""
-    results_dir = Path(results_dir)
-    artifacts = {}
-    latest = find_latest_checkpoint(results_dir)
-    if latest is not None:
-        artifacts["checkpoint"] = str(latest)
-    index = results_dir / INDEX_FILENAME
-    if index.is_file():
-        best = json.loads(index.read_text()).get("best")
-        if best:
-            artifacts["best_checkpoint"] = str(best)
-    return artifacts
-
-
 def checkpoint_filename(epoch: int, step: int) -> str:
     """Name of a full training checkpoint, e.g. ``model_epoch_002_step_00040.pth``."""
     return f"model_epoch_{int(epoch):03d}_step_{int(step):05d}.pth"
 
 
-def weights_filename(kind: str, epoch: int) -> str:
-    """Name of a weights-only handoff file, e.g. ``student_epoch_003.pth``."""
-    return f"{kind}_epoch_{int(epoch):03d}.pth"
+def weights_filename(kind: str, epoch: int, step: int) -> str:
+    """Name of a weights-only handoff file beside the full checkpoint of the same step, e.g.
+    ``student_epoch_003_step_00120.pth``."""
+    return f"{kind}_epoch_{int(epoch):03d}_step_{int(step):05d}.pth"
 
 
 def latest_link_name(network: str) -> str:
@@ -267,8 +248,9 @@ def save_weights_only(
     kind: str,
     epoch: int | None = None,
     step: int | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write a weights-only handoff file (e.g. nvdinov2's ``student_epoch_003.pth``) atomically.
+    """Write a weights-only handoff file (e.g. nvdinov2's ``student_epoch_003_step_00120.pth``) atomically.
 
     Args:
         state_dict: the module's weights.
@@ -277,6 +259,7 @@ def save_weights_only(
         config: the resolved spec (dataclass or dict).
         kind: what the weights are, e.g. ``"student"``, ``"teacher"``, ``"backbone"``.
         epoch: 1-based epoch the weights come from; step: global step.
+        extra: more plain fields to store (e.g. ``{"arch": "vit_s"}``).
     """
     if kind == FULL_KIND:
         raise ValueError("kind 'full' is reserved for full training checkpoints")
@@ -287,7 +270,8 @@ def save_weights_only(
         "kind": kind,
         "epoch": epoch,
         "global_step": step,
-        "state_dict": OrderedDict((k, v) for k, v in state_dict.items()),
+        **dict(extra or {}),
+        "state_dict": OrderedDict((k, v.detach().cpu()) for k, v in state_dict.items()),
     }
     return save_checkpoint_atomic(obj, path)
 

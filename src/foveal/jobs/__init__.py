@@ -10,14 +10,7 @@ from foveal.errors import (
     JobNotFoundError,
     JobStateError,
 )
-from foveal.jobs.handoff import (
-    Checkpoint,
-    apply_handoff,
-    find_checkpoints,
-    parse_selection,
-    resolve_handoff,
-    select_checkpoint,
-)
+from foveal.jobs.handoff import apply_handoff, describe_parent, parse_parent_checkpoint, resolve_handoff
 from foveal.jobs.model import Job, JobStatus, canonical_json, new_job_id, spec_hash, utc_now
 from foveal.jobs.process import pid_alive, this_host
 from foveal.jobs.registry import SCHEMA_VERSION, JobRegistry
@@ -27,7 +20,6 @@ __all__ = [
     "SCHEMA_VERSION",
     "WORKSPACE_ENV",
     "AmbiguousJobIdError",
-    "Checkpoint",
     "HandoffError",
     "Job",
     "JobError",
@@ -38,12 +30,11 @@ __all__ = [
     "Workspace",
     "apply_handoff",
     "canonical_json",
-    "find_checkpoints",
+    "describe_parent",
     "new_job_id",
-    "parse_selection",
+    "parse_parent_checkpoint",
     "pid_alive",
     "resolve_handoff",
-    "select_checkpoint",
     "spec_hash",
     "this_host",
     "utc_now",

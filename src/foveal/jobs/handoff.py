@@ -1,211 +1,149 @@
 """Handoff inference: fill spec fields of a new job from its parent job (DESIGN.md).
 
-A network declares, per action, ``{dotted spec key: rule}`` (``Network.handoff``; rules in
-``HANDOFF_RULES``). :func:`resolve_handoff` turns those rules into dotted overrides;
-:func:`apply_handoff` merges them into a spec without touching keys the user set.
+The parent decides what is filled:
 
-Checkpoint files follow the engine's naming: ``<kind>_epoch_{EEE}_step_{SSSSS}.pth`` or
-``<kind>_epoch_{EEE}.pth``. The engine may also write ``<results>/checkpoints.json``::
+* a **train** job whose parent is a train job *starts from* the parent's selected checkpoint
+  (``best`` | ``latest`` | ``epoch:N``): the network's :class:`~foveal.networks.registry.StartFrom`
+  rule for the parent's network says which spec key takes which file. A train job never resumes
+  its parent; resume is only for the same job (running the same command again, or
+  ``train.resume_training_checkpoint_path``).
+* a **downstream** action (evaluate, inference, export, gen_trt_engine) reads the network's
+  handoff rules (``Network.handoff``): ``parent_model`` is the parent train job's selected
+  checkpoint of ``Network.checkpoint_kind``, ``parent_onnx_file`` the ONNX file an export job
+  recorded, and so on.
 
-    {"checkpoints": [{"path": ..., "epoch": ..., "step": ..., "metrics": {...}}], "best": "path"}
+Checkpoints are chosen through the engine's checkpoint index
+(:func:`foveal.engine.checkpoint_index.select_checkpoint`), the same code that wrote it. A parent
+of the wrong network, action or stage, or one that has not finished, is one
+:class:`~foveal.errors.HandoffError` line naming the parent, what it is and what to pass.
 """
 
 from __future__ import annotations
 
 import copy
-import fnmatch
-import json
 import logging
-import re
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from foveal.errors import HandoffError
+from foveal.engine.checkpoint_index import Selection, parse_selection, select_checkpoint
+from foveal.errors import CheckpointError, HandoffError
 from foveal.jobs.model import Job, JobStatus
 
 if TYPE_CHECKING:  # keep foveal.jobs free of the networks package at import time
-    from foveal.networks.registry import Network
+    from foveal.networks.registry import Network, StartFrom
 
 logger = logging.getLogger(__name__)
 
-_EPOCH_RE = re.compile(r"_epoch_(\d+)(?:_step_(\d+))?")
-_FULL_CHECKPOINT_GLOB = "model_epoch_*.pth"
-# Rules that read the parent's checkpoints: the parent must be a train job.
-_CHECKPOINT_RULES = ("parent_model", "resume_model", "ptm_if_no_resume_model")
-# resume_model first: ptm_if_no_resume_model depends on its outcome.
-_RULE_ORDER = {"resume_model": 0}
+__all__ = ["apply_handoff", "describe_parent", "parse_parent_checkpoint", "resolve_handoff", "start_rule"]
 
 
-@dataclass(frozen=True)
-class Checkpoint:
-    """A checkpoint file with the epoch and step parsed from its name (-1 where absent)."""
+def parse_parent_checkpoint(selection: Selection) -> Selection:
+    """``--parent-checkpoint``: ``best``, ``latest`` or an epoch number.
 
-    path: Path
-    epoch: int = -1
-    step: int = -1
-
-    @classmethod
-    def from_path(cls, path: Path) -> Checkpoint:
-        match = _EPOCH_RE.search(path.name)
-        if not match:
-            return cls(path)
-        return cls(path, int(match.group(1)), int(match.group(2)) if match.group(2) else -1)
-
-    @property
-    def order(self) -> tuple[int, int, float]:
-        mtime = self.path.stat().st_mtime if self.path.exists() else 0.0
-        return (self.epoch, self.step, mtime)
-
-
-def parse_selection(selection: str | int) -> str | int:
-    """``'best'``, ``'latest'`` or an epoch number from ``'best' | 'latest' | 'epoch:N' | N``."""
-    if isinstance(selection, bool):
-        raise HandoffError(f"invalid checkpoint selection {selection!r}; use best, latest or epoch:N")
-    if isinstance(selection, int):
-        return selection
-    text = str(selection).strip().lower()
-    if text in ("best", "latest"):
-        return text
-    number = text.removeprefix("epoch:").removeprefix("epoch=")
-    if number.isdigit():
-        return int(number)
-    raise HandoffError(f"invalid checkpoint selection {selection!r}; use best, latest or epoch:N")
-
-
-def find_checkpoints(results_dir: Path, pattern: str) -> list[Checkpoint]:
-    """Files matching ``pattern`` in ``results_dir`` (or, if none there, one folder down), oldest first."""
-    paths = [p for p in results_dir.glob(pattern) if p.is_file()]
-    if not paths:
-        paths = [p for p in results_dir.glob(f"*/{pattern}") if p.is_file()]
-    return sorted((Checkpoint.from_path(p) for p in paths), key=lambda c: c.order)
-
-
-def _recorded_best(parent: Job, results_dir: Path) -> Path | None:
-    """The best checkpoint the parent recorded: its ``best_checkpoint`` artifact, else checkpoints.json."""
-    best = parent.artifacts.get("best_checkpoint")
-    index = results_dir / "checkpoints.json"
-    if not best and index.is_file():
-        try:
-            best = json.loads(index.read_text(encoding="utf-8")).get("best")
-        except (OSError, ValueError, AttributeError) as exc:
-            logger.warning("ignoring unreadable %s: %s", index, exc)
-    if not best:
-        return None
-    path = Path(best)
-    return path if path.is_absolute() else results_dir / path
-
-
-def _kind_glob(network: Network) -> tuple[str, str]:
-    if not network.checkpoint_globs:
-        return "model", _FULL_CHECKPOINT_GLOB
-    kind = next(iter(network.checkpoint_globs))
-    return kind, network.checkpoint_globs[kind]
-
-
-def _no_checkpoint_error(network: Network, parent: Job, pattern: str, results_dir: Path) -> HandoffError:
-    if parent.network != network.name or parent.action != "train":
-        hint = f"pick a {network.name} train job"
-    else:
-        hint = f"has it saved a checkpoint yet? (looked in {results_dir})"
-    return HandoffError(f"job {parent.label} has no {pattern} checkpoint; {hint}")
-
-
-def select_checkpoint(network: Network, parent: Job, selection: str | int = "best") -> Path:
-    """The parent checkpoint of ``network``'s first checkpoint kind: best, latest or epoch N.
-
-    ``best`` is the parent's recorded best (a file of another kind recorded as best maps to the
-    file of this kind with the same epoch and step); without a usable record it is ``latest``.
+    Raises:
+        HandoffError: anything else.
     """
-    choice = parse_selection(selection)
-    results_dir = _parent_results_dir(parent)
-    _, pattern = _kind_glob(network)
-    found = find_checkpoints(results_dir, pattern)
-    if not found:
-        raise _no_checkpoint_error(network, parent, pattern, results_dir)
-    if isinstance(choice, int):
-        same_epoch = [c for c in found if c.epoch == choice]
-        if not same_epoch:
-            epochs = ", ".join(str(e) for e in sorted({c.epoch for c in found if c.epoch >= 0})) or "none"
-            raise HandoffError(
-                f"job {parent.id} has no {pattern} checkpoint for epoch {choice}; epochs available: {epochs}"
-            )
-        return same_epoch[-1].path
-    if choice == "best":
-        best = _recorded_best(parent, results_dir)
-        if best is not None:
-            if best.is_file() and fnmatch.fnmatch(best.name, pattern):
-                return best
-            ref = Checkpoint.from_path(best)
-            twins = [c for c in found if (c.epoch, c.step) == (ref.epoch, ref.step) and c.epoch >= 0]
-            if twins:
-                return twins[-1].path
-            logger.warning(
-                "job %s: best checkpoint %s has no %s twin; using the latest", parent.id, best, pattern
-            )
-    return found[-1].path
+    try:
+        return parse_selection(selection)
+    except ValueError as exc:
+        raise HandoffError(f"--parent-checkpoint: {exc}") from None
 
 
-def _parent_results_dir(parent: Job) -> Path:
+def describe_parent(parent: Job) -> str:
+    """``job 2026...-a1b2c3 (a mae train job, train.stage=finetune, Done)``."""
+    stage = _stage(parent)
+    what = f"a {parent.network} {parent.action} job" + (f", train.stage={stage}" if stage else "")
+    return f"job {parent.id} ({what}, {parent.status.value})"
+
+
+def _stage(job: Job) -> str | None:
+    train = job.spec.get("train") if isinstance(job.spec, Mapping) else None
+    stage = train.get("stage") if isinstance(train, Mapping) else None
+    return str(stage) if stage else None
+
+
+def _results_dir(parent: Job) -> Path:
     if not parent.results_dir:
-        raise HandoffError(f"job {parent.label} has no results folder recorded")
+        raise HandoffError(f"{describe_parent(parent)} has no results folder recorded")
     return Path(parent.results_dir)
 
 
-def _require_done(parent: Job) -> None:
+def _require_done(parent: Job, needed_by: str) -> None:
     if parent.status is JobStatus.DONE:
         return
     if parent.status in (JobStatus.PENDING, JobStatus.RUNNING):
-        raise HandoffError(f"job {parent.id} is {parent.status.value}; wait for it or pick a finished job")
-    raise HandoffError(f"job {parent.id} ended with {parent.status.value}; pick a Done job")
-
-
-def _require_train(parent: Job, rule: str, key: str) -> None:
-    if parent.action != "train":
         raise HandoffError(
-            f"{key} ({rule}) needs a train job as parent, but job {parent.label} is a {parent.action} job"
+            f"{describe_parent(parent)} has not finished; {needed_by} needs a finished job "
+            "(wait for it with `foveal jobs watch`, or pass a Done job)"
         )
+    raise HandoffError(
+        f"{describe_parent(parent)} did not finish; {needed_by} needs a Done job (pass another, or rerun it)"
+    )
 
 
-def _needs_parent(rule: str) -> bool:
-    return rule not in ("create_onnx_file", "output_dir")
+def _select(parent: Job, selection: Selection, kind: str, needed_by: str) -> Path:
+    try:
+        return select_checkpoint(_results_dir(parent), selection, kind)
+    except CheckpointError as exc:
+        raise HandoffError(f"{describe_parent(parent)}: {exc}; {needed_by} cannot use it") from None
 
 
-def _resolve_rule(
-    rule: str,
-    key: str,
-    network: Network,
-    parent: Job,
-    job_results_dir: Path,
-    selection: str | int,
-    resumed: bool,
-) -> Any | None:
-    """The value of one rule, or None to leave the key alone."""
+def start_rule(network: Network, parent: Job) -> StartFrom:
+    """The :class:`StartFrom` rule a train job of ``network`` starts from ``parent`` with.
+
+    Raises:
+        HandoffError: the parent is not a train job, or of a network or stage that cannot start
+            this one; the line says which jobs can.
+    """
+    accepted = ", ".join(
+        f"{s.network} train" + (f" (train.stage={'/'.join(s.stages)})" if s.stages else "") for s in network.start_from
+    )
+    can = f"a {network.name} train job starts from a finished {accepted} job" if accepted else (
+        f"a {network.name} train job starts from no parent job"
+    )
+    if parent.action != "train":
+        raise HandoffError(f"{describe_parent(parent)} cannot start a train job; {can}")
+    rule = network.start_rule(parent.network)
+    if rule is None:
+        key = network.start_key or "train.pretrained_model_path"
+        raise HandoffError(
+            f"{describe_parent(parent)} cannot start a {network.name} train job; {can} "
+            f"(or set {key} to weights of your own, without --parent)"
+        )
+    stage = _stage(parent)
+    if rule.stages and stage not in rule.stages:
+        raise HandoffError(f"{describe_parent(parent)} cannot start a {network.name} train job; {can}")
+    return rule
+
+
+def _downstream_value(
+    rule: str, key: str, network: Network, action: str, parent: Job, job_results_dir: Path, selection: Selection
+) -> Any:
+    needed_by = f"{network.name} {action} ({key})"
     if rule == "create_onnx_file":
         return str(job_results_dir / f"{network.name}.onnx")
     if rule == "output_dir":
         return str(job_results_dir)
-    if rule == "resume_model":
-        _require_train(parent, rule, key)
-        pattern = network.checkpoint_globs.get("model", _FULL_CHECKPOINT_GLOB)
-        found = find_checkpoints(_parent_results_dir(parent), pattern)
-        return str(found[-1].path) if found else None  # an interrupted parent is fine here
-    if rule == "ptm_if_no_resume_model" and resumed:
-        return None
-    _require_done(parent)
-    if rule in ("parent_model", "ptm_if_no_resume_model"):
-        _require_train(parent, rule, key)
-        return str(select_checkpoint(network, parent, selection))
-    if rule == "parent_model_folder":
-        return str(_parent_results_dir(parent))
-    if rule == "key":
-        return parent.spec.get("encryption_key")
     if rule == "parent_onnx_file":
         onnx = parent.artifacts.get("onnx")
-        if not onnx:
-            raise HandoffError(f"job {parent.label} recorded no ONNX file; pick a {network.name} export job")
+        if parent.action != "export" or parent.network != network.name or not onnx:
+            raise HandoffError(
+                f"{describe_parent(parent)} recorded no ONNX file; {needed_by} takes a finished "
+                f"{network.name} export job"
+            )
+        _require_done(parent, needed_by)
         return str(onnx)
+    if rule in ("parent_model", "parent_model_folder"):
+        if parent.action != "train" or parent.network != network.name:
+            raise HandoffError(
+                f"{describe_parent(parent)} cannot be the parent of {network.name} {action}; "
+                f"pass a finished {network.name} train job"
+            )
+        _require_done(parent, needed_by)
+        if rule == "parent_model_folder":
+            return str(_results_dir(parent))
+        return str(_select(parent, selection, network.checkpoint_kind, needed_by))
     raise HandoffError(f"unknown handoff rule {rule!r} for {key}")
 
 
@@ -215,42 +153,45 @@ def resolve_handoff(
     parent: Job | None,
     *,
     job_results_dir: str | Path,
-    selection: str | int = "best",
+    selection: Selection = "best",
     explicit_keys: Collection[str] = (),
 ) -> dict[str, Any]:
-    """Dotted spec overrides for the handoff rules ``network`` declares for ``action``.
+    """Dotted spec overrides a new job of ``network`` ``action`` gets from ``parent``.
 
     Args:
         network: the network of the new job.
         action: the action of the new job.
-        parent: the parent job; without one only ``create_onnx_file``/``output_dir`` are filled.
+        parent: the parent job; without one only ``create_onnx_file`` / ``output_dir`` are filled.
         job_results_dir: the new job's results folder.
-        selection: which parent checkpoint ``parent_model`` picks: ``best``, ``latest``,
-            ``epoch:N`` or ``N``.
-        explicit_keys: keys the user set; their rules are skipped (no errors for them either),
-            and an explicit ``resume_model`` key counts as "resumed" for ``ptm_if_no_resume_model``.
+        selection: which parent checkpoint is taken: ``best``, ``latest``, ``epoch:N`` or ``N``.
+        explicit_keys: keys the user set; their values are never replaced (the parent is still
+            checked, so a wrong parent is refused either way).
 
     Returns:
         ``{dotted key: value}``; apply with :func:`apply_handoff`.
 
     Raises:
-        HandoffError: one line naming the parent and what to pick instead.
+        HandoffError: one line naming the parent and what to pass instead.
     """
-    # Availability of the action is the runner's check (after validation, so a spec is
-    # checked even for an action a network does not implement yet).
-    rules: Mapping[str, str] = network.handoff.get(action, {})
     job_results_dir = Path(job_results_dir)
     explicit = set(explicit_keys)
-    resumed = any(rule == "resume_model" and _is_explicit(key, explicit) for key, rule in rules.items())
+    choice = parse_parent_checkpoint(selection)
     overrides: dict[str, Any] = {}
-    for key, rule in sorted(rules.items(), key=lambda item: _RULE_ORDER.get(item[1], 1)):
-        if _is_explicit(key, explicit) or (parent is None and _needs_parent(rule)):
+    if action == "train":
+        if parent is not None:
+            rule = start_rule(network, parent)
+            needed_by = f"{network.name} train ({rule.key})"
+            _require_done(parent, needed_by)
+            if not _is_explicit(rule.key, explicit):
+                overrides[rule.key] = str(_select(parent, choice, rule.kind, needed_by))
+        overrides["results_dir"] = str(job_results_dir)
+        return {k: v for k, v in overrides.items() if not _is_explicit(k, explicit)}
+    for key, rule_name in (network.handoff.get(action) or {}).items():
+        if parent is None and rule_name not in ("create_onnx_file", "output_dir"):
             continue
-        value = _resolve_rule(rule, key, network, parent, job_results_dir, selection, resumed)
-        if value is None:
-            continue
-        overrides[key] = value
-        resumed = resumed or rule == "resume_model"
+        value = _downstream_value(rule_name, key, network, action, parent, job_results_dir, choice)  # type: ignore[arg-type]
+        if not _is_explicit(key, explicit):
+            overrides[key] = value
     return overrides
 
 
@@ -262,7 +203,7 @@ def _is_explicit(key: str, explicit: set[str]) -> bool:
 
 def apply_handoff(
     spec: Mapping[str, Any], overrides: Mapping[str, Any], explicit_keys: Collection[str] = ()
-) -> dict:
+) -> dict[str, Any]:
     """A copy of ``spec`` with dotted ``overrides`` merged in, except keys the user set explicitly.
 
     Raises:

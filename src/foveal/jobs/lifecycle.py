@@ -15,7 +15,7 @@ import logging
 import os
 import socket
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,29 +25,10 @@ from foveal.jobs.model import Job, JobStatus, new_job_id
 from foveal.jobs.model import spec_hash as compute_spec_hash
 from foveal.jobs.registry import JobRegistry
 from foveal.jobs.workspace import Workspace
-from foveal.networks.registry import ACTIONS, ActionResult, Network, get_network, list_networks
+from foveal.networks.registry import ACTIONS, ActionContext, ActionResult, Network, get_network, list_networks
 from foveal.spec import load_spec, parse_overrides, read_yaml, save_spec, to_dict
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class JobContext:
-    """What an action receives besides its config (``foveal.networks.registry.RunContext``)."""
-
-    job_id: str
-    network: str
-    action: str
-    results_dir: Path
-    workspace: Path
-    cache_dir: Path
-    debug: bool = False
-    resumed: bool = False
-    status_writer: Any = field(default=None, repr=False)
-
-    def status(self, status: str, message: str, **fields: Any) -> None:
-        if self.status_writer is not None:
-            self.status_writer.write(status, message, **fields)
 
 
 def find_network(name: str) -> Network:
@@ -220,7 +201,7 @@ def execute_job(prepared: PreparedJob, *, workspace: Workspace | None = None, de
     results_dir.mkdir(parents=True, exist_ok=True)
     save_spec(prepared.config, results_dir / "experiment.yaml")
     writer = StatusWriter(results_dir / "status.json")
-    ctx = JobContext(
+    ctx = ActionContext(
         job_id=job.id,
         network=prepared.network.name,
         action=prepared.action,
@@ -287,7 +268,6 @@ def run_job(
 
 
 __all__ = [
-    "JobContext",
     "PreparedJob",
     "SpecError",
     "SpecIssue",

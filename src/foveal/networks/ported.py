@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from foveal.networks.registry import ActionResult, Network, RunContext
+from foveal.networks.registry import ActionContext, ActionResult, Monitoring, Network, PortedFrom
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class PortedAction:
         self.base, self.action = base, action
         self.backbone_name, self.backbone_spec = backbone_name, dict(backbone_spec)
 
-    def __call__(self, cfg: Any, ctx: RunContext) -> ActionResult:
+    def __call__(self, cfg: Any, ctx: ActionContext) -> ActionResult:
         from foveal.nn.ported import register_ported_backbone
 
         register_ported_backbone(self.backbone_name, self.backbone_spec)
@@ -122,21 +122,36 @@ def ported_network(entry_dir: Path) -> Network:
     description = entry.get("description") or f"ported {entry.get('source', {}).get('model_type', '')} model"
     if not entry.get("verified"):
         description += " (port not verified)"
-    metadata = {
-        **base.metadata,
-        **entry.get("metadata", {}),
-        "ported": True,
-        "entry_dir": str(entry_dir),
-        "ported_from": entry.get("source", {}).get("path"),
-    }
+    declared = entry.get("metadata", {})
+    monitoring = base.metadata.monitoring
+    if declared.get("monitoring_metric"):
+        monitoring = Monitoring(declared["monitoring_metric"], declared.get("monitoring_mode", "min"))
+    metadata = dataclasses.replace(
+        base.metadata,
+        task=declared.get("task", base.metadata.task),
+        automl_enabled=bool(declared.get("automl_enabled", base.metadata.automl_enabled)),
+        monitoring=monitoring,
+        ported=PortedFrom(
+            entry_dir=str(entry_dir),
+            source=entry.get("source", {}).get("path"),
+            source_task=declared.get("source_task"),
+        ),
+    )
+    # A ported network's checkpoints are its base network's: start from its own train jobs as the
+    # base starts from its own, and from the base's other parents.
+    start_from = tuple(
+        dataclasses.replace(s, network=name) if s.network == base.name else s for s in base.start_from
+    )
     return Network(
         name=name,
         config_cls=config_cls,
         actions={a: PortedAction(base, a, entry["backbone_name"], backbone) for a in base.actions},
+        metadata=metadata,
         description=description,
         action_sections=dict(base.action_sections),
         handoff={a: dict(rules) for a, rules in base.handoff.items()},
-        checkpoint_globs=dict(base.checkpoint_globs),
-        metadata=metadata,
+        checkpoint_kind=base.checkpoint_kind,
+        start_from=start_from,
+        start_key=base.start_key,
         resolve=base.resolve,
     )

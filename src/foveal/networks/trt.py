@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from foveal.networks.registry import Action, ActionResult, RunContext
+from foveal.networks.registry import Action, ActionContext, ActionResult
 
 
 def trt_engine_action(network: str) -> Action:
     """An action building ``<results_dir>/<network>.engine`` from ``gen_trt_engine.onnx_file``."""
 
-    def gen_trt_engine(cfg: Any, ctx: RunContext) -> ActionResult:
+    def gen_trt_engine(cfg: Any, ctx: ActionContext) -> ActionResult:
         """Build a TensorRT engine from the exported ONNX file (needs TensorRT and a GPU)."""
         from foveal.export.tensorrt import build_trt_engine
 

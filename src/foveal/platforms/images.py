@@ -5,7 +5,8 @@ set wins, in TAO's order::
 
     action.container_image -> action.image -> model.container_image -> model.image
 
-where ``action.*`` is ``metadata["action_images"][action]`` and ``model.*`` is ``metadata``.
+where ``action.*`` is ``metadata.action_images[action]`` and ``model.*`` is ``metadata.image``
+(:class:`~foveal.networks.registry.ImageRef`).
 The value is a key of the versions file (``images.yaml`` next to this module, or
 ``$FOVEAL_IMAGES_FILE``) or, when it is not a key there, a full image reference.
 """
@@ -73,10 +74,10 @@ def resolve_image(network: Any, action: str) -> dict[str, Any]:
     from foveal.errors import UsageError
 
     metadata = network.metadata
-    scopes = {"action": (metadata.get("action_images") or {}).get(action) or {}, "model": metadata}
+    scopes = {"action": metadata.action_images.get(action), "model": metadata.image}
     versions = load_versions()
     for scope, field_name in _PRECEDENCE:
-        value = scopes[scope].get(field_name)
+        value = getattr(scopes[scope], field_name, None)
         if value:
             return {
                 "image": versions.get(str(value), str(value)),

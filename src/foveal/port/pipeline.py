@@ -40,7 +40,7 @@ def check_name(name: str) -> None:
         existing = get_network(name)
     except KeyError:
         existing = None
-    if existing is not None and not existing.metadata.get("ported"):
+    if existing is not None and existing.metadata.ported is None:
         raise PortSourceError(f"--name {name!r} is a built-in network; choose another name")
     from foveal.nn.registry import _BACKBONES
 

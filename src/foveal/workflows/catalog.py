@@ -54,7 +54,7 @@ def train_schema_status(network: Network) -> dict[str, Any]:
 def automl_readiness(network: Network) -> dict[str, Any]:
     """``{"enabled", "runnable", "reason", ...schema status}``: can AutoML tune this network?"""
     status = train_schema_status(network)
-    enabled = bool(network.metadata.get("automl_enabled"))
+    enabled = network.metadata.automl_enabled
     reason = None
     if not enabled:
         reason = f"{network.name} metadata sets automl_enabled: false"
@@ -75,42 +75,26 @@ def monitoring(network: Network, stage: str | None = None, has_validation: bool 
         has_validation: whether the train job gets a validation set; without one a ``val_*``
             metric is never logged, so the network's fallback metric is used.
     """
-    meta = network.metadata
-    metric, mode = meta.get("monitoring_metric"), meta.get("monitoring_mode", "min")
-    by_stage = meta.get("monitoring_by_stage") or {}
-    if stage and stage in by_stage:
-        metric, mode = by_stage[stage]
-    source = "metadata"
-    fallback = meta.get("monitoring_fallback_metric")
-    if not has_validation and str(metric).startswith("val_") and fallback:
-        metric, mode, source = fallback, "min", "fallback: no validation set"
-    return {"metric": metric, "mode": mode, "direction": DIRECTIONS.get(mode, mode), "source": source}
+    choice = network.metadata.monitoring.choose(stage, has_validation)
+    return {"metric": choice.metric, "mode": choice.mode, "direction": choice.direction, "source": choice.source}
 
 
 def dataset_requirements(network: Network) -> dict[str, list[dict[str, Any]]]:
     """Per action: spec key, source (``train``/``eval``/``test`` dataset URI), expected files."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    for action, needs in (network.metadata.get("dataset_requirements") or {}).items():
-        out[action] = [
+    return {
+        action: [
             {
-                "spec_key": key,
-                "source": need.get("source"),
-                "required": bool(need.get("required")),
-                "labeled": bool(need.get("labeled")),
-                "labeled_if": need.get("labeled_if"),
-                "expected_files": need.get("expected_files"),
+                "spec_key": need.key,
+                "source": need.source,
+                "required": need.required,
+                "labeled": need.labeled,
+                "labeled_if": dict(need.labeled_if) or None,
+                "expected_files": need.expected_files,
             }
-            for key, need in needs.items()
+            for need in needs
         ]
-    return out
-
-
-def base_checkpoint_key(network: Network) -> str | None:
-    """The train spec key a starting checkpoint goes into (its ``ptm_if_no_resume_model`` rule)."""
-    for key, rule in (network.handoff.get("train") or {}).items():
-        if rule == "ptm_if_no_resume_model":
-            return key
-    return None
+        for action, needs in network.metadata.dataset_requirements.items()
+    }
 
 
 def default_pretrained(network: Network, workspace_root: Path | None = None) -> dict[str, Any]:
@@ -119,7 +103,7 @@ def default_pretrained(network: Network, workspace_root: Path | None = None) -> 
     A declared name is looked for as given, then in ``$FOVEAL_PRETRAINED_DIR`` and
     ``<workspace>/pretrained/`` (nothing is ever downloaded).
     """
-    declared = network.metadata.get("default_pretrained_checkpoint")
+    declared = network.metadata.default_pretrained_checkpoint
     info: dict[str, Any] = {"declared": declared, "path": None, "available": False}
     if not declared:
         return info
@@ -144,7 +128,7 @@ def describe_network(network: Network, workspace_root: Path | None = None) -> di
         "name": network.name,
         "description": network.description,
         "actions": list(network.actions),
-        "task": meta.get("task"),
+        "task": meta.task,
         "automl_enabled": automl["enabled"],
         "automl_runnable": automl["runnable"],
         "automl_reason": automl["reason"],
@@ -155,11 +139,15 @@ def describe_network(network: Network, workspace_root: Path | None = None) -> di
         "monitoring_direction": watch["direction"],
         "monitoring_by_stage": {
             stage: {"metric": m, "direction": DIRECTIONS.get(mode, mode)}
-            for stage, (m, mode) in (meta.get("monitoring_by_stage") or {}).items()
+            for stage, (m, mode) in meta.monitoring.by_stage.items()
         },
-        "eval_dataset": meta.get("eval_dataset", "optional"),
+        "eval_dataset": meta.eval_dataset,
         "dataset_requirements": dataset_requirements(network),
-        "base_checkpoint_key": base_checkpoint_key(network),
+        "base_checkpoint_key": network.start_key,
+        "starts_from": [
+            {"network": s.network, "key": s.key, "kind": s.kind, "stages": list(s.stages) or None}
+            for s in network.start_from
+        ],
         "default_pretrained_checkpoint": default_pretrained(network, workspace_root),
-        "image": meta.get("container_image") or meta.get("image"),
+        "image": meta.image.container_image or meta.image.image,
     }

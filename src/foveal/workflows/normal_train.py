@@ -161,7 +161,7 @@ def _decide_automl(request: NormalTrainRequest, network: Network, platform: Plat
 
 
 def _decide_base(request: NormalTrainRequest, network: Network, explicit: set[str], ws: Workspace) -> dict:
-    key = catalog.base_checkpoint_key(network)
+    key = network.start_key
     if request.base_checkpoint:
         path = Path(request.base_checkpoint).expanduser()
         if not path.is_file():
@@ -174,8 +174,9 @@ def _decide_base(request: NormalTrainRequest, network: Network, explicit: set[st
     default = catalog.default_pretrained(network, ws.root)
     if default["available"] and key is not None:
         return {"source": "model default", "path": default["path"], "key": key}
-    if network.metadata.get("ported"):  # the backbone's own weights load whenever the model is built
-        source = network.metadata.get("ported_from") or network.metadata.get("entry_dir")
+    ported = network.metadata.ported
+    if ported is not None:  # the backbone's own weights load whenever the model is built
+        source = ported.source or ported.entry_dir
         return {"source": f"ported weights ({source})", "path": None, "key": key}
     why = "no default declared" if not default["declared"] else f"{default['declared']} not found locally"
     return {"source": f"from scratch ({why})", "path": None, "key": key}
@@ -223,7 +224,7 @@ def _check_request(request: NormalTrainRequest, network: Network) -> None:
         raise UsageError("no training dataset: pass --train-dataset-uri URI (a folder or an archive)")
     _check_uri("--train-dataset-uri", request.train_dataset_uri)
     _check_uri("--eval-dataset-uri", request.eval_dataset_uri)
-    eval_mode = network.metadata.get("eval_dataset", "optional")
+    eval_mode = network.metadata.eval_dataset
     if eval_mode == "required" and not request.eval_dataset_uri:
         raise UsageError(
             f"{network.name} needs an evaluation dataset (eval_dataset: required): pass --eval-dataset-uri URI"

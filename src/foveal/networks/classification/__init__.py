@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 from foveal.networks.classification.config import ClassificationConfig, resolve
-from foveal.networks.registry import COMMON_HANDOFF, Network, register_network
+from foveal.networks.registry import (
+    COMMON_HANDOFF,
+    DatasetNeed,
+    ImageRef,
+    Monitoring,
+    Network,
+    NetworkMetadata,
+    StartFrom,
+    register_network,
+)
 
 _ACTIONS_MODULE = "foveal.networks.classification.actions"
 _LABELED = "one subfolder of images per class (<class>/<image>), or an archive of that layout"
+_BACKBONE_KEY = "model.backbone.pretrained_backbone_path"
 
 NETWORK = register_network(
     Network(
@@ -18,12 +28,6 @@ NETWORK = register_network(
             for action in ("train", "evaluate", "inference", "export", "gen_trt_engine")
         },
         handoff={
-            "train": {
-                **COMMON_HANDOFF,
-                "train.resume_training_checkpoint_path": "resume_model",
-                # The parent of a classification train is a pretraining job: its backbone weights.
-                "model.backbone.pretrained_backbone_path": "ptm_if_no_resume_model",
-            },
             "evaluate": {**COMMON_HANDOFF, "evaluate.checkpoint": "parent_model"},
             "inference": {**COMMON_HANDOFF, "inference.checkpoint": "parent_model"},
             "export": {
@@ -33,50 +37,36 @@ NETWORK = register_network(
             },
             "gen_trt_engine": {**COMMON_HANDOFF, "gen_trt_engine.onnx_file": "parent_onnx_file"},
         },
-        metadata={
-            "task": "classification",
-            "automl_enabled": True,
-            "monitoring_metric": "val_top1",
-            "monitoring_mode": "max",
-            "dataset_requirements": {
-                "train": {
-                    "dataset.train_dataset.images_dir": {
-                        "labeled": True,
-                        "required": True,
-                        "source": "train",
-                        "expected_files": _LABELED,
-                    },
-                    "dataset.val_dataset.images_dir": {
-                        "labeled": True,
-                        "required": False,
-                        "source": "eval",
-                        "expected_files": _LABELED,
-                    },
-                },
-                "evaluate": {
-                    "dataset.val_dataset.images_dir": {
-                        "labeled": True,
-                        "required": True,
-                        "source": "eval",
-                        "expected_files": _LABELED,
-                    }
-                },
-                "inference": {
-                    "dataset.test_dataset.images_dir": {
-                        "labeled": False,
-                        "required": True,
-                        "source": "test",
-                        "expected_files": "images (any depth) or an archive of them",
-                    }
-                },
+        # A classifier starts from another classifier (backbone and, for the same classes, head),
+        # or from the backbone a pretraining job learned.
+        start_from=(
+            StartFrom("classification", "train.pretrained_model_path"),
+            StartFrom("nvdinov2", _BACKBONE_KEY, kind="student"),
+            StartFrom("mae", _BACKBONE_KEY),
+        ),
+        start_key=_BACKBONE_KEY,
+        metadata=NetworkMetadata(
+            task="classification",
+            automl_enabled=True,
+            monitoring=Monitoring("val_top1", "max"),
+            dataset_requirements={
+                "train": (
+                    DatasetNeed("dataset.train_dataset.images_dir", "train", True, True, _LABELED),
+                    DatasetNeed("dataset.val_dataset.images_dir", "eval", False, True, _LABELED),
+                ),
+                "evaluate": (DatasetNeed("dataset.val_dataset.images_dir", "eval", True, True, _LABELED),),
+                "inference": (
+                    DatasetNeed(
+                        "dataset.test_dataset.images_dir", "test", True, False, "images (any depth) or an archive of them"
+                    ),
+                ),
             },
             # val_top1 (the AutoML and best-checkpoint metric) needs a validation set.
-            "eval_dataset": "required",
-            "default_pretrained_checkpoint": None,
+            eval_dataset="required",
             # Keys of the versions file (foveal/platforms/images.yaml); see `foveal image resolve`.
-            "image": "foveal-pytorch",
-            "action_images": {"gen_trt_engine": {"image": "foveal-tensorrt"}},
-        },
+            image=ImageRef(image="foveal-pytorch"),
+            action_images={"gen_trt_engine": ImageRef(image="foveal-tensorrt")},
+        ),
         resolve=resolve,
     )
 )

@@ -28,7 +28,7 @@ from foveal.engine.mixup import MixupSettings
 from foveal.engine.supervised import ClassificationModule, OptimSettings
 from foveal.engine.trainer import trainer_for
 from foveal.networks.classification.model import Classifier, build_classifier, freeze_backbone
-from foveal.networks.registry import ActionResult, RunContext
+from foveal.networks.registry import ActionContext, ActionResult
 from foveal.networks.trt import trt_engine_action
 from foveal.spec import build_config, to_dict
 
@@ -145,7 +145,7 @@ def _load_pretrained(cfg: Any, model: Classifier, classes: list[str], resuming: 
     )
 
 
-def train(cfg: Any, ctx: RunContext) -> ActionResult:
+def train(cfg: Any, ctx: ActionContext) -> ActionResult:
     """Fine-tune a backbone + head on a class-subfolder dataset."""
     import lightning as L
 
@@ -241,7 +241,7 @@ def _predict(model: Classifier, loader: DataLoader) -> tuple[torch.Tensor, torch
     return torch.cat(logits), torch.cat(targets)
 
 
-def evaluate(cfg: Any, ctx: RunContext) -> ActionResult:
+def evaluate(cfg: Any, ctx: ActionContext) -> ActionResult:
     """Top-1/top-5, per-class precision/recall/F1, confusion matrix (JSON + PNG) and loss."""
     from foveal.networks.classification.plots import draw_confusion_matrix
 
@@ -272,7 +272,7 @@ def evaluate(cfg: Any, ctx: RunContext) -> ActionResult:
     )
 
 
-def inference(cfg: Any, ctx: RunContext) -> ActionResult:
+def inference(cfg: Any, ctx: ActionContext) -> ActionResult:
     """Top-k classes and scores per image -> results.csv, for an image file, a folder or an archive."""
     from foveal.data.files import resolve_image_inputs
 
@@ -298,7 +298,7 @@ def inference(cfg: Any, ctx: RunContext) -> ActionResult:
     )
 
 
-def export(cfg: Any, ctx: RunContext) -> ActionResult:
+def export(cfg: Any, ctx: ActionContext) -> ActionResult:
     """ONNX (optionally ending in a softmax) with class names in its metadata, checked against
     PyTorch with ONNX Runtime."""
     from foveal.export import export_batch_settings, export_onnx

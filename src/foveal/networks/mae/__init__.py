@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 from foveal.networks.mae.config import MAEConfig, resolve
-from foveal.networks.registry import COMMON_HANDOFF, Network, register_network
+from foveal.networks.registry import (
+    COMMON_HANDOFF,
+    DatasetNeed,
+    ImageRef,
+    Monitoring,
+    Network,
+    NetworkMetadata,
+    StartFrom,
+    register_network,
+)
 
 _ACTIONS_MODULE = "foveal.networks.mae.actions"
 _FINETUNE = {"train.stage": "finetune"}  # labels (class subfolders) are needed only then
 _IMAGES = "images (.jpg/.png..., any depth) or an archive; class subfolders when train.stage=finetune"
+_BANK = "class subfolders of images (kNN bank; skipped when unlabeled)"
 
 NETWORK = register_network(
     Network(
@@ -19,11 +29,6 @@ NETWORK = register_network(
             for action in ("train", "evaluate", "inference", "export", "gen_trt_engine")
         },
         handoff={
-            "train": {
-                **COMMON_HANDOFF,
-                "train.resume_training_checkpoint_path": "resume_model",
-                "train.pretrained_model_path": "ptm_if_no_resume_model",
-            },
             "evaluate": {**COMMON_HANDOFF, "evaluate.checkpoint": "parent_model"},
             "inference": {**COMMON_HANDOFF, "inference.checkpoint": "parent_model"},
             "export": {
@@ -33,62 +38,36 @@ NETWORK = register_network(
             },
             "gen_trt_engine": {**COMMON_HANDOFF, "gen_trt_engine.onnx_file": "parent_onnx_file"},
         },
-        metadata={
-            "task": "self-supervised",
-            "automl_enabled": True,
-            "monitoring_metric": "val_loss",
-            "monitoring_mode": "min",
+        # Fine-tuning starts from a pretraining job; so does more pretraining.
+        start_from=(StartFrom("mae", "train.pretrained_model_path", stages=("pretrain",)),),
+        start_key="train.pretrained_model_path",
+        metadata=NetworkMetadata(
+            task="self-supervised",
+            automl_enabled=True,
             # Without a validation set only the training loss is logged; finetune reports accuracy.
-            "monitoring_fallback_metric": "train_loss",
-            "monitoring_by_stage": {"pretrain": ("val_loss", "min"), "finetune": ("val_top1", "max")},
-            "dataset_requirements": {
-                "train": {
-                    "dataset.train_data_sources": {
-                        "labeled": False,
-                        "labeled_if": _FINETUNE,
-                        "required": True,
-                        "source": "train",
-                        "expected_files": _IMAGES,
-                    },
-                    "dataset.val_data_sources": {
-                        "labeled": False,
-                        "labeled_if": _FINETUNE,
-                        "required": False,
-                        "source": "eval",
-                        "expected_files": _IMAGES,
-                    },
-                },
-                "evaluate": {
-                    "dataset.val_data_sources": {
-                        "labeled": False,
-                        "labeled_if": _FINETUNE,
-                        "required": True,
-                        "source": "eval",
-                        "expected_files": _IMAGES,
-                    },
+            monitoring=Monitoring(
+                "val_loss",
+                "min",
+                fallback="train_loss",
+                by_stage={"pretrain": ("val_loss", "min"), "finetune": ("val_top1", "max")},
+            ),
+            dataset_requirements={
+                "train": (
+                    DatasetNeed("dataset.train_data_sources", "train", True, False, _IMAGES, _FINETUNE),
+                    DatasetNeed("dataset.val_data_sources", "eval", False, False, _IMAGES, _FINETUNE),
+                ),
+                "evaluate": (
+                    DatasetNeed("dataset.val_data_sources", "eval", True, False, _IMAGES, _FINETUNE),
                     # A pretrain checkpoint's kNN top-1 needs labeled training images as its bank.
-                    "dataset.train_data_sources": {
-                        "labeled": True,
-                        "required": False,
-                        "source": "train",
-                        "expected_files": "class subfolders of images (kNN bank; skipped when unlabeled)",
-                    },
-                },
-                "inference": {
-                    "dataset.test_data_sources": {
-                        "labeled": False,
-                        "required": True,
-                        "source": "test",
-                        "expected_files": _IMAGES,
-                    }
-                },
+                    DatasetNeed("dataset.train_data_sources", "train", False, True, _BANK),
+                ),
+                "inference": (DatasetNeed("dataset.test_data_sources", "test", True, False, _IMAGES),),
             },
-            "eval_dataset": "optional",
-            "default_pretrained_checkpoint": None,
+            eval_dataset="optional",
             # Keys of the versions file (foveal/platforms/images.yaml); see `foveal image resolve`.
-            "image": "foveal-pytorch",
-            "action_images": {"gen_trt_engine": {"image": "foveal-tensorrt"}},
-        },
+            image=ImageRef(image="foveal-pytorch"),
+            action_images={"gen_trt_engine": ImageRef(image="foveal-tensorrt")},
+        ),
         resolve=resolve,
     )
 )

@@ -4,10 +4,9 @@ Every action but train rebuilds the model from the checkpoint alone: the network
 spec, stage and (finetune) class list travel inside it, so evaluate / inference / export work on
 either stage's checkpoint and only need ``*.checkpoint`` (``--parent`` fills it).
 
-Handoff: ``train --parent <pretrain job> train.stage=finetune`` receives the parent's newest
-checkpoint as ``train.resume_training_checkpoint_path`` (the network's ``resume_model`` rule).
-A pretrain checkpoint cannot resume a fine-tuning run, so fine-tuning *starts* from it instead
-(as if given as ``train.pretrained_model_path``) and says so in the log.
+Handoff: ``train --parent <pretrain job> train.stage=finetune`` starts from the parent's selected
+checkpoint (``--parent-checkpoint``, best by default) as ``train.pretrained_model_path``; a job
+resumes only itself.
 """
 
 from __future__ import annotations
@@ -41,7 +40,7 @@ from foveal.networks.mae.module import (
     optim_settings_from_mae,
 )
 from foveal.networks.mae.transforms import finetune_transform, pretrain_transform
-from foveal.networks.registry import ActionResult, RunContext
+from foveal.networks.registry import ActionContext, ActionResult
 from foveal.networks.trt import trt_engine_action
 from foveal.spec import SpecError, SpecIssue, to_dict
 
@@ -58,7 +57,7 @@ def _batch(cfg: Any, section: Any) -> int:
 # ------------------------------------------------------------------------------------ train
 
 
-def train(cfg: Any, ctx: RunContext) -> ActionResult:
+def train(cfg: Any, ctx: ActionContext) -> ActionResult:
     """Pretrain (masked reconstruction on unlabeled images) or fine-tune (classification)."""
     import lightning as L
 
@@ -78,31 +77,29 @@ def train(cfg: Any, ctx: RunContext) -> ActionResult:
     return ActionResult(kpis=kpis, artifacts=checkpoint_artifacts(ctx.results_dir))
 
 
-def _resume_and_start(cfg: Any, ctx: RunContext) -> tuple[Path | None, str | None]:
-    """(full checkpoint to resume from, weights to start from) for this run."""
+def _resume_and_start(cfg: Any, ctx: ActionContext) -> tuple[Path | None, str | None]:
+    """(full checkpoint to resume this job from, weights to start from) for this run.
+
+    Resume is only for the same job (its own results folder, or
+    ``train.resume_training_checkpoint_path``) and the same stage; a job of another stage is a
+    start (``train.pretrained_model_path``, which ``--parent <pretrain job>`` fills).
+    """
     explicit = cfg.train.resume_training_checkpoint_path
-    start = cfg.train.pretrained_model_path
     resume = resolve_resume_checkpoint(ctx.results_dir, explicit)
     if resume is None:
-        return None, start
+        return None, cfg.train.pretrained_model_path
     stage = checkpoints.stage_of(load_checkpoint(resume, network=NETWORK), resume)
-    if stage == cfg.train.stage:
-        return resume, start
-    if explicit and stage == "pretrain" and cfg.train.stage == "finetune" and not start:
-        logger.info(
-            "train.resume_training_checkpoint_path %s is a pretrain checkpoint: fine-tuning starts from its "
-            "encoder (a pretrain checkpoint cannot resume a fine-tuning run)",
-            resume,
+    if stage != cfg.train.stage:
+        key = "train.resume_training_checkpoint_path" if explicit else "results_dir"
+        raise CheckpointError(
+            f"{key}: {resume} is a mae {stage} checkpoint; resuming train.stage={cfg.train.stage} needs a "
+            f"{cfg.train.stage} checkpoint (to start from its weights, set train.pretrained_model_path "
+            "or pass its job as --parent)"
         )
-        return resolve_resume_checkpoint(ctx.results_dir, None), str(resume)
-    key = "train.resume_training_checkpoint_path" if explicit else "results_dir"
-    raise CheckpointError(
-        f"{key}: {resume} is a mae {stage} checkpoint; resuming train.stage={cfg.train.stage} needs a "
-        f"{cfg.train.stage} checkpoint (to start from its weights, set train.pretrained_model_path)"
-    )
+    return resume, cfg.train.pretrained_model_path
 
 
-def _trainer(cfg: Any, ctx: RunContext, monitor: str, mode: str) -> Any:
+def _trainer(cfg: Any, ctx: ActionContext, monitor: str, mode: str) -> Any:
     return trainer_for(
         cfg.train,
         results_dir=ctx.results_dir,
@@ -119,7 +116,7 @@ def _steps_per_epoch(loader: DataLoader, cfg: Any) -> int:
     return max(1, len(loader) // cfg.train.accum_grad_batches)
 
 
-def _pretrain_setup(cfg: Any, ctx: RunContext, start: str | None) -> tuple:
+def _pretrain_setup(cfg: Any, ctx: ActionContext, start: str | None) -> tuple:
     aug = cfg.dataset.augmentation
     root = resolve_dataset(cfg.dataset.train_data_sources, ctx.cache_dir)
     train_set = ImageFolderDataset(root, transform=pretrain_transform(aug), recursive=True)
@@ -154,7 +151,7 @@ def _pretrain_setup(cfg: Any, ctx: RunContext, start: str | None) -> tuple:
     return module, train_loader, val_loader, (monitor, "min")
 
 
-def _finetune_setup(cfg: Any, ctx: RunContext, start: str | None) -> tuple:
+def _finetune_setup(cfg: Any, ctx: ActionContext, start: str | None) -> tuple:
     aug = cfg.dataset.augmentation
     root = resolve_dataset(cfg.dataset.train_data_sources, ctx.cache_dir)
     train_set = LabeledImageFolderDataset(root, transform=finetune_transform(aug))
@@ -202,7 +199,7 @@ def _check_num_classes(num_classes: int | None, found: int, where: str) -> None:
 # ------------------------------------------------------------------------------------ evaluate
 
 
-def evaluate(cfg: Any, ctx: RunContext) -> ActionResult:
+def evaluate(cfg: Any, ctx: ActionContext) -> ActionResult:
     """Finetune: top-1/top-5, per-class metrics, confusion matrix. Pretrain: reconstruction loss
     and, when the validation images are in class folders, kNN top-1. Both -> results.json."""
     loaded = checkpoints.load_trained(cfg.evaluate.checkpoint)
@@ -240,7 +237,7 @@ def _evaluate_finetune(cfg: Any, loaded: checkpoints.Trained, root: Path) -> dic
     return classification_report(torch.cat(logits), torch.cat(targets), loaded.classes)
 
 
-def _evaluate_pretrain(cfg: Any, ctx: RunContext, loaded: checkpoints.Trained, root: Path) -> dict[str, Any]:
+def _evaluate_pretrain(cfg: Any, ctx: ActionContext, loaded: checkpoints.Trained, root: Path) -> dict[str, Any]:
     from foveal.engine.features import extract_features, knn_top1
     from foveal.errors import DatasetError
     from foveal.networks.mae.evaluation import reconstruction_loss
@@ -283,7 +280,7 @@ def _evaluate_pretrain(cfg: Any, ctx: RunContext, loaded: checkpoints.Trained, r
 # ------------------------------------------------------------------------------------ inference
 
 
-def inference(cfg: Any, ctx: RunContext) -> ActionResult:
+def inference(cfg: Any, ctx: ActionContext) -> ActionResult:
     """Finetune: results.csv (path, class index, class name, score). Pretrain: every image's
     embedding (embeddings.safetensors + embeddings.csv) and reconstruction.png."""
     loaded = checkpoints.load_trained(cfg.inference.checkpoint)
@@ -346,7 +343,7 @@ def _write_embeddings(loaded: checkpoints.Trained, loader: DataLoader, results_d
 # ------------------------------------------------------------------------------------ export
 
 
-def export(cfg: Any, ctx: RunContext) -> ActionResult:
+def export(cfg: Any, ctx: ActionContext) -> ActionResult:
     """Finetune: the classifier (output ``logits``). Pretrain: the encoder (outputs ``embedding``,
     ViT ``cls_token`` + ``patch_tokens``, ConvNeXt ``feature_map``). Checked with ONNX Runtime."""
     from foveal.export import export_batch_settings, export_onnx

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from foveal.engine.features import Features, extract_features, knn_top1, linear_probe_top1
-from foveal.networks.registry import ActionResult, RunContext
+from foveal.networks.registry import ActionContext, ActionResult
 from foveal.spec import SpecError, SpecIssue
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def stratified_split(labels: Sequence[int], fraction: float, seed: int) -> tuple
 # ------------------------------------------------------------------------------ action
 
 
-def _reference_set(cfg: Any, ctx: RunContext, transform: Any, classes: list[str]) -> tuple[Any, str]:
+def _reference_set(cfg: Any, ctx: ActionContext, transform: Any, classes: list[str]) -> tuple[Any, str]:
     """Labeled training images for kNN/probe, or (None, why not) when they are not usable."""
     from foveal.data import DatasetError, LabeledImageFolderDataset, resolve_dataset
 
@@ -66,7 +66,7 @@ def _reference_set(cfg: Any, ctx: RunContext, transform: Any, classes: list[str]
         return None, f"dataset.train_dataset.images_dir is not labeled like the val set ({exc})"
 
 
-def _features(cfg: Any, ctx: RunContext, loaded: Any) -> tuple[Features, Features, str, list[str]]:
+def _features(cfg: Any, ctx: ActionContext, loaded: Any) -> tuple[Features, Features, str, list[str]]:
     """(reference, evaluated, how the reference was chosen, class names)."""
     from foveal.data import LabeledImageFolderDataset, make_loader, resolve_dataset
     from foveal.networks.nvdinov2.inference import batch_size_of, eval_transform
@@ -101,7 +101,7 @@ def _features(cfg: Any, ctx: RunContext, loaded: Any) -> tuple[Features, Feature
     return val.take(ref_rows), val.take(val_rows), how, val_set.classes
 
 
-def evaluate(cfg: Any, ctx: RunContext) -> ActionResult:
+def evaluate(cfg: Any, ctx: ActionContext) -> ActionResult:
     """kNN top-1 and linear-probe top-1 of the frozen backbone on labeled images -> results.json.
 
     The reference (training) side is ``dataset.train_dataset.images_dir`` when it has the

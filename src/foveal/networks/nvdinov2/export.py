@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from foveal.networks.nvdinov2.checkpoints import LoadedBackbone, load_backbone_file
-from foveal.networks.registry import ActionResult, RunContext
+from foveal.networks.registry import ActionContext, ActionResult
 from foveal.networks.trt import trt_engine_action
 from foveal.spec import SpecError, SpecIssue
 
@@ -64,7 +64,7 @@ def export_input_size(cfg: Any, loaded: LoadedBackbone) -> tuple[int, int]:
     return height, width
 
 
-def export(cfg: Any, ctx: RunContext) -> ActionResult:
+def export(cfg: Any, ctx: ActionContext) -> ActionResult:
     """Export the checkpoint's backbone to ONNX and report ONNX Runtime vs PyTorch."""
     from foveal.export import export_batch_settings, export_onnx
 
@@ -118,7 +118,7 @@ def export(cfg: Any, ctx: RunContext) -> ActionResult:
 _shared_trt_action = trt_engine_action(NETWORK)
 
 
-def gen_trt_engine(cfg: Any, ctx: RunContext) -> ActionResult:
+def gen_trt_engine(cfg: Any, ctx: ActionContext) -> ActionResult:
     """Build a TensorRT engine from the exported ONNX file (needs TensorRT and a GPU).
 
     The input size defaults to the ONNX file's own (static) height and width, for the same reason

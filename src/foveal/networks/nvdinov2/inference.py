@@ -40,7 +40,7 @@ from foveal.data import (
     make_loader,
 )
 from foveal.networks.nvdinov2.checkpoints import LoadedBackbone, load_backbone_file
-from foveal.networks.registry import ActionResult, RunContext
+from foveal.networks.registry import ActionContext, ActionResult
 
 logger = logging.getLogger(__name__)
 PCA_IMAGES = 4  # rows of pca.png
@@ -147,7 +147,7 @@ def _write_features(loaded: LoadedBackbone, loader: DataLoader, results_dir: Pat
     return matrix.shape[0], matrix.shape[1], artifacts
 
 
-def inference(cfg: Any, ctx: RunContext) -> ActionResult:
+def inference(cfg: Any, ctx: ActionContext) -> ActionResult:
     """Embed every image of ``dataset.test_dataset.images_dir`` (recursive) with the backbone."""
     from foveal.data import resolve_dataset
 

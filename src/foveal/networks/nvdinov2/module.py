@@ -8,22 +8,19 @@ AdamW groups carry layer-wise LR decay (BEiT/DINOv2 ``lr_decay_rate ** (n_blocks
 the patch-embedding LR multiplier and no weight decay on biases, norms, LayerScale and tokens.
 
 Each checkpoint the engine saves is accompanied by backbone-only handoff files
-``student_epoch_EEE_step_SSSSS.pth`` (and ``teacher_...`` when self-training).
+``student_epoch_EEE_step_SSSSS.pth`` (and ``teacher_...`` when self-training), which the engine
+writes from :meth:`NVDINOv2Module.handoff_weights` and records in the checkpoint index.
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from torch import nn
 
-import foveal
-from foveal.engine.callbacks import epoch_number
-from foveal.engine.checkpoint import save_checkpoint_atomic
 from foveal.engine.optim import param_groups as engine_param_groups
 from foveal.networks.nvdinov2.method import NVDINOv2Method
 from foveal.networks.nvdinov2.schedules import StepValues, schedule_value, values_at
@@ -31,11 +28,6 @@ from foveal.networks.nvdinov2.schedules import StepValues, schedule_value, value
 logger = logging.getLogger(__name__)
 NETWORK = "nvdinov2"
 LATEST_LINK = "nvdinov2_model_latest.pth"
-
-
-def backbone_filename(kind: str, epoch: int, step: int) -> str:
-    """``student_epoch_003_step_00120.pth`` / ``teacher_...``: beside ``model_epoch_003_step_00120.pth``."""
-    return f"{kind}_epoch_{epoch:03d}_step_{step:05d}.pth"
 
 
 def param_groups(student: nn.ModuleDict, layerwise_decay: float, patch_embed_lr_mult: float) -> list[dict]:
@@ -63,8 +55,6 @@ class NVDINOv2Module(L.LightningModule):
         method: the student/teacher method.
         train_cfg: ``train`` section (schedulers, clip_grad_norm, layerwise_decay,
             patch_embed_lr_multiplier).
-        results_dir: where backbone-only files are written next to the engine's checkpoints.
-        config_dict: resolved spec as plain data, embedded in the backbone files.
         archs: ``{"student": "vit_s", "teacher": "vit_s"}``.
     """
 
@@ -73,8 +63,6 @@ class NVDINOv2Module(L.LightningModule):
         method: NVDINOv2Method,
         train_cfg: Any,
         *,
-        results_dir: str | Path | None = None,
-        config_dict: dict | None = None,
         archs: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
@@ -83,8 +71,6 @@ class NVDINOv2Module(L.LightningModule):
         self.__dict__["method"] = method  # same children; not registered a second time
         self.train_cfg = train_cfg
         self.schedulers = train_cfg.schedulers
-        self.results_dir = Path(results_dir) if results_dir is not None else None
-        self.config_dict = config_dict or {}
         self.archs = archs or {}
         self._last_layer = [p for n, p in method.student.named_parameters() if ".last_layer." in n]
 
@@ -138,25 +124,13 @@ class NVDINOv2Module(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["arch"] = self.archs.get("student")
-        trainer = self.trainer
-        epoch, step = epoch_number(trainer), trainer.global_step
-        if self.results_dir is None or not trainer.is_global_zero:
-            return
-        student = self.method.student_ema if self.method.settings.distill else self.method.student
-        self._save_backbone("student", student["backbone"], epoch, step)
-        if not self.method.settings.distill:
-            self._save_backbone("teacher", self.method.teacher["backbone"], epoch, step)
 
-    def _save_backbone(self, kind: str, backbone: nn.Module, epoch: int, step: int) -> None:
-        obj = {
-            "network": NETWORK,
-            "kind": kind,
-            "arch": self.archs.get(kind),
-            "config": self.config_dict,
-            "foveal_version": foveal.__version__,
-            "epoch": epoch,
-            "step": step,
-            "global_step": step,
-            "state_dict": {k: v.detach().cpu() for k, v in backbone.state_dict().items()},
-        }
-        save_checkpoint_atomic(obj, self.results_dir / backbone_filename(kind, epoch, step))
+    def handoff_weights(self) -> dict[str, tuple[dict[str, torch.Tensor], dict[str, Any]]]:
+        """The backbone-only files the engine writes beside each full checkpoint
+        (``student_epoch_EEE_step_SSSSS.pth``, and ``teacher_...`` when self-training): the
+        student (its EMA copy when distilling) and the teacher backbones, with their arch."""
+        student = self.method.student_ema if self.method.settings.distill else self.method.student
+        files = {"student": (student["backbone"].state_dict(), {"arch": self.archs.get("student")})}
+        if not self.method.settings.distill:
+            files["teacher"] = (self.method.teacher["backbone"].state_dict(), {"arch": self.archs.get("teacher")})
+        return files

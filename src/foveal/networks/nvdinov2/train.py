@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,7 +31,7 @@ from foveal.networks.nvdinov2.method import NVDINOv2Method, settings_from_config
 from foveal.networks.nvdinov2.module import LATEST_LINK, NETWORK, NVDINOv2Module
 from foveal.networks.nvdinov2.multicrop import MultiCropAugmentation, MultiCropCollate
 from foveal.networks.nvdinov2.schedules import steps_beyond_run
-from foveal.networks.registry import ActionResult, RunContext
+from foveal.networks.registry import ActionContext, ActionResult
 from foveal.spec import SpecError, SpecIssue, to_dict
 
 logger = logging.getLogger(__name__)
@@ -44,7 +43,7 @@ NONFINITE_HINT = (
 )
 
 
-def train(cfg: Any, ctx: RunContext) -> ActionResult:
+def train(cfg: Any, ctx: ActionContext) -> ActionResult:
     """Train student and teacher on ``cfg`` (a resolved ``NVDINOv2Config``); see the module docstring."""
     import lightning as L
 
@@ -61,8 +60,6 @@ def train(cfg: Any, ctx: RunContext) -> ActionResult:
     module = NVDINOv2Module(
         method,
         cfg.train,
-        results_dir=ctx.results_dir,
-        config_dict=config_dict,
         archs={"student": backbone_type(cfg, "student"), "teacher": backbone_type(cfg, "teacher")},
     )
     trainer = _trainer(cfg, ctx, config_dict, steps_per_epoch)
@@ -74,7 +71,7 @@ def train(cfg: Any, ctx: RunContext) -> ActionResult:
             f"{message} {NONFINITE_HINT}", epoch=exc.epoch, step=exc.step, last_checkpoint=exc.last_checkpoint
         ) from None
     kpis = {k: float(v) for k, v in trainer.callback_metrics.items() if k in KPI_NAMES}
-    return ActionResult(kpis=kpis, artifacts=_artifacts(Path(ctx.results_dir)))
+    return ActionResult(kpis=kpis, artifacts=checkpoint_artifacts(ctx.results_dir))
 
 
 def build_loader(cfg: Any, cache_dir: Any) -> DataLoader:
@@ -173,8 +170,10 @@ def _load_teacher_heads(method: NVDINOv2Method, path: str) -> None:
         )
 
 
-def _trainer(cfg: Any, ctx: RunContext, config_dict: dict, steps_per_epoch: int) -> Any:
-    # Gradients are clipped per part in the module (DINOv2), not by Lightning.
+def _trainer(cfg: Any, ctx: ActionContext, config_dict: dict, steps_per_epoch: int) -> Any:
+    # Gradients are clipped per part in the module (DINOv2), not by Lightning. No metric picks a
+    # "best" checkpoint: the DINO loss moves with the temperature schedules and says little about
+    # the features, so "best" is the latest save.
     return trainer_for(
         cfg.train,
         results_dir=ctx.results_dir,
@@ -182,16 +181,5 @@ def _trainer(cfg: Any, ctx: RunContext, config_dict: dict, steps_per_epoch: int)
         config_dict=config_dict,
         latest_link=LATEST_LINK,
         status=ctx.status_writer,
-        monitor="train_loss",
-        monitor_mode="min",
         log_every_n_steps=max(1, min(50, steps_per_epoch)),
     )
-
-
-def _artifacts(results_dir: Path) -> dict[str, str]:
-    artifacts = checkpoint_artifacts(results_dir)
-    for kind in ("student", "teacher"):
-        files = sorted(results_dir.glob(f"{kind}_epoch_*.pth"))
-        if files:
-            artifacts[kind] = str(files[-1])
-    return artifacts
