@@ -90,6 +90,163 @@ def test_all_spec_errors_reported_together(capsys, tmp_path):
     assert any("dataset.train_data_sources: required for train" in line for line in lines)
 
 
+def test_a_missing_field_does_not_hide_cross_field_errors(capsys, tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "model:\n  backbone:\n    patch_size: 16\ndataset:\n  transform:\n    global_crops_size: 100\n"
+    )
+    code, out, err = run(capsys, "-w", str(tmp_path / "ws"), "nvdinov2", "train", "-e", str(spec))
+    assert code == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert any("dataset.train_dataset.images_dir: required for train but not set" in line for line in lines)
+    assert any(
+        "dataset.transform.global_crops_size: 100 is not divisible by model.backbone.patch_size=16" in line
+        for line in lines
+    )
+    results = tmp_path / "ws" / "results"
+    assert not results.exists() or not any(results.iterdir())  # nothing ran: no job, no results folder
+
+
+def test_unsupported_combinations_are_refused_before_the_job(capsys, tmp_path):
+    from foveal.jobs import JobRegistry, Workspace
+
+    ws = tmp_path / "ws"
+    cases = [
+        (
+            [
+                "classification",
+                "evaluate",
+                "evaluate.checkpoint=x.pth",
+                "dataset.val_dataset.images_dir=v",
+                "evaluate.trt_engine=m.engine",
+            ],
+            "evaluate.trt_engine: running evaluate on a TensorRT engine",
+        ),
+        (
+            [
+                "classification",
+                "train",
+                "dataset.train_dataset.images_dir=d",
+                "train.pretrained_model_path=a.pth",
+                "model.backbone.pretrained_backbone_path=b.pth",
+            ],
+            "is set together with model.backbone.pretrained_backbone_path",
+        ),
+        (
+            ["classification", "train", "dataset.train_dataset.images_dir=d", "model.backbone.type=vit_nope"],
+            "model.backbone.type: unknown backbone 'vit_nope'",
+        ),
+        (
+            [
+                "mae",
+                "train",
+                "dataset.train_data_sources=d",
+                "train.stage=finetune",
+                "dataset.augmentation.re_prob=0.25",
+            ],
+            "dataset.augmentation.re_prob: random erasing is not supported yet",
+        ),
+        (
+            [
+                "mae",
+                "inference",
+                "inference.checkpoint=x.pth",
+                "dataset.test_data_sources=t",
+                "inference.trt_engine=m",
+            ],
+            "inference.trt_engine",
+        ),
+        (
+            [
+                "nvdinov2",
+                "train",
+                "dataset.train_dataset.images_dir=d",
+                "model.distill.enable=true",
+                "model.backbone.student_type=vit_s",
+            ],
+            "model.distill.pretrained_non_distill_pl_model_path: is empty",
+        ),
+    ]
+    for argv, expected in cases:
+        code, _, err = run(capsys, "-w", str(ws), *argv)
+        assert code == 2 and expected in err, (argv, err)
+    assert not (ws / "jobs.db").exists() or JobRegistry(Workspace(ws).db_path).list() == []
+
+
+def test_version_and_exit_codes_by_class(capsys):
+    from foveal import __version__
+    from foveal.cli import errors as cli_errors
+    from foveal.errors import (
+        CheckpointError,
+        EncryptionKeyError,
+        ExportVerificationError,
+        HandoffError,
+        NonFiniteLossError,
+        SpecError,
+        SpecIssue,
+        Terminated,
+        exit_code,
+    )
+
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and out.strip() == f"foveal {__version__}"
+    assert exit_code(SpecError(SpecIssue("a", "b"))) == 2
+    assert (
+        exit_code(CheckpointError("x"))
+        == exit_code(HandoffError("x"))
+        == exit_code(EncryptionKeyError("x"))
+        == 2
+    )
+    assert exit_code(NonFiniteLossError("x", epoch=1, step=1, last_checkpoint=None)) == 1
+    assert exit_code(ExportVerificationError("x")) == 1
+    assert exit_code(RuntimeError("x")) == 1
+    assert exit_code(KeyboardInterrupt()) == 130 and exit_code(Terminated()) == 143
+
+    class Renamed(HandoffError):  # a subclass keeps its exit code: no table of names
+        pass
+
+    assert exit_code(Renamed("y")) == 2
+    import typer
+
+    app = typer.Typer()
+
+    @app.command()
+    def boom(kind: str) -> None:
+        raise {"usage": HandoffError("bad parent"), "term": Terminated(), "bug": ZeroDivisionError("x")}[kind]
+
+    assert cli_errors.run_cli(app, ["usage"]) == 2
+    assert cli_errors.run_cli(app, ["term"]) == 143
+    assert cli_errors.run_cli(app, ["bug"]) == 1
+    err = capsys.readouterr().err
+    assert "error: bad parent" in err and "ZeroDivisionError: x (run with --debug" in err
+
+
+def test_sigterm_ends_a_foreground_command_with_143(tmp_path):
+    import signal
+    import time
+
+    code = (
+        "import os, signal, threading, sys\n"
+        "from foveal.cli.main import main\n"
+        "from foveal.cli import main as m\n"
+        "import typer\n"
+        "@m.app.command('sleepy')\n"
+        "def sleepy() -> None:\n"
+        "    import time\n"
+        "    print('ready', flush=True)\n"
+        "    time.sleep(30)\n"
+        "sys.exit(main(['sleepy']))\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 143
+    assert "terminated" in proc.stderr.read()
+
+
 def test_malformed_yaml_names_the_line(capsys, tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text("train:\n  num_epochs: [3\n")

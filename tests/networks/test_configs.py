@@ -403,13 +403,30 @@ def test_classification_global_pool_follows_backbone(backbone, pool):
     assert cfg.model.global_pool is None
 
 
-def test_classification_accepts_unknown_backbone_names():
+def test_classification_takes_registered_backbone_names_only(monkeypatch):
     from foveal.networks.classification.config import ClassificationConfig, resolve
+    from foveal.nn import registry
 
     cfg = ClassificationConfig()
     cfg.model.backbone.type = "hf_some_ported_model"
     cfg.dataset.augmentation.input_size = 250
-    assert resolve(cfg).model.global_pool == "cls"
+    with pytest.raises(SpecError) as caught:
+        resolve(cfg, "train")
+    (issue,) = caught.value.issues
+    assert issue.key == "model.backbone.type" and "unknown backbone 'hf_some_ported_model'" in issue.message
+    assert "vit_tiny_patch16" in issue.suggestion and "convnextv2_atto" in issue.suggestion
+    # a ported backbone is registered by name (its network's resolve step registers it first)
+    monkeypatch.setitem(registry._BACKBONES, "hf_some_ported_model", lambda **kw: None)
+    assert resolve(cfg, "train").model.global_pool == "cls"
+
+
+def test_a_close_typo_gets_the_nearest_backbone():
+    from foveal.networks.classification.config import ClassificationConfig, resolve
+
+    cfg = ClassificationConfig()
+    cfg.model.backbone.type = "vit_tiny_pach16"
+    with pytest.raises(SpecError, match="did you mean vit_tiny_patch16"):
+        resolve(cfg)
 
 
 def test_classification_patch_size_sets_the_input_stride_and_reaches_the_vit():

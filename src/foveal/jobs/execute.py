@@ -27,7 +27,7 @@ from foveal.jobs.lifecycle import PreparedJob, execute_job, find_network
 from foveal.jobs.model import JobStatus
 from foveal.jobs.registry import JobRegistry
 from foveal.jobs.workspace import Workspace
-from foveal.spec import build_config
+from foveal.spec import resolve_config
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +48,7 @@ def load_prepared(job_id: str, workspace: Workspace, *, restart: bool = False) -
     if job.status is JobStatus.DONE or (job.status is not JobStatus.PENDING and not restart):
         raise JobStateError(f"job {job.id} is {job.status.value}; only a Pending job can be executed")
     network = find_network(job.network)
-    cfg = build_config(network.config_cls, job.spec, action=job.action)
-    if network.resolve is not None:
-        cfg = network.resolve(cfg)
+    cfg = resolve_config(network.config_cls, job.spec, action=job.action, resolve=network.resolve)
     return PreparedJob(network, job.action, cfg, job, resumed=job.status is not JobStatus.PENDING)
 
 

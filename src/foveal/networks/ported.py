@@ -78,6 +78,19 @@ class PortedAction:
         return self.base.get_action(self.action)(cfg, ctx)
 
 
+class PortedResolve:
+    """The base network's resolve step, with the ported backbone registered first (its spec names it)."""
+
+    def __init__(self, base: Network, backbone_name: str, backbone_spec: Mapping[str, Any]):
+        self.base, self.backbone_name, self.backbone_spec = base, backbone_name, dict(backbone_spec)
+
+    def __call__(self, cfg: Any, action: str | None = None) -> Any:
+        from foveal.nn.ported import register_ported_backbone
+
+        register_ported_backbone(self.backbone_name, self.backbone_spec)
+        return self.base.resolve(cfg, action) if self.base.resolve is not None else cfg
+
+
 def read_entry(entry_dir: Path) -> dict[str, Any]:
     """The parsed ``network.json`` of a ported network folder.
 
@@ -153,5 +166,5 @@ def ported_network(entry_dir: Path) -> Network:
         checkpoint_kind=base.checkpoint_kind,
         start_from=start_from,
         start_key=base.start_key,
-        resolve=base.resolve,
+        resolve=PortedResolve(base, entry["backbone_name"], backbone),
     )

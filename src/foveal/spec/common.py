@@ -182,3 +182,21 @@ def check_train(train: TrainConfig, key: str = "train") -> list[SpecIssue]:
     except SpecError as exc:
         return list(exc.issues)
     return []
+
+
+def check_sections(cfg: object, action: str | None) -> list[SpecIssue]:
+    """Cross-field problems of the sections every network shares, for ``action``."""
+    issues: list[SpecIssue] = []
+    train = getattr(cfg, "train", None)
+    if isinstance(train, TrainConfig) and action in (None, "train"):
+        issues += check_train(train)
+    section = getattr(cfg, action, None) if action in ("evaluate", "inference") else None
+    if section is not None and getattr(section, "trt_engine", None):
+        issues.append(
+            SpecIssue(
+                f"{action}.trt_engine",
+                f"running {action} on a TensorRT engine is not supported in this version",
+                f"leave it empty to run the PyTorch checkpoint ({action}.checkpoint)",
+            )
+        )
+    return issues

@@ -183,6 +183,8 @@ class _Validator:
             value = self.check(tp, data[f.name], key, field_meta(f)) if present else field_default(f)
             if len(self.issues) == before:  # one line per key: a bad value is not also "missing"
                 self._check_required(key, value, field_meta(f))
+            else:  # a bad value stands in as the default, so cross-field checks can still run
+                value = field_default(f)
             kwargs[f.name] = value
         return cls(**kwargs)
 
@@ -286,6 +288,14 @@ class _Validator:
 _BAD = object()
 
 
+def _validate(cls: type, data: Mapping[str, Any] | None, action: str | None) -> tuple[Any, list[SpecIssue]]:
+    """The typed config (bad values replaced by their defaults) and every issue found."""
+    validator = _Validator(action)
+    validator.root_keys = leaf_keys(cls)  # type: ignore[attr-defined]
+    cfg = validator.build(cls, data or {})
+    return cfg, validator.issues
+
+
 def build_config(
     cls: type,
     data: Mapping[str, Any] | None = None,
@@ -298,12 +308,47 @@ def build_config(
     Raises:
         SpecError: with every issue found.
     """
-    validator = _Validator(action)
-    validator.root_keys = leaf_keys(cls)  # type: ignore[attr-defined]
-    cfg = validator.build(cls, data or {})
-    if validator.issues:
-        raise SpecError(validator.issues, source=source)
+    cfg, issues = _validate(cls, data, action)
+    if issues:
+        raise SpecError(issues, source=source)
     return cfg
+
+
+def resolve_config(
+    cls: type,
+    data: Mapping[str, Any] | None = None,
+    *,
+    action: str | None = None,
+    resolve: Any = None,
+    source: str | None = None,
+) -> Any:
+    """:func:`build_config`, then the network's ``resolve(cfg, action)`` hook; every problem of
+    both is reported together.
+
+    The cross-field checks run even when fields are missing or invalid (those stand in as their
+    defaults), so a user fixes a spec in one pass: a missing dataset and a crop size the patch
+    does not divide are two lines of one error.
+
+    Raises:
+        SpecError: with every issue found.
+    """
+    cfg, issues = _validate(cls, data, action)
+    if resolve is None:
+        if issues:
+            raise SpecError(issues, source=source)
+        return cfg
+    try:
+        resolved = resolve(cfg, action)
+    except SpecError as exc:
+        shown = {str(i) for i in issues}
+        issues = issues + [i for i in exc.issues if str(i) not in shown]
+    except (TypeError, ValueError, AttributeError, KeyError):
+        if not issues:
+            raise
+        # a check tripped over a value already reported (e.g. a missing path): report those
+    if issues:
+        raise SpecError(issues, source=source)
+    return resolved
 
 
 def load_spec(
@@ -322,11 +367,11 @@ def load_spec(
         overrides: ``"a.b=c"`` strings (or an already parsed ``{dotted key: value}`` mapping),
             applied last.
         action: the action the spec is for; fields required for it must be set.
-        resolve: optional ``cfg -> cfg`` hook for derived values and cross-field checks.
+        resolve: optional ``(cfg, action) -> cfg`` hook for derived values and cross-field checks.
     """
     data: dict[str, Any] = read_yaml(spec_file) if spec_file is not None else {}
     parsed = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides)
     for key, value in parsed.items():
         set_dotted(data, key, value)
-    cfg = build_config(cls, data, action=action, source=str(spec_file) if spec_file else None)
-    return resolve(cfg) if resolve is not None else cfg
+    source = str(spec_file) if spec_file else None
+    return resolve_config(cls, data, action=action, resolve=resolve, source=source)

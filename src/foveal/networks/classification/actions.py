@@ -49,15 +49,6 @@ def _class_weights(dataset: LabeledImageFolderDataset, mode: str) -> torch.Tenso
     return weights / weights.mean()
 
 
-def _refuse_unbuilt(options: dict[str, bool]) -> None:
-    """Options the schema names but this version does not run with yet: say so, never ignore."""
-    keys = [k for k, used in options.items() if used]
-    if keys:
-        from foveal.errors import UsageError
-
-        raise UsageError(f"{', '.join(keys)}: not supported by classification yet; leave empty")
-
-
 def _train_transform(aug: Any) -> Any:
     """Random resized crop, flip, colour jitter or RandAugment (timm's recipe: not both), normalise."""
     from foveal.data import RandAugment, ToTensor
@@ -122,13 +113,6 @@ def _load_pretrained(cfg: Any, model: Classifier, classes: list[str], resuming: 
 
     backbone_path = cfg.model.backbone.pretrained_backbone_path
     model_path = cfg.train.pretrained_model_path
-    if backbone_path and model_path:
-        from foveal.errors import UsageError
-
-        raise UsageError(
-            "model.backbone.pretrained_backbone_path and train.pretrained_model_path are both set; "
-            "keep one (the first loads a backbone, the second a whole classifier)"
-        )
     if not (backbone_path or model_path):
         return
     if resuming:
@@ -245,7 +229,6 @@ def evaluate(cfg: Any, ctx: ActionContext) -> ActionResult:
     """Top-1/top-5, per-class precision/recall/F1, confusion matrix (JSON + PNG) and loss."""
     from foveal.networks.classification.plots import draw_confusion_matrix
 
-    _refuse_unbuilt({"evaluate.trt_engine": bool(cfg.evaluate.trt_engine)})
     model, trained_cfg, classes = load_classifier(cfg.evaluate.checkpoint)
     aug = trained_cfg.dataset.augmentation
     root = resolve_dataset(cfg.dataset.val_dataset.images_dir, ctx.cache_dir)
@@ -276,7 +259,6 @@ def inference(cfg: Any, ctx: ActionContext) -> ActionResult:
     """Top-k classes and scores per image -> results.csv, for an image file, a folder or an archive."""
     from foveal.data.files import resolve_image_inputs
 
-    _refuse_unbuilt({"inference.trt_engine": bool(cfg.inference.trt_engine)})
     model, trained_cfg, classes = load_classifier(cfg.inference.checkpoint)
     aug = trained_cfg.dataset.augmentation
     transform = build_eval_transform(aug.input_size, aug.mean, aug.std)

@@ -20,25 +20,10 @@ from foveal.spec.common import (
     GenTrtEngineConfig,
     InferenceConfig,
     TrainConfig,
-    check_train,
+    check_sections,
 )
 from foveal.spec.fields import field, section
 
-# Backbones known today; the field is not restricted to them so that ported models can register
-# more names. The network checks the name when it builds the model.
-KNOWN_BACKBONES = (
-    "vit_tiny_patch16",
-    "vit_small_patch16",
-    "vit_base_patch16",
-    "vit_large_patch16",
-    "vit_huge_patch14",
-    "vit_t",
-    "vit_s",
-    "vit_b",
-    "vit_l",
-    "vit_g",
-    *(f"convnextv2_{s}" for s in ("atto", "femto", "pico", "nano", "tiny", "base", "large", "huge")),
-)
 CONVNEXT_STRIDE = 32  # ConvNeXt V2 downsamples by 32 overall
 
 
@@ -355,6 +340,26 @@ def input_stride(backbone: str) -> int | None:
     return None
 
 
+def _check_backbone_name(issues: list[SpecIssue], name: str) -> None:
+    """An unknown backbone is a spec error naming the registered ones (ported ones included)."""
+    from foveal.nn import list_backbones
+
+    known = list_backbones()
+    if name in known:
+        return
+    import difflib
+
+    near = difflib.get_close_matches(name, known, n=1)
+    hint = f"did you mean {near[0]}? " if near else ""
+    issues.append(
+        SpecIssue(
+            "model.backbone.type",
+            f"unknown backbone {name!r}",
+            f"{hint}registered: {', '.join(known)}",
+        )
+    )
+
+
 def _check_pair(issues: list[SpecIssue], key: str, values: list[float]) -> None:
     if len(values) != 2 or values[0] > values[1]:
         issues.append(SpecIssue(key, f"expected [min, max] with min <= max, got {values}"))
@@ -437,12 +442,21 @@ def _check_train(issues: list[SpecIssue], train: ClassificationTrainConfig) -> N
         )
 
 
-def resolve(cfg: ClassificationConfig) -> ClassificationConfig:
+def resolve(cfg: ClassificationConfig, action: str | None = None) -> ClassificationConfig:
     """Check cross-field rules and fill derived values (model.global_pool).
 
     Returns a copy of ``cfg``; raises :class:`SpecError` listing every problem found.
     """
-    issues: list[SpecIssue] = check_train(cfg.train)
+    issues: list[SpecIssue] = check_sections(cfg, action)
+    _check_backbone_name(issues, cfg.model.backbone.type)
+    if action in (None, "train") and cfg.model.backbone.pretrained_backbone_path and cfg.train.pretrained_model_path:
+        issues.append(
+            SpecIssue(
+                "train.pretrained_model_path",
+                "is set together with model.backbone.pretrained_backbone_path",
+                "keep one: the first loads a whole classifier, the second a backbone",
+            )
+        )
     _check_model(issues, cfg)
     _check_data(issues, cfg.dataset.augmentation)
     _check_train(issues, cfg.train)

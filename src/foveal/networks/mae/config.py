@@ -20,7 +20,7 @@ from foveal.spec.common import (
     InferenceConfig,
     TensorRTConfig,
     TrainConfig,
-    check_train,
+    check_sections,
 )
 from foveal.spec.fields import field, section
 
@@ -342,10 +342,19 @@ def _check_optim(issues: list[SpecIssue], train: MAETrainConfig) -> None:
         )
 
 
-def resolve(cfg: MAEConfig) -> MAEConfig:
+def resolve(cfg: MAEConfig, action: str | None = None) -> MAEConfig:
     """Check cross-field rules; returns a copy of ``cfg`` or raises :class:`SpecError` with every problem."""
-    issues: list[SpecIssue] = check_train(cfg.train)
+    issues: list[SpecIssue] = check_sections(cfg, action)
     aug = cfg.dataset.augmentation
+    if action in (None, "train") and cfg.train.stage == "finetune":
+        if aug.re_prob > 0:
+            issues.append(
+                SpecIssue("dataset.augmentation.re_prob", "random erasing is not supported yet", "set 0")
+            )
+        if aug.interpolation == "random":
+            issues.append(
+                SpecIssue("dataset.augmentation.interpolation", "'random' is not supported yet", "use bicubic")
+            )
     stride = input_stride(cfg.model.arch)
     if aug.input_size % stride:
         lower = aug.input_size - aug.input_size % stride

@@ -33,23 +33,7 @@ def pretrain_transform(aug: Any) -> Compose:
     return Compose([*steps, ToTensor(), Normalize(aug.mean, aug.std)])
 
 
-def _refuse_unbuilt(aug: Any) -> None:
-    """Options this version cannot honour: one line each, never silently ignored."""
-    issues = []
-    if aug.re_prob > 0:
-        issues.append(
-            SpecIssue("dataset.augmentation.re_prob", "random erasing is not supported yet", "set 0")
-        )
-    if aug.interpolation == "random":
-        issues.append(
-            SpecIssue("dataset.augmentation.interpolation", "'random' is not supported yet", "use bicubic")
-        )
-    if issues:
-        raise SpecError(issues)
-
-
 def finetune_transform(aug: Any) -> Compose:
-    _refuse_unbuilt(aug)
     steps: list[Any] = [
         RandomResizedCrop(
             aug.input_size, (aug.min_scale, aug.max_scale), (aug.min_ratio, aug.max_ratio), aug.interpolation

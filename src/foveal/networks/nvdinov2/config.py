@@ -20,7 +20,7 @@ from foveal.spec.common import (
     InferenceConfig,
     TensorRTConfig,
     TrainConfig,
-    check_train,
+    check_sections,
 )
 from foveal.spec.fields import field, section
 
@@ -520,12 +520,12 @@ def _check_schedules(issues: list[SpecIssue], schedulers: SchedulersConfig) -> N
             )
 
 
-def resolve(cfg: NVDINOv2Config) -> NVDINOv2Config:
+def resolve(cfg: NVDINOv2Config, action: str | None = None) -> NVDINOv2Config:
     """Check cross-field rules and fill derived values (the scaled learning rates).
 
     Returns a copy of ``cfg``; raises :class:`SpecError` listing every problem found.
     """
-    issues: list[SpecIssue] = check_train(cfg.train)
+    issues: list[SpecIssue] = check_sections(cfg, action)
     backbone, transform = cfg.model.backbone, cfg.dataset.transform
     patch = backbone.patch_size
     _check_divisible(issues, "model.backbone.img_size", backbone.img_size, patch)
@@ -578,6 +578,14 @@ def resolve(cfg: NVDINOv2Config) -> NVDINOv2Config:
             )
         )
     _check_schedules(issues, cfg.train.schedulers)
+    if action == "train" and cfg.model.distill.enable and not cfg.model.distill.pretrained_non_distill_pl_model_path:
+        issues.append(
+            SpecIssue(
+                "model.distill.pretrained_non_distill_pl_model_path",
+                "is empty but model.distill.enable=true",
+                "point it at an nvdinov2 model_epoch_*.pth or teacher/student_epoch_*.pth of a non-distilled run",
+            )
+        )
     if issues:
         raise SpecError(issues)
 

@@ -97,16 +97,8 @@ def build_method(cfg: Any, start: str | None = None) -> NVDINOv2Method:
 
     settings = settings_from_config(cfg)
     student, teacher = build_backbone(cfg, "student"), build_backbone(cfg, "teacher")
-    if settings.distill:
+    if settings.distill:  # the path is required by the spec's resolve step
         path = cfg.model.distill.pretrained_non_distill_pl_model_path
-        if not path:
-            raise SpecError(
-                SpecIssue(
-                    "model.distill.pretrained_non_distill_pl_model_path",
-                    "is empty but model.distill.enable=true",
-                    "point it at an nvdinov2 model_epoch_*.pth or teacher/student_epoch_*.pth of a non-distilled run",
-                )
-            )
         logger.info("distillation teacher: %s", load_backbone_weights(teacher, path, which="teacher"))
     method = NVDINOv2Method(student, teacher, settings)
     if settings.distill:
