@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import sys
 import types
+from pathlib import Path
 
 import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from foveal.errors import OnnxFileError
+from foveal.errors import EncryptionKeyError, OnnxFileError
 from foveal.export import EngineBuildError, TensorRTUnavailableError, build_trt_engine, plan_profiles
 
 pytestmark = pytest.mark.unit
@@ -121,6 +122,10 @@ def _fake_tensorrt(version="10.3.0", parse_ok=True, engine=b"serialized-engine",
             calls["parsed"] = path
             return parse_ok
 
+        def parse(self, model_bytes):
+            calls["parsed_bytes"] = model_bytes
+            return parse_ok
+
         def get_error(self, i):
             return "In node 0: unsupported operator Foo"
 
@@ -224,3 +229,19 @@ def test_a_failed_build_keeps_the_previous_engine(dynamic_onnx, tmp_path, monkey
         build_trt_engine(dynamic_onnx, tmp_path / "model.engine")
     assert (tmp_path / "model.engine").read_bytes() == b"previous engine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.engine", "model.onnx"]
+
+
+def test_an_encrypted_onnx_file_is_parsed_from_its_decrypted_bytes(dynamic_onnx, tmp_path, monkeypatch):
+    from foveal import secrets
+
+    plain = Path(dynamic_onnx).read_bytes()
+    sealed = tmp_path / "sealed.onnx"
+    sealed.write_bytes(secrets.encrypt_bytes(plain, "k"))
+    trt, calls = _fake_tensorrt()
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.delenv(secrets.ENV_KEY, raising=False)
+    with pytest.raises(EncryptionKeyError, match="sealed.onnx is encrypted"):
+        build_trt_engine(sealed, tmp_path / "a.engine")
+    with secrets.key_scope("k"):
+        build_trt_engine(sealed, tmp_path / "b.engine")
+    assert calls["parsed_bytes"] == plain and "parsed" not in calls

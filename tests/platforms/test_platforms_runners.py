@@ -272,3 +272,20 @@ def test_platforms_without_runner_files_say_so():
         get_runner("ray")
     with pytest.raises(UsageError, match="platform local has no runner files"):
         get_runner("local")
+
+
+def test_an_encrypted_job_gets_its_key_by_name_only(job, tmp_path, monkeypatch):
+    monkeypatch.setenv("FOVEAL_ENCRYPTION_KEY", "the-real-key-123")
+    keyed = RunnerJob(**{**job.__dict__, "encrypted": True})
+    docker = DockerRunner(ResolvedSettings("docker", {}))
+    argv = docker.docker_argv(keyed)
+    assert argv[argv.index("FOVEAL_ENCRYPTION_KEY") - 1] == "-e"
+    assert "FOVEAL_ENCRYPTION_KEY" not in docker.docker_argv(job)
+    container = KubernetesRunner().manifest(keyed)["spec"]["template"]["spec"]["containers"][0]
+    (ref,) = [e for e in container["env"] if e["name"] == "FOVEAL_ENCRYPTION_KEY"]
+    assert ref["valueFrom"]["secretKeyRef"] == {"name": "foveal-encryption-key", "key": "FOVEAL_ENCRYPTION_KEY"}
+    script = SlurmRunner(ResolvedSettings("slurm", {})).render(keyed)
+    subprocess.run(["bash", "-n", "-c", script], check=True)
+    assert "FOVEAL_ENCRYPTION_KEY:?" in script
+    for runner in (docker, KubernetesRunner(), SlurmRunner(ResolvedSettings("slurm", {}))):
+        assert "the-real-key-123" not in runner.write(keyed).read_text()

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from foveal import secrets
 from foveal.automl import StudyRequest, StudyResult
 from foveal.automl.algorithms import Algorithm, get_algorithm
 from foveal.automl.report import copy_best_checkpoint, delete_intermediate_checkpoints, write_reports
@@ -112,7 +113,7 @@ class StudyController:
             "direction": self.direction,
             "algorithm": self.algorithm.name,
             "space": self.space.to_dicts(),
-            "overrides": list(self.request.overrides),
+            "overrides": secrets.redact_overrides(list(self.request.overrides)),
             "spec_file": str(self.request.spec_file) if self.request.spec_file else None,
             "seed": default_seed(self.name),
         }

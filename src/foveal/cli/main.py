@@ -140,6 +140,41 @@ def spec(
     typer.echo(f"wrote {output}")
 
 
+@app.command("decrypt")
+def decrypt(
+    file: Path = typer.Argument(..., help="A model file Foveal wrote under an encryption key."),
+    output: Path = typer.Option(..., "--output", "-o", help="Where to write the plain file."),
+    key_file: Path = typer.Option(
+        None, "--key-file", help="Read the key from this file (default: $FOVEAL_ENCRYPTION_KEY, else a prompt)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace OUTPUT if it exists."),
+) -> None:
+    """Write the plain copy of an encrypted checkpoint or ONNX file, for other tools."""
+    from foveal import secrets
+    from foveal.engine.checkpoint import atomic_write
+
+    if not file.is_file():
+        raise errors.UsageError(f"{file}: no such file")
+    if not secrets.is_encrypted(file):
+        raise errors.UsageError(f"{file} is not encrypted; use it as it is")
+    if output.exists() and not force:
+        raise errors.UsageError(f"{output} exists; choose another --output or pass --force")
+    if key_file is not None:
+        try:
+            key = key_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise errors.UsageError(f"--key-file {key_file}: {exc.strerror or exc}") from None
+    else:
+        key = os.environ.get(secrets.ENV_KEY) or ""
+        if not key and sys.stdin.isatty():
+            key = typer.prompt("encryption key", hide_input=True)
+    if not key:
+        raise errors.UsageError(f"no key: set {secrets.ENV_KEY}, pass --key-file, or run it in a terminal")
+    plain = secrets.decrypt_bytes(file.read_bytes(), secrets.check_key(key), file)
+    atomic_write(output, lambda handle: handle.write(plain))
+    typer.echo(f"wrote {output}")
+
+
 @data_app.command("demo")
 def data_demo(
     out_dir: Path = typer.Argument(..., help="Folder to write the synthetic dataset into."),

@@ -15,7 +15,9 @@ Every file carries ``network``, ``config`` (plain dict of the resolved spec),
 and ``global_step``, so export and evaluate never need the spec.
 
 Writes go to a temporary file in the same folder, are fsync'd, then ``os.replace``'d over the
-final name: a crash (even SIGKILL) never leaves a partial file under a final name. Loads use
+final name: a crash (even SIGKILL) never leaves a partial file under a final name. Under an
+encryption key (:mod:`foveal.secrets`) the bytes are encrypted before they reach the disk, and
+loads decrypt them in memory. Loads use
 ``torch.load(weights_only=True)``, so a file from an untrusted source cannot run code; to keep
 our own files loadable that way, :func:`to_weights_only_safe` turns dataclasses, paths, numpy
 values, enums and the like into plain containers before saving.
@@ -26,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import enum
+import io
 import logging
 import os
 import pickle
@@ -42,6 +45,7 @@ import torch
 import foveal
 from foveal.engine.checkpoint_index import FULL_KIND
 from foveal.errors import CheckpointError
+from foveal.secrets import active_key, encrypt_bytes, is_encrypted, read_model_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -214,9 +218,16 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Any], None]) -> 
 
 
 def save_checkpoint_atomic(obj: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
-    """``torch.save`` a checkpoint dict atomically, converted to weights_only-loadable data."""
+    """``torch.save`` a checkpoint dict atomically, converted to weights_only-loadable data, and
+    encrypted when an encryption key is active (:mod:`foveal.secrets`)."""
     safe = to_weights_only_safe(dict(obj))
-    return atomic_write(path, lambda handle: torch.save(safe, handle))
+    key = active_key()
+    if key is None:
+        return atomic_write(path, lambda handle: torch.save(safe, handle))
+    buffer = io.BytesIO()
+    torch.save(safe, buffer)
+    sealed = encrypt_bytes(buffer.getvalue(), key)
+    return atomic_write(path, lambda handle: handle.write(sealed))
 
 
 def update_latest_link(target: str | os.PathLike[str], link: str | os.PathLike[str]) -> Path:
@@ -308,8 +319,11 @@ def load_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    source: Any = path
+    if is_encrypted(path):  # decrypted in memory only
+        source = io.BytesIO(read_model_bytes(path))
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        obj = torch.load(source, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         if "weights only" in str(exc).lower() or "weights_only" in str(exc):
             raise CheckpointError(

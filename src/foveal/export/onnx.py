@@ -26,8 +26,9 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from foveal.errors import ExportError, ExportVerificationError
+from foveal.errors import ExportError, ExportVerificationError, UsageError
 from foveal.export.exporters import EXPORTERS, exporter_order
+from foveal.secrets import active_key, encrypt_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -276,10 +277,19 @@ def _graph_io(onnx_file: Path) -> tuple[int, dict[str, list], dict[str, list]]:
 
 
 def _publish(tmp_file: Path, onnx_file: Path) -> None:
-    """Move external-data siblings, then atomically rename the file into place."""
-    for sibling in tmp_file.parent.iterdir():
-        if sibling != tmp_file:
-            os.replace(sibling, onnx_file.parent / sibling.name)
+    """Move external-data siblings, then atomically rename the file into place; under an active
+    encryption key the file is encrypted first (:mod:`foveal.secrets`)."""
+    siblings = [s for s in tmp_file.parent.iterdir() if s != tmp_file]
+    key = active_key()
+    if key is not None:
+        if siblings:
+            raise UsageError(
+                f"{onnx_file}: the model needs ONNX external data (over 2 GB), which encrypted export "
+                "does not support; export without encryption_key"
+            )
+        tmp_file.write_bytes(encrypt_bytes(tmp_file.read_bytes(), key))
+    for sibling in siblings:
+        os.replace(sibling, onnx_file.parent / sibling.name)
     os.replace(tmp_file, onnx_file)
 
 

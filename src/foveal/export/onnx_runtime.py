@@ -6,11 +6,13 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
 from foveal.errors import OnnxFileError
+from foveal.secrets import is_encrypted, read_model_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +34,22 @@ def default_providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
+
+def session_source(onnx_file: str | os.PathLike[str]) -> str | bytes:
+    """What ONNX Runtime, ``onnx`` and TensorRT open: the path, or the decrypted bytes of a file
+    written under an encryption key (decrypted in memory; the key is the active one)."""
+    return read_model_bytes(onnx_file) if is_encrypted(onnx_file) else str(onnx_file)
+
+
+def load_onnx_proto(onnx_file: str | os.PathLike[str]) -> Any:
+    """The ``onnx.ModelProto`` of a file (external data not loaded), encrypted or not."""
+    import onnx
+
+    source = session_source(onnx_file)
+    if isinstance(source, bytes):
+        return onnx.load_from_string(source)
+    return onnx.load(source, load_external_data=False)
+
 class OnnxPredictor:
     """Inference on an ONNX file.
 
@@ -49,7 +67,7 @@ class OnnxPredictor:
         if not self.onnx_file.is_file():
             raise OnnxFileError(f"ONNX file not found: {self.onnx_file}")
         self.session = ort.InferenceSession(
-            str(self.onnx_file), providers=list(providers) if providers else default_providers()
+            session_source(self.onnx_file), providers=list(providers) if providers else default_providers()
         )
         self._inputs = self.session.get_inputs()
         self._outputs = self.session.get_outputs()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import onnx
 
-from foveal.errors import EngineBuildError, OnnxFileError, TensorRTUnavailableError
+from foveal.errors import EncryptionKeyError, EngineBuildError, OnnxFileError, TensorRTUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -26,8 +26,12 @@ Shape = list[int]
 
 
 def _load_onnx(onnx_file: Path) -> onnx.ModelProto:
+    from foveal.export.onnx_runtime import load_onnx_proto
+
     try:
-        return onnx.load(str(onnx_file), load_external_data=False)
+        return load_onnx_proto(onnx_file)  # type: ignore[no-any-return]
+    except EncryptionKeyError:
+        raise
     except Exception as exc:  # noqa: BLE001 - protobuf raises several unrelated types
         raise OnnxFileError(
             f"{onnx_file} is not a readable ONNX model ({type(exc).__name__}); "
@@ -144,7 +148,11 @@ def _parse_onnx(trt, builder, trt_logger, onnx_file: Path):
         flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, trt_logger)
-    if not parser.parse_from_file(str(onnx_file)):  # from the file so external data resolves
+    from foveal.export.onnx_runtime import session_source
+
+    source = session_source(onnx_file)  # an encrypted file is parsed from its decrypted bytes
+    parsed = parser.parse(source) if isinstance(source, bytes) else parser.parse_from_file(source)
+    if not parsed:  # from the file when plain, so that external data resolves
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise EngineBuildError(f"TensorRT could not parse {onnx_file}: {errors}")
     return network, parser

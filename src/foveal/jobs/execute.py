@@ -21,6 +21,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from foveal import secrets
 from foveal.engine.status import StatusWriter, read_status
 from foveal.errors import EXIT_TERMINATED, JobStateError, Terminated
 from foveal.jobs.lifecycle import PreparedJob, execute_job, find_network
@@ -49,7 +50,11 @@ def load_prepared(job_id: str, workspace: Workspace, *, restart: bool = False) -
         raise JobStateError(f"job {job.id} is {job.status.value}; only a Pending job can be executed")
     network = find_network(job.network)
     cfg = resolve_config(network.config_cls, job.spec, action=job.action, resolve=network.resolve)
-    return PreparedJob(network, job.action, cfg, job, resumed=job.status is not JobStatus.PENDING)
+    # The record holds the key's fingerprint; the key itself comes from this process's environment.
+    key = secrets.key_from(job.spec.get("encryption_key"), source=f"job {job.id}")
+    return PreparedJob(
+        network, job.action, cfg, job, resumed=job.status is not JobStatus.PENDING, encryption_key=key
+    )
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:

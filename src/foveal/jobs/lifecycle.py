@@ -15,11 +15,12 @@ import logging
 import os
 import socket
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from foveal.errors import SpecError, SpecIssue, UsageError
+from foveal import secrets
+from foveal.errors import EncryptionKeyError, SpecError, SpecIssue, UsageError
 from foveal.jobs.handoff import resolve_handoff
 from foveal.jobs.model import Job, JobStatus, new_job_id
 from foveal.jobs.model import spec_hash as compute_spec_hash
@@ -51,11 +52,17 @@ def check_action(network: Network, action: str) -> None:
 
 @dataclass
 class PreparedJob:
+    """A job whose spec is resolved and whose registry row exists, ready to execute.
+
+    ``encryption_key`` is held in memory only (the spec on disk carries its fingerprint).
+    """
+
     network: Network
     action: str
     config: Any
     job: Job
     resumed: bool
+    encryption_key: str | None = field(default=None, repr=False)
 
 
 def resolve_spec(
@@ -147,6 +154,9 @@ def prepare_job(
     if action not in network.actions:
         available = ", ".join(network.actions) or "none yet"
         raise UsageError(f"{network.name} {action} is not available in this version (available: {available})")
+    key = job_encryption_key(cfg, parent)
+    if key is not None and hasattr(cfg, "encryption_key"):
+        cfg.encryption_key = key  # a key from the environment is recorded too (as its fingerprint)
     spec = to_dict(cfg)
     spec_hash = compute_spec_hash(spec)
     interrupted = (
@@ -154,7 +164,7 @@ def prepare_job(
     )
     if interrupted is not None:
         logger.info("resuming interrupted job %s (%s)", interrupted.id, interrupted.results_dir)
-        return PreparedJob(network, action, cfg, interrupted, resumed=True)
+        return PreparedJob(network, action, cfg, interrupted, resumed=True, encryption_key=key)
     results_dir = Path(cfg.results_dir).expanduser() if getattr(cfg, "results_dir", None) else None
     if results_dir is not None:
         _refuse_finished_results(results_dir, action)
@@ -166,7 +176,32 @@ def prepare_job(
         results_dir=str(results_dir or workspace.results_dir(job_id)),
         job_id=job_id,
     )
-    return PreparedJob(network, action, cfg, job, resumed=False)
+    return PreparedJob(network, action, cfg, job, resumed=False, encryption_key=key)
+
+
+def job_encryption_key(cfg: Any, parent: Job | None) -> str | None:
+    """The key a job runs with (its spec's ``encryption_key``, else ``$FOVEAL_ENCRYPTION_KEY``),
+    checked against the fingerprint its parent was run with: a child reads the parent's
+    encrypted model files, so it needs that very key.
+
+    Raises:
+        EncryptionKeyError: no key for an encrypted parent, or another key.
+    """
+    key = secrets.key_from(getattr(cfg, "encryption_key", None))
+    if parent is None:
+        return key
+    stored = parent.spec.get("encryption_key")
+    if stored and secrets.is_fingerprint(stored):
+        if key is None:
+            raise EncryptionKeyError(
+                f"job {parent.id} wrote its model files encrypted; set encryption_key (or "
+                f"{secrets.ENV_KEY}) to its key"
+            )
+        if not secrets.matches(key, stored):
+            raise EncryptionKeyError(
+                f"encryption_key is not the key job {parent.id} was run with; its model files will not open"
+            )
+    return key
 
 
 @contextlib.contextmanager
@@ -216,7 +251,7 @@ def execute_job(prepared: PreparedJob, *, workspace: Workspace | None = None, de
     verb = "resumed" if prepared.resumed else "started"
     writer.write("STARTED", f"{prepared.network.name} {prepared.action} {verb} on {socket.gethostname()}")
     try:
-        with _job_log_file(results_dir, prepared.action):
+        with _job_log_file(results_dir, prepared.action), secrets.key_scope(prepared.encryption_key):
             result = prepared.network.get_action(prepared.action)(prepared.config, ctx)
         if not isinstance(result, ActionResult):
             result = ActionResult()

@@ -11,6 +11,8 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
 
+from foveal.secrets import for_hash
+
 _JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -70,8 +72,11 @@ def canonical_json(value: Any) -> str:
 
 
 def spec_hash(spec: dict[str, Any]) -> str:
-    """sha256 (hex) of the canonical JSON of a resolved spec: equal specs give equal hashes."""
-    return hashlib.sha256(canonical_json(spec).encode("utf-8")).hexdigest()
+    """sha256 (hex) of the canonical JSON of a resolved spec: equal specs give equal hashes.
+
+    A secret counts as "set", whatever its value or fingerprint salt (:func:`foveal.secrets.for_hash`).
+    """
+    return hashlib.sha256(canonical_json(for_hash(spec)).encode("utf-8")).hexdigest()
 
 
 @dataclass

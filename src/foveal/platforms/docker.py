@@ -22,6 +22,7 @@ from foveal.platforms.runner import (
     RunnerJob,
     job_command,
 )
+from foveal.secrets import ENV_KEY
 
 _S3_ENV = (
     "AWS_ACCESS_KEY_ID",
@@ -53,9 +54,9 @@ class DockerRunner(Runner):
             argv += ["--network", str(get("network"))]
         argv += ["--shm-size=8g", "-v", f"{workspace}:{workspace}", "-w", str(job.results_dir)]
         argv += ["-e", f"FOVEAL_WORKSPACE={workspace}"]
-        if job.needs_s3:
-            for name in _S3_ENV:
-                argv += ["-e", name]  # passed through from the caller's environment, by name only
+        names = (*(_S3_ENV if job.needs_s3 else ()), *((ENV_KEY,) if job.encrypted else ()))
+        for name in names:
+            argv += ["-e", name]  # passed through from the caller's environment, by name only
         return [*argv, job.image, *job_command(job.job_id, job.workspace)]
 
     def render(self, job: RunnerJob) -> str:

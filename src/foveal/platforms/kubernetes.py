@@ -27,8 +27,10 @@ from foveal.platforms.runner import (
     RunnerJob,
     job_command,
 )
+from foveal.secrets import ENV_KEY
 
 S3_SECRET = "foveal-s3-credentials"
+KEY_SECRET = "foveal-encryption-key"  # kubectl create secret generic foveal-encryption-key --from-literal=FOVEAL_ENCRYPTION_KEY=...
 _S3_ENV = (
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
@@ -67,6 +69,8 @@ class KubernetesRunner(Runner):
                 {"name": n, "valueFrom": {"secretKeyRef": {"name": S3_SECRET, "key": n, "optional": True}}}
                 for n in _S3_ENV
             ]
+        if job.encrypted:  # the key from a Kubernetes Secret, never the manifest
+            env.append({"name": ENV_KEY, "valueFrom": {"secretKeyRef": {"name": KEY_SECRET, "key": ENV_KEY}}})
         container: dict[str, Any] = {
             "name": "foveal",
             "image": job.image,

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from foveal import secrets
 from foveal.errors import JobStateError
 from foveal.jobs.lifecycle import PreparedJob
 from foveal.jobs.model import Job, JobStatus
@@ -164,6 +165,8 @@ def launch_job(
     if debug:
         command.append("--debug")
     child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    if prepared.encryption_key:  # in the child's memory only; the record holds its fingerprint
+        child_env[secrets.ENV_KEY] = prepared.encryption_key
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             command,

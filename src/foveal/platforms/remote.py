@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from foveal.errors import UsageError
-from foveal.jobs.lifecycle import check_action, find_network, resolve_spec
+from foveal.jobs.lifecycle import check_action, find_network, job_encryption_key, resolve_spec
 from foveal.jobs.model import Job, JobStatus
 from foveal.jobs.registry import JobRegistry
 from foveal.jobs.workspace import Workspace
 from foveal.platforms.runner import TERMINAL, Runner, RunnerJob
+from foveal.secrets import is_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,9 @@ def prepare_remote_job(
     job_id = new_job_id()
     results_dir = workspace.results_dir(job_id)
     cfg = resolve_spec(network, action, overrides=list(overrides), parent=parent, job_results_dir=results_dir)
+    key = job_encryption_key(cfg, parent)  # the remote job reads it from FOVEAL_ENCRYPTION_KEY
+    if key is not None and hasattr(cfg, "encryption_key"):
+        cfg.encryption_key = key  # recorded as its fingerprint only
     job = registry.create(
         network.name,
         action,
@@ -100,6 +104,7 @@ def launch_remote(
         image=image,
         num_nodes=nodes,
         needs_s3=needs_s3,
+        encrypted=is_fingerprint(spec.get("encryption_key")),
     )
     path = runner.write(target)
     if not runner.can_submit():

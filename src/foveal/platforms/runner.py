@@ -54,6 +54,7 @@ class RunnerJob:
     image: str
     num_nodes: int = 1
     needs_s3: bool = False
+    encrypted: bool = False  # the job runs with an encryption key: FOVEAL_ENCRYPTION_KEY reaches it by name
 
 
 def job_command(job_id: str, workspace: Path, python: str = "python") -> list[str]:

@@ -24,6 +24,7 @@ from foveal.platforms.runner import (
     RunnerJob,
     job_command,
 )
+from foveal.secrets import ENV_KEY
 
 _STATES = {
     "PENDING": PENDING,
@@ -79,6 +80,11 @@ class SlurmRunner(Runner):
             "",
             "set -euo pipefail",
             f"export FOVEAL_WORKSPACE={q(str(job.workspace))}",
+            *(
+                [f': "${{{ENV_KEY}:?the job is encrypted: export {ENV_KEY} before sbatch (sbatch passes it on)}}"']
+                if job.encrypted
+                else []
+            ),
             # Lightning reads the node layout from SLURM's variables; the rendezvous from these.
             'export MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
             "export MASTER_PORT=${MASTER_PORT:-29500}",

@@ -77,7 +77,9 @@ def _ort_outputs(onnx_file: Path, x: np.ndarray, optimise: bool) -> np.ndarray:
     options = ort.SessionOptions()
     if not optimise:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+    from foveal.export.onnx_runtime import session_source
+
+    session = ort.InferenceSession(session_source(onnx_file), options, providers=["CPUExecutionProvider"])
     return session.run(None, {session.get_inputs()[0].name: x})[0]
 
 

@@ -18,6 +18,7 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 
 from foveal.errors import SpecError, SpecIssue
+from foveal.secrets import redact
 from foveal.spec.fields import (
     field_default,
     field_meta,
@@ -123,9 +124,14 @@ def deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any
     return out
 
 
-def to_dict(cfg: Any) -> dict[str, Any]:
-    """A config dataclass as plain data (what ``experiment.yaml`` holds)."""
-    return dataclasses.asdict(cfg)
+def to_dict(cfg: Any, *, with_secrets: bool = False) -> dict[str, Any]:
+    """A config dataclass as plain data (what ``experiment.yaml``, the registry and checkpoints hold).
+
+    Secrets (``encryption_key``) come out as salted fingerprints (:func:`foveal.secrets.redact`)
+    unless ``with_secrets``: whatever is written from this dict never holds a key.
+    """
+    data = dataclasses.asdict(cfg)
+    return data if with_secrets else redact(data)
 
 
 class _SpecDumper(yaml.SafeDumper):

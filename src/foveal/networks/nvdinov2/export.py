@@ -128,9 +128,9 @@ def gen_trt_engine(cfg: Any, ctx: ActionContext) -> ActionResult:
 
     g = cfg.gen_trt_engine
     if g.onnx_file and Path(g.onnx_file).is_file() and None in (g.input_height, g.input_width):
-        import onnx
+        from foveal.export.onnx_runtime import load_onnx_proto
 
-        dims = onnx.load(g.onnx_file, load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+        dims = load_onnx_proto(g.onnx_file).graph.input[0].type.tensor_type.shape.dim
         if len(dims) == 4 and all(d.HasField("dim_value") for d in dims[2:]):
             cfg = copy.deepcopy(cfg)
             if g.input_height is None:
