@@ -64,9 +64,9 @@ class Param:
         if self.kind == "float":
             return trial.suggest_float(self.key, self.low, self.high, log=self.log)
         if self.kind == "int":
-            return trial.suggest_int(
-                self.key, int(self.low), int(self.high), log=self.log, step=self.step or 1
-            )
+            low, high = self.low, self.high
+            assert low is not None and high is not None  # an int parameter always has a range
+            return trial.suggest_int(self.key, int(low), int(high), log=self.log, step=self.step or 1)
         if self.weights is None:
             return trial.suggest_categorical(self.key, list(self.choices))
         # Optuna's categorical distribution has no weights: draw u ~ U(0, 1) and map it through

@@ -58,7 +58,7 @@ def run_cli(app: typer.Typer, argv: list[str]) -> int:
     except Exception as exc:  # noqa: BLE001 - the one place every error becomes a line
         kind = _click_kind(exc)
         if kind == "Exit":
-            return exc.exit_code  # type: ignore[attr-defined,no-any-return]
+            return exc.exit_code  # type: ignore[attr-defined]
         if kind == "Abort":
             typer.echo("canceled", err=True)
             return exit_code(KeyboardInterrupt())
@@ -69,7 +69,7 @@ def run_cli(app: typer.Typer, argv: list[str]) -> int:
             return EXIT_USAGE
         if kind == "ClickException":
             _say([exc.format_message()])  # type: ignore[attr-defined]
-            return exc.exit_code  # type: ignore[attr-defined,no-any-return]
+            return exc.exit_code  # type: ignore[attr-defined]
         if DEBUG:
             traceback.print_exc()
         if isinstance(exc, FovealError):

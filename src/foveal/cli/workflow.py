@@ -96,7 +96,7 @@ def normal_train(
         None, "--eval-dataset-uri", help="Evaluation images (enables evaluate)."
     ),
     platform: str = typer.Option(None, "--platform", help="local (default), slurm, kubernetes, docker."),
-    image: str = typer.Option(None, "--image", help="Container image for remote platforms (confirms it)."),
+    image: str | None = typer.Option(None, "--image", help="Container image for remote platforms (confirms it)."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Confirm the default image; ask nothing."),
     automl_policy: str = typer.Option("auto", "--automl-policy", help="auto, on or off."),
     max_trials: int = typer.Option(4, "--max-trials", min=1, help="AutoML trial budget."),
@@ -120,7 +120,7 @@ def normal_train(
     from foveal.jobs.workspace import Workspace
     from foveal.workflows.normal_train import NormalTrainRequest, run_normal_train
 
-    args = dict(
+    args: dict[str, Any] = dict(
         model=model,
         train_dataset_uri=train_dataset_uri,
         eval_dataset_uri=eval_dataset_uri,

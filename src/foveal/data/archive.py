@@ -25,6 +25,7 @@ and macOS ``__MACOSX`` folders are ignored when deciding.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -41,7 +42,7 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import BinaryIO, NamedTuple, cast
 
 from filelock import FileLock, Timeout
 
@@ -210,6 +211,17 @@ class _Member(NamedTuple):
     opener: Callable[[], BinaryIO] | None = None  # files: opens the member's bytes
 
 
+def _tar_member(tf: tarfile.TarFile, member: tarfile.TarInfo) -> BinaryIO:
+    handle = tf.extractfile(member)
+    if handle is None:  # only regular files are opened
+        raise OSError(f"{member.name}: not a regular file")
+    return cast(BinaryIO, handle)
+
+
+def _zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> BinaryIO:
+    return cast(BinaryIO, zf.open(info))
+
+
 def _write_members(archive: Path, out: Path, members: Iterator[_Member]) -> list[tuple[str, str]]:
     links: list[tuple[str, str]] = []
     for kind, name, target, opener in members:
@@ -218,8 +230,9 @@ def _write_members(archive: Path, out: Path, members: Iterator[_Member]) -> list
             if kind == "dir":
                 path.mkdir(parents=True, exist_ok=True)
             elif kind == "link":
-                links.append((name, target))
+                links.append((name, target or ""))
             else:
+                assert opener is not None  # files always have one
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with opener() as src, open(path, "wb") as dst:
                     shutil.copyfileobj(src, dst, _CHUNK)
@@ -300,7 +313,7 @@ def _tar_members(archive: Path, tf: tarfile.TarFile) -> Iterator[_Member]:
         if m.isdir():
             yield _Member("dir", name)
         elif m.isreg():
-            yield _Member("file", name, opener=lambda m=m: tf.extractfile(m))
+            yield _Member("file", name, opener=functools.partial(_tar_member, tf, m))
         elif m.issym() or m.islnk():
             target = _link_target(archive, name, m.linkname, relative_to_member=m.issym())
             yield _Member("link", name, target)
@@ -336,4 +349,4 @@ def _zip_members(archive: Path, zf: zipfile.ZipFile) -> Iterator[_Member]:
                 "refusing to extract an unsafe archive",
             )
         else:
-            yield _Member("file", name, opener=lambda info=info: zf.open(info))
+            yield _Member("file", name, opener=functools.partial(_zip_member, zf, info))

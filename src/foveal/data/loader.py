@@ -31,12 +31,13 @@ def make_loader(
     - Memory is pinned only when CUDA is there and ``pin_memory`` allows it.
     """
     workers = min(workers, os.cpu_count() or 1)
-    batch = max(1, min(batch_size, len(dataset)))
+    size = len(dataset)  # type: ignore[arg-type]  # map-style datasets are Sized
+    batch = max(1, min(batch_size, size))
     return DataLoader(
         dataset,
         batch_size=batch,
         shuffle=train,
-        drop_last=train and len(dataset) > batch,
+        drop_last=train and size > batch,
         num_workers=workers,
         persistent_workers=workers > 0 if persistent is None else persistent and workers > 0,
         pin_memory=pin_memory and torch.cuda.is_available(),

@@ -14,6 +14,7 @@ one only for single-process use such as tests.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from collections.abc import Callable, Iterable, Sequence
@@ -220,6 +221,12 @@ class RandomHorizontalFlip(_RandomTransform):
         return img
 
 
+
+def _enhance(enhancer: Any, image: Image.Image, factor: float) -> Image.Image:
+    """One PIL ``ImageEnhance`` step (brightness, contrast or colour) by ``factor``."""
+    enhanced: Image.Image = enhancer(image).enhance(factor)
+    return enhanced
+
 class ColorJitter(_RandomTransform):
     """Random brightness, contrast, saturation (factors in [1-x, 1+x]) and hue (shift in [-h, h]), in random order.
 
@@ -251,7 +258,7 @@ class ColorJitter(_RandomTransform):
         ):
             if amount > 0:
                 factor = rng.uniform(max(0.0, 1 - amount), 1 + amount)
-                ops.append((lambda im, f, e=enhancer: e(im).enhance(f), factor))
+                ops.append((functools.partial(_enhance, enhancer), factor))
         if self.hue > 0:
             ops.append((_shift_hue, rng.uniform(-self.hue, self.hue)))
         rng.shuffle(ops)

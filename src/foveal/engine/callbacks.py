@@ -67,7 +67,8 @@ def scalar_metrics(trainer: L.Trainer) -> dict[str, float]:
     """``trainer.callback_metrics`` as floats; ``x_epoch`` is reported as ``x``, ``x_step`` dropped."""
     raw = dict(trainer.callback_metrics)
     metrics: dict[str, float] = {}
-    for key, value in raw.items():
+    for key, raw_value in raw.items():
+        value: Any = raw_value
         if isinstance(value, torch.Tensor):
             if value.numel() != 1:
                 continue
@@ -92,7 +93,7 @@ def epoch_number(trainer: L.Trainer) -> int:
 
 def find_checkpoint_callback(trainer: L.Trainer) -> FovealCheckpoint | None:
     """The trainer's :class:`FovealCheckpoint`, if any."""
-    for callback in trainer.callbacks:
+    for callback in trainer.callbacks:  # type: ignore[attr-defined]  # Lightning sets it at init
         if isinstance(callback, FovealCheckpoint):
             return callback
     return None

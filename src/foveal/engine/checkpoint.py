@@ -122,7 +122,7 @@ def to_weights_only_safe(obj: Any, _path: str = "checkpoint") -> Any:
         return numpy_value
     for base in (bool, int, float, str, bytes):  # subclasses would pickle as their own class
         if isinstance(obj, base):
-            return base(obj)
+            return base(obj)  # type: ignore[arg-type]
     if isinstance(obj, (os.PathLike, torch.device, _dt.date, _dt.time)):
         return obj.isoformat() if isinstance(obj, (_dt.date, _dt.time)) else str(obj)
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):

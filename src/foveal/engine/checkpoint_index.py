@@ -137,7 +137,7 @@ class CheckpointIndex:
         if not isinstance(data, dict) or (network is not None and data.get("network") != network):
             return cls(folder, network)
         entries = [e for e in (IndexEntry.from_json(d) for d in data.get("checkpoints", []) if isinstance(d, dict)) if e]
-        mode = data.get("mode") if data.get("mode") in ("min", "max") else "min"
+        mode = str(data.get("mode")) if data.get("mode") in ("min", "max") else "min"
         index = cls(folder, data.get("network"), data.get("monitor"), mode, entries)
         index.entries.sort(key=lambda e: (e.epoch, e.step))
         return index

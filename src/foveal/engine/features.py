@@ -16,10 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from foveal.nn.backbone import Backbone
 
 
 def _labels(labels: torch.Tensor | Sequence[int]) -> torch.Tensor:
@@ -131,7 +134,7 @@ def linear_probe_top1(
     return float((predicted == val_y).float().mean())
 
 
-def has_class_token(backbone: nn.Module) -> bool:
+def has_class_token(backbone: object) -> bool:
     """Whether ``backbone`` has a class token (ViTs do; ConvNeXt V2 pools instead)."""
     return isinstance(getattr(backbone, "cls_token", None), torch.Tensor)
 
@@ -162,12 +165,12 @@ class Features:
 
 
 @torch.inference_mode()
-def extract_features(backbone: nn.Module, batches: Iterable[tuple[torch.Tensor, object]]) -> Features:
+def extract_features(backbone: Backbone, batches: Iterable[tuple[torch.Tensor, Any]]) -> Features:
     """Pooled features of every image of ``batches`` of ``(images (B, C, H, W), extra)``.
 
     The backbone is put in eval mode; features are float32 on the CPU's or the batches' device.
     """
-    backbone.eval()
+    backbone.eval()  # type: ignore[attr-defined]  # an nn.Module
     has_cls = has_class_token(backbone)
     cls: list[torch.Tensor] = []
     avg: list[torch.Tensor] = []

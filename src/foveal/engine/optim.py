@@ -34,7 +34,7 @@ def no_weight_decay_names(model: nn.Module) -> set[str]:
     return names
 
 
-def _backbone(model: nn.Module, path: str | None) -> nn.Module | None:
+def _backbone(model: nn.Module, path: str | None) -> Any:
     if not path:
         return None
     try:

@@ -124,7 +124,7 @@ def _config_get(config: Any, *keys: str) -> Any:
 def _read_foveal(obj: Mapping[str, Any], network: str, path: Path) -> PretrainedWeights:
     config = obj.get("config") or {}
     ckpt_kind = obj.get("kind", "full")
-    state = obj.get("state_dict") if isinstance(obj.get("state_dict"), Mapping) else obj
+    state: Mapping[str, Any] = obj["state_dict"] if isinstance(obj.get("state_dict"), Mapping) else obj
     backbone = None
     if network == "nvdinov2":
         which = "teacher" if ckpt_kind == "teacher" else "student"
@@ -245,6 +245,7 @@ def load_backbone(model: Any, weights: PretrainedWeights, target: str, source: A
         CheckpointError: the checkpoint's backbone is of another family, or too little matches.
     """
     backbone = model.backbone
+    want: str | None
     if isinstance(backbone, VisionTransformer):
         want = "vit"
     else:

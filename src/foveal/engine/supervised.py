@@ -95,6 +95,8 @@ class ClassificationModule(L.LightningModule):
         ema_decay: keep an EMA of the weights with this decay, or None for none.
     """
 
+    class_weights: torch.Tensor
+
     def __init__(
         self,
         model: Classifier,

@@ -150,7 +150,7 @@ def _batch_size(inputs: tuple[torch.Tensor, ...]) -> int:
         raise ValueError(
             f"a dynamic batch needs every input to share dim 0, got shapes {[tuple(x.shape) for x in inputs]}"
         )
-    return sizes.pop()
+    return int(sizes.pop())  # type: ignore[arg-type]  # None was ruled out above
 
 
 def _alternate_batch(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
@@ -206,8 +206,8 @@ def _session_diffs(
     if len(expected) != len(got):
         raise ValueError(f"the ONNX file has {len(got)} outputs, PyTorch {len(expected)}")
     diffs = {}
-    for meta, ref, out in zip(ort_outputs, expected, got, strict=True):
-        ref = ref.detach().cpu().numpy()
+    for meta, ref_tensor, out in zip(ort_outputs, expected, got, strict=True):
+        ref = ref_tensor.detach().cpu().numpy()
         if ref.shape != out.shape:
             raise ValueError(f"output '{meta.name}': ONNX Runtime shape {out.shape} != PyTorch {ref.shape}")
         diffs[meta.name] = _max_abs_diff(ref, out)

@@ -29,7 +29,7 @@ def _load_onnx(onnx_file: Path) -> onnx.ModelProto:
     from foveal.export.onnx_runtime import load_onnx_proto
 
     try:
-        return load_onnx_proto(onnx_file)  # type: ignore[no-any-return]
+        return load_onnx_proto(onnx_file)
     except EncryptionKeyError:
         raise
     except Exception as exc:  # noqa: BLE001 - protobuf raises several unrelated types

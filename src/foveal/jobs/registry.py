@@ -16,6 +16,7 @@ WAL needs a local filesystem (not NFS/SMB); put the workspace on a local disk.
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import os
@@ -259,7 +260,8 @@ class JobRegistry:
         limit: int | None = None,
     ) -> list[Job]:
         """Jobs matching every given filter, newest first."""
-        clauses, params = [], []
+        clauses: builtins.list[str] = []
+        params: builtins.list[Any] = []
         if network is not None:
             clauses.append("network = ?")
             params.append(network)
@@ -486,7 +488,7 @@ class JobRegistry:
         found = self._run(find, transaction=False)
         return self.get(found) if found else None
 
-    def reap_dead(self) -> list[Job]:
+    def reap_dead(self) -> builtins.list[Job]:
         """Mark Running jobs whose process died on this host as Error; returns them."""
 
         def reap(conn: sqlite3.Connection) -> list[str]:

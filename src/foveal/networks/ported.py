@@ -15,6 +15,7 @@ actions and handoff rules, with two differences:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import typing
@@ -54,9 +55,7 @@ def with_defaults(cls: type, defaults: Mapping[str, Any], prefix: str = "") -> t
             continue
         value = defaults[name]
         if isinstance(value, (list, dict)):
-            new = dataclasses.field(
-                default_factory=lambda v=value: json.loads(json.dumps(v)), metadata=old.metadata
-            )
+            new = dataclasses.field(default_factory=functools.partial(_json_copy, value), metadata=old.metadata)
         else:
             new = dataclasses.field(default=value, metadata=old.metadata)
         new_fields.append((name, hints[name], new))
@@ -105,6 +104,11 @@ def read_entry(entry_dir: Path) -> dict[str, Any]:
     if entry.get("format") != ENTRY_FORMAT or not entry.get("ported"):
         raise ValueError(f"{path}: not a ported network of format {ENTRY_FORMAT}")
     return entry
+
+
+def _json_copy(value: Any) -> Any:
+    """A fresh copy of a JSON-like default (lists and dicts must not be shared between configs)."""
+    return json.loads(json.dumps(value))
 
 
 def absolute_backbone_spec(entry: Mapping[str, Any], entry_dir: Path) -> dict[str, Any]:

@@ -23,7 +23,9 @@ logger = logging.getLogger(__name__)
 
 ACTIONS = ("train", "evaluate", "inference", "export", "gen_trt_engine")
 
-HandoffRule = Literal["parent_model", "parent_model_folder", "create_onnx_file", "output_dir", "parent_onnx_file"]
+HandoffRule = Literal[
+    "parent_model", "parent_model_folder", "create_onnx_file", "output_dir", "parent_onnx_file"
+]
 # Handoff rules a network may declare for a spec field of a downstream action (DESIGN.md,
 # "Handoff inference"). A train job's parent is declared with StartFrom instead.
 HANDOFF_RULES: tuple[str, ...] = (
@@ -275,7 +277,8 @@ class Network:
         if callable(target):
             return target
         module_name, _, attr = target.partition(":")
-        return getattr(importlib.import_module(module_name), attr)  # type: ignore[no-any-return]
+        function: Action = getattr(importlib.import_module(module_name), attr)
+        return function
 
     def start_rule(self, parent_network: str) -> StartFrom | None:
         """How a train job of this network starts from a train job of ``parent_network``."""

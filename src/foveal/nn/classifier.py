@@ -6,16 +6,23 @@ models): the model computes, the loop (:mod:`foveal.engine.supervised`) orchestr
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
+
+from foveal.nn.backbone import Backbone
 
 
 class Classifier(nn.Module):
     """``backbone.forward_features`` -> pool (cls | avg) -> head -> logits (B, num_classes)."""
 
+    backbone: Any  # a Backbone (foveal.nn.backbone): any nn.Module with that interface
+    head: nn.Sequential
+
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         num_classes: int,
         *,
         head_type: str = "linear",
@@ -26,14 +33,12 @@ class Classifier(nn.Module):
         self.backbone = backbone
         self.global_pool = global_pool
         dim = int(backbone.embed_dim)
+        last = nn.Linear(dim, num_classes)
         if head_type == "mlp":
-            self.head = nn.Sequential(
-                nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, num_classes)
-            )
+            self.head = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout), last)
         else:
-            self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, num_classes))
+            self.head = nn.Sequential(nn.Dropout(dropout), last)
         # Small init keeps the first steps from blowing up a pretrained backbone's features.
-        last = self.head[-1]
         nn.init.trunc_normal_(last.weight, std=2e-5 if head_type == "linear" else 0.02)
         nn.init.zeros_(last.bias)
         self.weights_kind = "live"  # "ema" when loaded from a checkpoint's averaged weights
@@ -42,11 +47,11 @@ class Classifier(nn.Module):
         """Pooled features (B, D)."""
         out = self.backbone.forward_features(x)
         if self.global_pool == "avg":
-            return out["x_norm_patchtokens"].mean(dim=1)  # type: ignore[no-any-return]
-        return out["x_norm_clstoken"]  # type: ignore[no-any-return]
+            return out["x_norm_patchtokens"].mean(dim=1)
+        return out["x_norm_clstoken"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))  # type: ignore[no-any-return]
+        return self.head(self.features(x))
 
 
 def freeze_backbone(model: Classifier, freeze: bool, freeze_blocks: list[int]) -> None:

@@ -199,7 +199,8 @@ class ConvNeXtV2(nn.Module):
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 nn.init.trunc_normal_(module.weight, std=0.02)
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
             elif isinstance(module, nn.LayerNorm):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
@@ -241,6 +242,7 @@ class ConvNeXtV2(nn.Module):
         if keeps is not None:
             x = x * keeps[0]
         for i, stage in enumerate(self.stages):
+            assert isinstance(stage, Stage)
             x = stage.downsample(x)
             keep = keeps[i] if keeps is not None else None
             for block in stage.blocks:

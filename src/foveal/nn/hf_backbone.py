@@ -142,8 +142,9 @@ class HFBackbone(nn.Module):
         return {n for n, _ in self.named_parameters() if _NO_DECAY_RE.search(n)}
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        if enable and getattr(self.model, "supports_gradient_checkpointing", False):
-            self.model.gradient_checkpointing_enable()
+        model: Any = self.model  # a transformers PreTrainedModel
+        if enable and getattr(model, "supports_gradient_checkpointing", False):
+            model.gradient_checkpointing_enable()
 
 
 def _forward_arguments(model: nn.Module) -> set[str]:

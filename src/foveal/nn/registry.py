@@ -46,8 +46,9 @@ def register_backbone(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]
     return decorator
 
 
-def create_backbone(name: str, **overrides: Any) -> nn.Module:
-    """Build the registered backbone ``name`` with keyword ``overrides``.
+def create_backbone(name: str, **overrides: Any) -> Any:
+    """Build the registered backbone ``name`` with keyword ``overrides``: an ``nn.Module`` with the
+    :class:`~foveal.nn.backbone.Backbone` interface (typed ``Any``: its concrete class varies).
 
     Raises:
         KeyError: unknown name; the message suggests the closest registered names.

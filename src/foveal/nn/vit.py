@@ -151,7 +151,8 @@ class VisionTransformer(nn.Module):
         nn.init.zeros_(self.mask_token)
         # Treat the patch projection like a Linear layer (MAE).
         nn.init.xavier_uniform_(self.patch_embed.proj.weight.view(self.embed_dim, -1))
-        nn.init.zeros_(self.patch_embed.proj.bias)
+        if self.patch_embed.proj.bias is not None:
+            nn.init.zeros_(self.patch_embed.proj.bias)
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.trunc_normal_(module.weight, std=0.02)

@@ -212,7 +212,7 @@ def resolve_settings(platform: Platform, dataset_uris: Iterable[str | None] = ()
 def describe_platform(platform: Platform, dataset_uris: Iterable[str | None] = ()) -> dict[str, Any]:
     """A JSON-ready description for ``foveal platforms`` (secret values never included)."""
     uris = list(dataset_uris)
-    rows = {"settings": [], "dataset_credentials": []}
+    rows: dict[str, list[dict[str, Any]]] = {"settings": [], "dataset_credentials": []}
     for section, setting in settings_needed(platform, uris):
         value, source = read_setting(setting, section)
         target = "settings" if section == platform.name else "dataset_credentials"

@@ -240,7 +240,7 @@ def inspect_folder(folder: Path) -> SourceInfo:
         )
     preprocessor = read_json(folder / "preprocessor_config.json")
     size, mean, std = input_geometry(config, preprocessor)
-    sizes = {
+    sizes: dict[str, Any] = {
         k: config[k]
         for k in ("patch_size", "hidden_size", "hidden_sizes", "embed_dim", "num_hidden_layers", "depths")
         if k in config

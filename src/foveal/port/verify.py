@@ -91,7 +91,9 @@ class _Features(torch.nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.features(x)
+        model: Any = self.model  # a Classifier
+        features: torch.Tensor = model.features(x)
+        return features
 
 
 # Verdicts of a parity check, mildest first.

@@ -118,8 +118,8 @@ def field_meta(f: dataclasses.Field) -> dict[str, Any]:
 def field_default(f: dataclasses.Field) -> Any:
     if f.default is not MISSING:
         return f.default
-    if f.default_factory is not MISSING:  # type: ignore[misc]
-        return f.default_factory()  # type: ignore[misc]
+    if f.default_factory is not MISSING:
+        return f.default_factory()
     return None
 
 

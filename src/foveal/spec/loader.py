@@ -13,7 +13,7 @@ import difflib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 
@@ -122,6 +122,23 @@ def deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any
         else:
             out[key] = value
     return out
+
+
+T = TypeVar("T")
+
+
+def required(value: T | None, key: str) -> T:
+    """``value`` of a field an action needs, typed as set.
+
+    The schema marks such fields required for the action, so resolution has refused an empty one
+    already; this keeps that promise visible to the type checker (and to a direct library call).
+
+    Raises:
+        SpecError: the field is empty.
+    """
+    if value is None or value == "":
+        raise SpecError(SpecIssue(key, "required but not set", f"set {key}=..."))
+    return value
 
 
 def to_dict(cfg: Any, *, with_secrets: bool = False) -> dict[str, Any]:

@@ -72,7 +72,7 @@ def demo_dataset(workspace: Workspace) -> dict[str, Path]:
         if all(recorded.get(k) == v for k, v in DEMO_DATA.items() if k in recorded):
             return {n.split(".")[0]: out / n for n in names}
     start = time.perf_counter()
-    make_demo_dataset(out, overwrite=True, **DEMO_DATA)
+    make_demo_dataset(out, overwrite=True, **DEMO_DATA)  # type: ignore[arg-type]  # all ints, by name
     logger.info("synthetic dataset: %s (%.1f s)", out, time.perf_counter() - start)
     return {n.split(".")[0]: out / n for n in names}
 

@@ -241,7 +241,7 @@ def plan_normal_train(request: NormalTrainRequest, workspace: Workspace) -> Plan
     parsed = parse_overrides(request.overrides)  # SpecError for a malformed key=value
     explicit = set(parsed)
     uris = (request.train_dataset_uri, request.eval_dataset_uri)
-    stage_overrides = {
+    stage_overrides: dict[str, list[str]] = {
         action: dataset_overrides(network, action, *uris, explicit) + list(request.overrides)
         for action in ("train", "evaluate", "export")
         if action == "train" or (action == "evaluate" and request.eval_dataset_uri) or action == "export"
@@ -377,8 +377,8 @@ def _run_stage(run: _Run, action: str, parent_id: str | None) -> Any:
 def _max_concurrent(request: NormalTrainRequest, plan: Plan) -> int:
     if request.max_concurrent is not None:
         return request.max_concurrent
-    value = plan.settings.get("max_concurrent", "1")
-    if not str(value).isdigit() or int(value) < 1:
+    value = str(plan.settings.get("max_concurrent", "1"))
+    if not value.isdigit() or int(value) < 1:
         raise UsageError(f"local setting max_concurrent={value!r}: expected a whole number >= 1")
     return int(value)
 

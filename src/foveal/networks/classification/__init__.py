@@ -57,7 +57,11 @@ NETWORK = register_network(
                 "evaluate": (DatasetNeed("dataset.val_dataset.images_dir", "eval", True, True, _LABELED),),
                 "inference": (
                     DatasetNeed(
-                        "dataset.test_dataset.images_dir", "test", True, False, "images (any depth) or an archive of them"
+                        "dataset.test_dataset.images_dir",
+                        "test",
+                        True,
+                        False,
+                        "images (any depth) or an archive of them",
                     ),
                 ),
             },

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from foveal.data import (
+    Compose,
     LabeledImageFolderDataset,
     build_eval_transform,
     build_train_transform,
@@ -27,10 +28,11 @@ from foveal.engine.metrics import classification_report
 from foveal.engine.mixup import MixupSettings
 from foveal.engine.supervised import ClassificationModule, OptimSettings
 from foveal.engine.trainer import trainer_for
+from foveal.networks.classification.config import AugmentationConfig, ClassificationConfig, OptimConfig
 from foveal.networks.classification.model import Classifier, build_classifier, freeze_backbone
 from foveal.networks.registry import ActionContext, ActionResult
 from foveal.networks.trt import trt_engine_action
-from foveal.spec import build_config, to_dict
+from foveal.spec import build_config, required, to_dict
 
 logger = logging.getLogger(__name__)
 NETWORK = "classification"
@@ -49,7 +51,7 @@ def _class_weights(dataset: LabeledImageFolderDataset, mode: str) -> torch.Tenso
     return weights / weights.mean()
 
 
-def _train_transform(aug: Any) -> Any:
+def _train_transform(aug: AugmentationConfig) -> Compose:
     """Random resized crop, flip, colour jitter or RandAugment (timm's recipe: not both), normalise."""
     from foveal.data import RandAugment, ToTensor
 
@@ -61,8 +63,8 @@ def _train_transform(aug: Any) -> Any:
         aug.input_size,
         aug.mean,
         aug.std,
-        scale=tuple(aug.scale),
-        ratio=tuple(aug.ratio),
+        scale=(aug.scale[0], aug.scale[1]),
+        ratio=(aug.ratio[0], aug.ratio[1]),
         hflip=aug.hflip,
         color_jitter=jitter,
     )
@@ -72,7 +74,7 @@ def _train_transform(aug: Any) -> Any:
     return transform
 
 
-def _optim_settings(optim: Any) -> OptimSettings:
+def _optim_settings(optim: OptimConfig) -> OptimSettings:
     """classification's ``train.optim`` as the engine loop's :class:`OptimSettings`."""
     return OptimSettings(
         optimizer=optim.optimizer,
@@ -88,7 +90,7 @@ def _optim_settings(optim: Any) -> OptimSettings:
     )
 
 
-def _mixup_settings(aug: Any, num_classes: int) -> MixupSettings | None:
+def _mixup_settings(aug: AugmentationConfig, num_classes: int) -> MixupSettings | None:
     settings = MixupSettings.from_augmentation(aug, num_classes, aug.label_smoothing)
     if settings is None:
         return None
@@ -106,7 +108,9 @@ def _mixup_settings(aug: Any, num_classes: int) -> MixupSettings | None:
     return settings
 
 
-def _load_pretrained(cfg: Any, model: Classifier, classes: list[str], resuming: bool) -> None:
+def _load_pretrained(
+    cfg: ClassificationConfig, model: Classifier, classes: list[str], resuming: bool
+) -> None:
     """Start from model.backbone.pretrained_backbone_path (backbone) or train.pretrained_model_path
     (backbone, and the head of a classification checkpoint with the same classes)."""
     from foveal.engine.pretrained import load_pretrained
@@ -121,7 +125,7 @@ def _load_pretrained(cfg: Any, model: Classifier, classes: list[str], resuming: 
     key = "model.backbone.pretrained_backbone_path" if backbone_path else "train.pretrained_model_path"
     load_pretrained(
         model,
-        backbone_path or model_path,
+        required(backbone_path or model_path, key),
         cfg.model.backbone.type,
         key=key,
         with_head=bool(model_path),
@@ -129,13 +133,15 @@ def _load_pretrained(cfg: Any, model: Classifier, classes: list[str], resuming: 
     )
 
 
-def train(cfg: Any, ctx: ActionContext) -> ActionResult:
+def train(cfg: ClassificationConfig, ctx: ActionContext) -> ActionResult:
     """Fine-tune a backbone + head on a class-subfolder dataset."""
     import lightning as L
 
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     aug = cfg.dataset.augmentation
-    train_root = resolve_dataset(cfg.dataset.train_dataset.images_dir, ctx.cache_dir)
+    train_root = resolve_dataset(
+        required(cfg.dataset.train_dataset.images_dir, "dataset.train_dataset.images_dir"), ctx.cache_dir
+    )
     train_set = LabeledImageFolderDataset(train_root, transform=_train_transform(aug))
     val_set = None
     if cfg.dataset.val_dataset.images_dir:
@@ -206,7 +212,7 @@ def load_classifier(path: str | Path, weights: str = "auto") -> tuple[Classifier
     if weights == "ema" and ema is None:
         raise CheckpointError(f"{path} has no EMA weights (trained without train.ema.enable)")
     use_ema = ema is not None and weights != "live"
-    if use_ema:
+    if use_ema and ema is not None:
         logger.info("using the EMA weights of %s (trained with train.ema.enable)", path)
         state = dict(ema)
     else:
@@ -225,13 +231,15 @@ def _predict(model: Classifier, loader: DataLoader) -> tuple[torch.Tensor, torch
     return torch.cat(logits), torch.cat(targets)
 
 
-def evaluate(cfg: Any, ctx: ActionContext) -> ActionResult:
+def evaluate(cfg: ClassificationConfig, ctx: ActionContext) -> ActionResult:
     """Top-1/top-5, per-class precision/recall/F1, confusion matrix (JSON + PNG) and loss."""
     from foveal.networks.classification.plots import draw_confusion_matrix
 
-    model, trained_cfg, classes = load_classifier(cfg.evaluate.checkpoint)
+    model, trained_cfg, classes = load_classifier(required(cfg.evaluate.checkpoint, "evaluate.checkpoint"))
     aug = trained_cfg.dataset.augmentation
-    root = resolve_dataset(cfg.dataset.val_dataset.images_dir, ctx.cache_dir)
+    root = resolve_dataset(
+        required(cfg.dataset.val_dataset.images_dir, "dataset.val_dataset.images_dir"), ctx.cache_dir
+    )
     dataset = LabeledImageFolderDataset(
         root, transform=build_eval_transform(aug.input_size, aug.mean, aug.std), classes=classes
     )
@@ -255,14 +263,18 @@ def evaluate(cfg: Any, ctx: ActionContext) -> ActionResult:
     )
 
 
-def inference(cfg: Any, ctx: ActionContext) -> ActionResult:
+def inference(cfg: ClassificationConfig, ctx: ActionContext) -> ActionResult:
     """Top-k classes and scores per image -> results.csv, for an image file, a folder or an archive."""
     from foveal.data.files import resolve_image_inputs
 
-    model, trained_cfg, classes = load_classifier(cfg.inference.checkpoint)
+    model, trained_cfg, classes = load_classifier(required(cfg.inference.checkpoint, "inference.checkpoint"))
     aug = trained_cfg.dataset.augmentation
     transform = build_eval_transform(aug.input_size, aug.mean, aug.std)
-    dataset = resolve_image_inputs(cfg.dataset.test_dataset.images_dir, ctx.cache_dir, transform)
+    dataset = resolve_image_inputs(
+        required(cfg.dataset.test_dataset.images_dir, "dataset.test_dataset.images_dir"),
+        ctx.cache_dir,
+        transform,
+    )
     batch = cfg.inference.batch_size if cfg.inference.batch_size > 0 else cfg.dataset.batch_size
     k = min(5, len(classes))
     out = ctx.results_dir / "results.csv"
@@ -274,18 +286,18 @@ def inference(cfg: Any, ctx: ActionContext) -> ActionResult:
             for p, s, i in zip(paths, scores.tolist(), idx.tolist(), strict=True):
                 writer.writerow([p] + [v for j in range(k) for v in (classes[i[j]], f"{s[j]:.6f}")])
     return ActionResult(
-        kpis={"num_images": float(len(dataset))},
+        kpis={"num_images": float(len(dataset))},  # type: ignore[arg-type]  # a map-style dataset
         artifacts={"results": str(out)},
-        message=f"{len(dataset)} images -> {out}",
+        message=f"{len(dataset)} images -> {out}",  # type: ignore[arg-type]
     )
 
 
-def export(cfg: Any, ctx: ActionContext) -> ActionResult:
+def export(cfg: ClassificationConfig, ctx: ActionContext) -> ActionResult:
     """ONNX (optionally ending in a softmax) with class names in its metadata, checked against
     PyTorch with ONNX Runtime."""
     from foveal.export import export_batch_settings, export_onnx
 
-    model, trained_cfg, classes = load_classifier(cfg.export.checkpoint)
+    model, trained_cfg, classes = load_classifier(required(cfg.export.checkpoint, "export.checkpoint"))
     weights = model.weights_kind
     aug = trained_cfg.dataset.augmentation
     softmax = bool(cfg.export.softmax)

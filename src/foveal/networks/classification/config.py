@@ -449,7 +449,11 @@ def resolve(cfg: ClassificationConfig, action: str | None = None) -> Classificat
     """
     issues: list[SpecIssue] = check_sections(cfg, action)
     _check_backbone_name(issues, cfg.model.backbone.type)
-    if action in (None, "train") and cfg.model.backbone.pretrained_backbone_path and cfg.train.pretrained_model_path:
+    if (
+        action in (None, "train")
+        and cfg.model.backbone.pretrained_backbone_path
+        and cfg.train.pretrained_model_path
+    ):
         issues.append(
             SpecIssue(
                 "train.pretrained_model_path",

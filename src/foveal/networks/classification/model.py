@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from foveal.networks.classification.config import ModelConfig
 from foveal.nn import create_backbone
 from foveal.nn.classifier import Classifier, freeze_backbone
 
 __all__ = ["Classifier", "build_classifier", "freeze_backbone"]
 
 
-def build_classifier(model_cfg: Any, num_classes: int, img_size: int) -> Classifier:
+def build_classifier(model_cfg: ModelConfig, num_classes: int, img_size: int) -> Classifier:
     """Build the classifier a ``model`` spec section describes (no weights loaded)."""
     extra = {}
     if getattr(model_cfg.backbone, "patch_size", None) is not None:
@@ -23,5 +22,5 @@ def build_classifier(model_cfg: Any, num_classes: int, img_size: int) -> Classif
         num_classes,
         head_type=model_cfg.head.type,
         dropout=model_cfg.head.dropout,
-        global_pool=model_cfg.global_pool,
+        global_pool=model_cfg.global_pool or "cls",  # resolve fills it (cls for ViTs, avg for ConvNeXt)
     )

@@ -26,12 +26,13 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 
 def _colour(fraction: float) -> tuple[int, int, int]:
     f = min(1.0, max(0.0, fraction))
-    return tuple(round(lo + (hi - lo) * f) for lo, hi in zip(_LOW, _HIGH, strict=True))
+    r, g, b = (round(lo + (hi - lo) * f) for lo, hi in zip(_LOW, _HIGH, strict=True))
+    return r, g, b
 
 
 def _text_size(draw: ImageDraw.ImageDraw, text: str, font) -> tuple[int, int]:
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-    return right - left, bottom - top
+    return int(right - left), int(bottom - top)
 
 
 def _short(name: str) -> str:
@@ -112,9 +113,9 @@ def draw_confusion_matrix(
         draw.line([bar_x, top + y, bar_x + bar_w, top + y], fill=_colour(1.0 - y / max(1, grid - 1)))
     draw.rectangle([bar_x, top, bar_x + bar_w, top + grid - 1], outline="black")
     for value, label in ((1.0, "100%"), (0.5, "50%"), (0.0, "0%")):
-        y = top + (1.0 - value) * (grid - 1)
+        label_y = top + (1.0 - value) * (grid - 1)
         _, th = _text_size(draw, label, small)
-        draw.text((bar_x + bar_w + 4, y - th / 2 - 1), label, fill="black", font=small)
+        draw.text((bar_x + bar_w + 4, label_y - th / 2 - 1), label, fill="black", font=small)
 
     path = Path(path)
     image.save(path, format="PNG")

@@ -32,6 +32,7 @@ from foveal.engine import checkpoint_artifacts, fit, load_checkpoint, resolve_re
 from foveal.engine.trainer import trainer_for
 from foveal.errors import CheckpointError
 from foveal.networks.mae import checkpoints
+from foveal.networks.mae.config import MAEConfig
 from foveal.networks.mae.models import EncoderFeatures, build_finetune_model, build_pretrain_model
 from foveal.networks.mae.module import (
     MAEFinetuneModule,
@@ -42,7 +43,8 @@ from foveal.networks.mae.module import (
 from foveal.networks.mae.transforms import finetune_transform, pretrain_transform
 from foveal.networks.registry import ActionContext, ActionResult
 from foveal.networks.trt import trt_engine_action
-from foveal.spec import SpecError, SpecIssue, to_dict
+from foveal.spec import SpecError, SpecIssue, required, to_dict
+from foveal.spec.common import EvaluateConfig, InferenceConfig
 
 logger = logging.getLogger(__name__)
 NETWORK = "mae"
@@ -50,14 +52,14 @@ _TRAIN_KPIS = ("train_loss", "train_loss_epoch", "train_top1", "val_loss", "val_
 GRID_IMAGES = 8  # images in the inference reconstruction grid
 
 
-def _batch(cfg: Any, section: Any) -> int:
+def _batch(cfg: MAEConfig, section: EvaluateConfig | InferenceConfig) -> int:
     return section.batch_size if section.batch_size > 0 else cfg.dataset.batch_size
 
 
 # ------------------------------------------------------------------------------------ train
 
 
-def train(cfg: Any, ctx: ActionContext) -> ActionResult:
+def train(cfg: MAEConfig, ctx: ActionContext) -> ActionResult:
     """Pretrain (masked reconstruction on unlabeled images) or fine-tune (classification)."""
     import lightning as L
 
@@ -77,7 +79,7 @@ def train(cfg: Any, ctx: ActionContext) -> ActionResult:
     return ActionResult(kpis=kpis, artifacts=checkpoint_artifacts(ctx.results_dir))
 
 
-def _resume_and_start(cfg: Any, ctx: ActionContext) -> tuple[Path | None, str | None]:
+def _resume_and_start(cfg: MAEConfig, ctx: ActionContext) -> tuple[Path | None, str | None]:
     """(full checkpoint to resume this job from, weights to start from) for this run.
 
     Resume is only for the same job (its own results folder, or
@@ -99,7 +101,7 @@ def _resume_and_start(cfg: Any, ctx: ActionContext) -> tuple[Path | None, str | 
     return resume, cfg.train.pretrained_model_path
 
 
-def _trainer(cfg: Any, ctx: ActionContext, monitor: str, mode: str) -> Any:
+def _trainer(cfg: MAEConfig, ctx: ActionContext, monitor: str, mode: str) -> Any:
     return trainer_for(
         cfg.train,
         results_dir=ctx.results_dir,
@@ -112,13 +114,15 @@ def _trainer(cfg: Any, ctx: ActionContext, monitor: str, mode: str) -> Any:
     )
 
 
-def _steps_per_epoch(loader: DataLoader, cfg: Any) -> int:
+def _steps_per_epoch(loader: DataLoader, cfg: MAEConfig) -> int:
     return max(1, len(loader) // cfg.train.accum_grad_batches)
 
 
-def _pretrain_setup(cfg: Any, ctx: ActionContext, start: str | None) -> tuple:
+def _pretrain_setup(cfg: MAEConfig, ctx: ActionContext, start: str | None) -> tuple:
     aug = cfg.dataset.augmentation
-    root = resolve_dataset(cfg.dataset.train_data_sources, ctx.cache_dir)
+    root = resolve_dataset(
+        required(cfg.dataset.train_data_sources, "dataset.train_data_sources"), ctx.cache_dir
+    )
     train_set = ImageFolderDataset(root, transform=pretrain_transform(aug), recursive=True)
     logger.info("pretrain: %d images from %s", len(train_set), root)
     val_set = None
@@ -151,9 +155,11 @@ def _pretrain_setup(cfg: Any, ctx: ActionContext, start: str | None) -> tuple:
     return module, train_loader, val_loader, (monitor, "min")
 
 
-def _finetune_setup(cfg: Any, ctx: ActionContext, start: str | None) -> tuple:
+def _finetune_setup(cfg: MAEConfig, ctx: ActionContext, start: str | None) -> tuple:
     aug = cfg.dataset.augmentation
-    root = resolve_dataset(cfg.dataset.train_data_sources, ctx.cache_dir)
+    root = resolve_dataset(
+        required(cfg.dataset.train_data_sources, "dataset.train_data_sources"), ctx.cache_dir
+    )
     train_set = LabeledImageFolderDataset(root, transform=finetune_transform(aug))
     classes = train_set.classes
     _check_num_classes(
@@ -199,11 +205,11 @@ def _check_num_classes(num_classes: int | None, found: int, where: str) -> None:
 # ------------------------------------------------------------------------------------ evaluate
 
 
-def evaluate(cfg: Any, ctx: ActionContext) -> ActionResult:
+def evaluate(cfg: MAEConfig, ctx: ActionContext) -> ActionResult:
     """Finetune: top-1/top-5, per-class metrics, confusion matrix. Pretrain: reconstruction loss
     and, when the validation images are in class folders, kNN top-1. Both -> results.json."""
-    loaded = checkpoints.load_trained(cfg.evaluate.checkpoint)
-    root = resolve_dataset(cfg.dataset.val_data_sources, ctx.cache_dir)
+    loaded = checkpoints.load_trained(required(cfg.evaluate.checkpoint, "evaluate.checkpoint"))
+    root = resolve_dataset(required(cfg.dataset.val_data_sources, "dataset.val_data_sources"), ctx.cache_dir)
     if loaded.stage == "finetune":
         report = _evaluate_finetune(cfg, loaded, root)
         kpis = {k: report[k] for k in ("top1", "top5", "loss")}
@@ -220,7 +226,7 @@ def evaluate(cfg: Any, ctx: ActionContext) -> ActionResult:
     return ActionResult(kpis=kpis, artifacts={"results": str(out)}, message=message)
 
 
-def _evaluate_finetune(cfg: Any, loaded: checkpoints.Trained, root: Path) -> dict[str, Any]:
+def _evaluate_finetune(cfg: MAEConfig, loaded: checkpoints.Trained, root: Path) -> dict[str, Any]:
     from foveal.engine.metrics import classification_report
 
     _check_num_classes(cfg.model.num_classes, len(loaded.classes), f"checkpoint {loaded.path}")
@@ -237,7 +243,9 @@ def _evaluate_finetune(cfg: Any, loaded: checkpoints.Trained, root: Path) -> dic
     return classification_report(torch.cat(logits), torch.cat(targets), loaded.classes)
 
 
-def _evaluate_pretrain(cfg: Any, ctx: ActionContext, loaded: checkpoints.Trained, root: Path) -> dict[str, Any]:
+def _evaluate_pretrain(
+    cfg: MAEConfig, ctx: ActionContext, loaded: checkpoints.Trained, root: Path
+) -> dict[str, Any]:
     from foveal.engine.features import extract_features, knn_top1
     from foveal.errors import DatasetError
     from foveal.networks.mae.evaluation import reconstruction_loss
@@ -280,12 +288,14 @@ def _evaluate_pretrain(cfg: Any, ctx: ActionContext, loaded: checkpoints.Trained
 # ------------------------------------------------------------------------------------ inference
 
 
-def inference(cfg: Any, ctx: ActionContext) -> ActionResult:
+def inference(cfg: MAEConfig, ctx: ActionContext) -> ActionResult:
     """Finetune: results.csv (path, class index, class name, score). Pretrain: every image's
     embedding (embeddings.safetensors + embeddings.csv) and reconstruction.png."""
-    loaded = checkpoints.load_trained(cfg.inference.checkpoint)
+    loaded = checkpoints.load_trained(required(cfg.inference.checkpoint, "inference.checkpoint"))
     aug = loaded.cfg.dataset.augmentation
-    root = resolve_dataset(cfg.dataset.test_data_sources, ctx.cache_dir)
+    root = resolve_dataset(
+        required(cfg.dataset.test_data_sources, "dataset.test_data_sources"), ctx.cache_dir
+    )
     tf = build_eval_transform(aug.input_size, aug.mean, aug.std)
     dataset = ImageFolderDataset(root, transform=tf, recursive=True, return_path=True)
     loader = make_loader(dataset, _batch(cfg, cfg.inference), cfg.dataset.num_workers_per_gpu, train=False)
@@ -343,12 +353,12 @@ def _write_embeddings(loaded: checkpoints.Trained, loader: DataLoader, results_d
 # ------------------------------------------------------------------------------------ export
 
 
-def export(cfg: Any, ctx: ActionContext) -> ActionResult:
+def export(cfg: MAEConfig, ctx: ActionContext) -> ActionResult:
     """Finetune: the classifier (output ``logits``). Pretrain: the encoder (outputs ``embedding``,
     ViT ``cls_token`` + ``patch_tokens``, ConvNeXt ``feature_map``). Checked with ONNX Runtime."""
     from foveal.export import export_batch_settings, export_onnx
 
-    loaded = checkpoints.load_trained(cfg.export.checkpoint)
+    loaded = checkpoints.load_trained(required(cfg.export.checkpoint, "export.checkpoint"))
     aug = loaded.cfg.dataset.augmentation
     onnx_file = Path(cfg.export.onnx_file or ctx.results_dir / f"{NETWORK}.onnx")
     if onnx_file.exists() and not cfg.export.overwrite:

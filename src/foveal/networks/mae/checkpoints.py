@@ -22,7 +22,8 @@ from torch import nn
 
 from foveal.engine.checkpoint import load_checkpoint
 from foveal.errors import CheckpointError
-from foveal.networks.mae.models import build_finetune_model, build_pretrain_model, is_convnext
+from foveal.networks.mae.config import MAEConfig
+from foveal.networks.mae.models import build_finetune_model, build_pretrain_model, encoder_of, is_convnext
 from foveal.spec import SpecError, SpecIssue
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ class Trained:
     """A model rebuilt from a mae checkpoint, in eval mode."""
 
     model: nn.Module
-    cfg: Any
+    cfg: MAEConfig
     stage: str
     path: Path
     classes: list[str] = field(default_factory=list)
@@ -72,6 +73,7 @@ def load_trained(path: str | Path) -> Trained:
     cfg = build_config(MAEConfig, ckpt["config"])
     size = cfg.dataset.augmentation.input_size
     classes = list(ckpt.get("classes") or [])
+    model: nn.Module
     if stage == "finetune":
         model = build_finetune_model(cfg.model, len(classes), size)
     else:
@@ -163,7 +165,7 @@ def load_pretrain_start(model: nn.Module, path: str | Path, arch: str) -> str:
     encoder_state = {k.removeprefix("encoder."): v for k, v in tensors.items() if k.startswith("encoder.")}
     filter_fn = convnextv2_checkpoint_filter_fn if is_convnext(arch) else checkpoint_filter_fn
     try:
-        encoder = filter_fn(encoder_state, model.encoder) if encoder_state else {}
+        encoder = filter_fn(encoder_state, encoder_of(model)) if encoder_state else {}
     except ValueError as exc:
         raise CheckpointError(f"train.pretrained_model_path: {path}: {exc}") from None
     expected = model.state_dict()

@@ -353,7 +353,9 @@ def resolve(cfg: MAEConfig, action: str | None = None) -> MAEConfig:
             )
         if aug.interpolation == "random":
             issues.append(
-                SpecIssue("dataset.augmentation.interpolation", "'random' is not supported yet", "use bicubic")
+                SpecIssue(
+                    "dataset.augmentation.interpolation", "'random' is not supported yet", "use bicubic"
+                )
             )
     stride = input_stride(cfg.model.arch)
     if aug.input_size % stride:

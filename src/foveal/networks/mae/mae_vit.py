@@ -100,7 +100,8 @@ class MaskedAutoencoderViT(nn.Module):
         included), unit LayerNorms, N(0, 0.02) class and mask tokens; sin-cos tables kept."""
         enc = self.encoder
         nn.init.xavier_uniform_(enc.patch_embed.proj.weight.view(enc.embed_dim, -1))
-        nn.init.zeros_(enc.patch_embed.proj.bias)
+        if enc.patch_embed.proj.bias is not None:
+            nn.init.zeros_(enc.patch_embed.proj.bias)
         nn.init.normal_(enc.cls_token, std=0.02)
         nn.init.normal_(self.mask_token, std=0.02)
         for module in self.modules():

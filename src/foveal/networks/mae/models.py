@@ -89,7 +89,7 @@ class MAEClassifier(Classifier):
     pre-norm tokens (MAE ``models_vit.py`` with ``global_pool=True``).
     """
 
-    def __init__(self, backbone: nn.Module, num_classes: int, **kwargs: Any) -> None:
+    def __init__(self, backbone: Any, num_classes: int, **kwargs: Any) -> None:
         eps = backbone.norm.eps
         backbone.norm = nn.Identity()
         super().__init__(backbone, num_classes, global_pool="avg", **kwargs)
@@ -126,8 +126,9 @@ def build_finetune_model(model_cfg: Any, num_classes: int, img_size: int, **over
     return Classifier(backbone, num_classes, global_pool="cls")
 
 
-def encoder_of(model: nn.Module) -> nn.Module:
-    """The encoder of a pretraining model or the backbone of a classifier."""
+def encoder_of(model: nn.Module) -> Any:
+    """The encoder (a :class:`~foveal.nn.backbone.Backbone`) of a pretraining model or the
+    backbone of a classifier."""
     return model.encoder if hasattr(model, "encoder") else model.backbone
 
 
@@ -140,9 +141,9 @@ class EncoderFeatures(nn.Module):
     also returns its normalised class token and patch tokens; ConvNeXt V2 its feature map.
     """
 
-    def __init__(self, encoder: nn.Module) -> None:
+    def __init__(self, encoder: Any) -> None:
         super().__init__()
-        self.encoder = encoder
+        self.encoder: Any = encoder
         self.is_vit = has_class_token(encoder)
 
     @property

@@ -18,11 +18,12 @@ from torch import nn
 from foveal.engine.mixup import MixupSettings
 from foveal.engine.optim import param_groups
 from foveal.engine.supervised import ClassificationModule, OptimSettings, build_optimizer
+from foveal.networks.mae.config import AugmentationConfig, OptimConfig
 
 STAGE_KEY = "stage"  # checkpoint field naming the training stage (pretrain | finetune)
 
 
-def optim_settings_from_mae(optim: Any) -> OptimSettings:
+def optim_settings_from_mae(optim: OptimConfig) -> OptimSettings:
     """mae's ``train.optim`` section as the fine-tuning loop's :class:`OptimSettings`."""
     return OptimSettings(
         optimizer="sgd" if optim.type == "SGD" else "adamw",
@@ -38,7 +39,7 @@ def optim_settings_from_mae(optim: Any) -> OptimSettings:
     )
 
 
-def mixup_settings_from_mae(aug: Any, num_classes: int) -> MixupSettings | None:
+def mixup_settings_from_mae(aug: AugmentationConfig, num_classes: int) -> MixupSettings | None:
     """mae's ``dataset.augmentation`` Mixup/CutMix fields as the engine's ``MixupSettings``
     (None when both are off)."""
     return MixupSettings.from_augmentation(aug, num_classes, aug.smoothing)
@@ -88,8 +89,12 @@ class MAEPretrainModule(L.LightningModule):
         # MAE's AdamW betas (0.9, 0.95); no layer-wise decay when pretraining.
         groups = param_groups(self.model, weight_decay=self.optim.weight_decay, backbone=None)
         return build_optimizer(
-            self.optim, groups, self.trainer.estimated_stepping_batches, self.steps_per_epoch,
-            betas=(0.9, 0.95), fused=True,
+            self.optim,
+            groups,
+            self.trainer.estimated_stepping_batches,
+            self.steps_per_epoch,
+            betas=(0.9, 0.95),
+            fused=True,
         )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -19,10 +19,11 @@ from foveal.data import (
     RandomResizedCrop,
     ToTensor,
 )
+from foveal.networks.mae.config import AugmentationConfig
 from foveal.spec import SpecError, SpecIssue
 
 
-def pretrain_transform(aug: Any) -> Compose:
+def pretrain_transform(aug: AugmentationConfig) -> Compose:
     steps: list[Any] = [
         RandomResizedCrop(
             aug.input_size, (aug.min_scale, aug.max_scale), (aug.min_ratio, aug.max_ratio), "bicubic"
@@ -33,7 +34,7 @@ def pretrain_transform(aug: Any) -> Compose:
     return Compose([*steps, ToTensor(), Normalize(aug.mean, aug.std)])
 
 
-def finetune_transform(aug: Any) -> Compose:
+def finetune_transform(aug: AugmentationConfig) -> Compose:
     steps: list[Any] = [
         RandomResizedCrop(
             aug.input_size, (aug.min_scale, aug.max_scale), (aug.min_ratio, aug.max_ratio), aug.interpolation

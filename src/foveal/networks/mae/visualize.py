@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ MASKED_GREY = 0.5
 
 
 @torch.inference_mode()
-def reconstruct(model: nn.Module, images: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def reconstruct(model: Any, images: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(masked pixel mask (B, 1, H, W) in {0, 1}, reconstruction (B, C, H, W)), normalised space."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)

@@ -7,22 +7,21 @@ student gets stochastic depth: the teacher runs without grad and must be determi
 
 from __future__ import annotations
 
-from typing import Any
-
+from foveal.networks.nvdinov2.config import NVDINOv2Config
 from foveal.nn.registry import create_backbone
 from foveal.nn.vit import VisionTransformer
 
 WHICH = ("student", "teacher")
 
 
-def backbone_type(cfg: Any, which: str) -> str:
+def backbone_type(cfg: NVDINOv2Config, which: str) -> str:
     """``model.backbone.student_type`` or ``teacher_type`` (``vit_t`` ... ``vit_g``)."""
     if which not in WHICH:
         raise ValueError(f"which must be one of {WHICH}, got {which!r}")
     return getattr(cfg.model.backbone, f"{which}_type")
 
 
-def build_backbone(cfg: Any, which: str) -> VisionTransformer:
+def build_backbone(cfg: NVDINOv2Config, which: str) -> VisionTransformer:
     """The student or teacher ViT for ``cfg`` (an ``NVDINOv2Config``), randomly initialised.
 
     Args:

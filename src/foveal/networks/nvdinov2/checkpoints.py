@@ -19,6 +19,7 @@ from typing import Any
 
 from foveal.engine.checkpoint import load_checkpoint
 from foveal.errors import CheckpointError
+from foveal.networks.nvdinov2.config import NVDINOv2Config
 from foveal.nn.vit import VisionTransformer
 
 logger = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ class LoadedBackbone:
     """A backbone rebuilt from an nvdinov2 checkpoint, in eval mode, and where it came from."""
 
     backbone: VisionTransformer
-    cfg: Any  # the NVDINOv2Config the checkpoint was trained with
+    cfg: NVDINOv2Config  # the config the checkpoint was trained with
     kind: str  # "student" | "teacher"
     arch: str
     path: Path

@@ -216,7 +216,7 @@ class SchedulerConfig:
 
 @dataclass
 class LearningRateScheduleConfig(SchedulerConfig):
-    val_base: float | None = field(
+    val_base: float | None = field(  # type: ignore[assignment]  # empty here: derived (resolve) or read from the checkpoint
         None,
         valid_min=0.0,
         popular=True,
@@ -425,13 +425,13 @@ class NVDINOv2ExportConfig(ExportConfig):
     overwrite: bool = field(
         False, description="Replace an existing export.onnx_file; false refuses to overwrite it."
     )
-    input_width: int | None = field(
+    input_width: int | None = field(  # type: ignore[assignment]  # empty here: derived (resolve) or read from the checkpoint
         None,
         valid_min=14,
         description="Input width; divisible by the checkpoint's patch size. Empty: the img_size the "
         "checkpoint was trained with.",
     )
-    input_height: int | None = field(
+    input_height: int | None = field(  # type: ignore[assignment]  # empty here: derived (resolve) or read from the checkpoint
         None,
         valid_min=14,
         description="Input height; divisible by the checkpoint's patch size. Empty: the img_size the "
@@ -446,10 +446,10 @@ class NVDINOv2TensorRTConfig(TensorRTConfig):
 
 @dataclass
 class NVDINOv2GenTrtEngineConfig(GenTrtEngineConfig):
-    input_width: int | None = field(
+    input_width: int | None = field(  # type: ignore[assignment]  # empty here: derived (resolve) or read from the checkpoint
         None, valid_min=14, description="Input width. Empty: the ONNX file's own (static) width."
     )
-    input_height: int | None = field(
+    input_height: int | None = field(  # type: ignore[assignment]  # empty here: derived (resolve) or read from the checkpoint
         None, valid_min=14, description="Input height. Empty: the ONNX file's own (static) height."
     )
     tensorrt: NVDINOv2TensorRTConfig = section(
@@ -578,7 +578,11 @@ def resolve(cfg: NVDINOv2Config, action: str | None = None) -> NVDINOv2Config:
             )
         )
     _check_schedules(issues, cfg.train.schedulers)
-    if action == "train" and cfg.model.distill.enable and not cfg.model.distill.pretrained_non_distill_pl_model_path:
+    if (
+        action == "train"
+        and cfg.model.distill.enable
+        and not cfg.model.distill.pretrained_non_distill_pl_model_path
+    ):
         issues.append(
             SpecIssue(
                 "model.distill.pretrained_non_distill_pl_model_path",

@@ -15,8 +15,9 @@ from typing import Any
 import torch
 
 from foveal.engine.features import Features, extract_features, knn_top1, linear_probe_top1
+from foveal.networks.nvdinov2.config import NVDINOv2Config
 from foveal.networks.registry import ActionContext, ActionResult
-from foveal.spec import SpecError, SpecIssue
+from foveal.spec import SpecError, SpecIssue, required
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,9 @@ def stratified_split(labels: Sequence[int], fraction: float, seed: int) -> tuple
 # ------------------------------------------------------------------------------ action
 
 
-def _reference_set(cfg: Any, ctx: ActionContext, transform: Any, classes: list[str]) -> tuple[Any, str]:
+def _reference_set(
+    cfg: NVDINOv2Config, ctx: ActionContext, transform: Any, classes: list[str]
+) -> tuple[Any, str]:
     """Labeled training images for kNN/probe, or (None, why not) when they are not usable."""
     from foveal.data import DatasetError, LabeledImageFolderDataset, resolve_dataset
 
@@ -66,7 +69,9 @@ def _reference_set(cfg: Any, ctx: ActionContext, transform: Any, classes: list[s
         return None, f"dataset.train_dataset.images_dir is not labeled like the val set ({exc})"
 
 
-def _features(cfg: Any, ctx: ActionContext, loaded: Any) -> tuple[Features, Features, str, list[str]]:
+def _features(
+    cfg: NVDINOv2Config, ctx: ActionContext, loaded: Any
+) -> tuple[Features, Features, str, list[str]]:
     """(reference, evaluated, how the reference was chosen, class names)."""
     from foveal.data import LabeledImageFolderDataset, make_loader, resolve_dataset
     from foveal.networks.nvdinov2.inference import batch_size_of, eval_transform
@@ -74,7 +79,10 @@ def _features(cfg: Any, ctx: ActionContext, loaded: Any) -> tuple[Features, Feat
     e = cfg.evaluate
     transform = eval_transform(loaded)
     val_set = LabeledImageFolderDataset(
-        resolve_dataset(cfg.dataset.val_dataset.images_dir, ctx.cache_dir), transform
+        resolve_dataset(
+            required(cfg.dataset.val_dataset.images_dir, "dataset.val_dataset.images_dir"), ctx.cache_dir
+        ),
+        transform,
     )
     batch, workers = batch_size_of(cfg, e), cfg.dataset.workers
 
@@ -101,7 +109,7 @@ def _features(cfg: Any, ctx: ActionContext, loaded: Any) -> tuple[Features, Feat
     return val.take(ref_rows), val.take(val_rows), how, val_set.classes
 
 
-def evaluate(cfg: Any, ctx: ActionContext) -> ActionResult:
+def evaluate(cfg: NVDINOv2Config, ctx: ActionContext) -> ActionResult:
     """kNN top-1 and linear-probe top-1 of the frozen backbone on labeled images -> results.json.
 
     The reference (training) side is ``dataset.train_dataset.images_dir`` when it has the
@@ -112,7 +120,7 @@ def evaluate(cfg: Any, ctx: ActionContext) -> ActionResult:
     from foveal.networks.nvdinov2.inference import input_size
 
     e = cfg.evaluate
-    loaded = load_backbone_file(e.checkpoint, key="evaluate.checkpoint")
+    loaded = load_backbone_file(required(e.checkpoint, "evaluate.checkpoint"), key="evaluate.checkpoint")
     ref, val, reference, classes = _features(cfg, ctx, loaded)
     ref_cls, val_cls = _cls(ref), _cls(val)
     knn = knn_top1(ref_cls, ref.labels(), val_cls, val.labels(), k=e.knn_k, temperature=e.knn_temperature)

@@ -23,9 +23,10 @@ import torch
 from torch import nn
 
 from foveal.networks.nvdinov2.checkpoints import LoadedBackbone, load_backbone_file
+from foveal.networks.nvdinov2.config import NVDINOv2Config
 from foveal.networks.registry import ActionContext, ActionResult
 from foveal.networks.trt import trt_engine_action
-from foveal.spec import SpecError, SpecIssue
+from foveal.spec import SpecError, SpecIssue, required
 
 logger = logging.getLogger(__name__)
 NETWORK = "nvdinov2"
@@ -38,14 +39,14 @@ class BackboneTokens(nn.Module):
 
     def __init__(self, backbone: nn.Module) -> None:
         super().__init__()
-        self.backbone = backbone
+        self.backbone: Any = backbone
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.backbone.forward_features(x)
         return out["x_norm_clstoken"], out["x_norm_patchtokens"]
 
 
-def export_input_size(cfg: Any, loaded: LoadedBackbone) -> tuple[int, int]:
+def export_input_size(cfg: NVDINOv2Config, loaded: LoadedBackbone) -> tuple[int, int]:
     """(height, width) of the exported graph (see the module docstring)."""
     trained = int(loaded.cfg.model.backbone.img_size)
     height = cfg.export.input_height or trained
@@ -64,11 +65,11 @@ def export_input_size(cfg: Any, loaded: LoadedBackbone) -> tuple[int, int]:
     return height, width
 
 
-def export(cfg: Any, ctx: ActionContext) -> ActionResult:
+def export(cfg: NVDINOv2Config, ctx: ActionContext) -> ActionResult:
     """Export the checkpoint's backbone to ONNX and report ONNX Runtime vs PyTorch."""
     from foveal.export import export_batch_settings, export_onnx
 
-    loaded = load_backbone_file(cfg.export.checkpoint, key="export.checkpoint")
+    loaded = load_backbone_file(required(cfg.export.checkpoint, "export.checkpoint"), key="export.checkpoint")
     onnx_file = Path(cfg.export.onnx_file or ctx.results_dir / f"{NETWORK}.onnx")
     if onnx_file.exists() and not cfg.export.overwrite:
         raise SpecError(
@@ -118,7 +119,7 @@ def export(cfg: Any, ctx: ActionContext) -> ActionResult:
 _shared_trt_action = trt_engine_action(NETWORK)
 
 
-def gen_trt_engine(cfg: Any, ctx: ActionContext) -> ActionResult:
+def gen_trt_engine(cfg: NVDINOv2Config, ctx: ActionContext) -> ActionResult:
     """Build a TensorRT engine from the exported ONNX file (needs TensorRT and a GPU).
 
     The input size defaults to the ONNX file's own (static) height and width, for the same reason

@@ -40,7 +40,10 @@ from foveal.data import (
     make_loader,
 )
 from foveal.networks.nvdinov2.checkpoints import LoadedBackbone, load_backbone_file
+from foveal.networks.nvdinov2.config import NVDINOv2Config
 from foveal.networks.registry import ActionContext, ActionResult
+from foveal.spec import required
+from foveal.spec.common import EvaluateConfig, InferenceConfig
 
 logger = logging.getLogger(__name__)
 PCA_IMAGES = 4  # rows of pca.png
@@ -57,7 +60,7 @@ def eval_transform(loaded: LoadedBackbone) -> Any:
     return build_eval_transform(input_size(loaded), IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, crop_pct=1.0)
 
 
-def batch_size_of(cfg: Any, section: Any) -> int:
+def batch_size_of(cfg: NVDINOv2Config, section: EvaluateConfig | InferenceConfig) -> int:
     return section.batch_size if section.batch_size > 0 else cfg.dataset.batch_size
 
 
@@ -147,12 +150,16 @@ def _write_features(loaded: LoadedBackbone, loader: DataLoader, results_dir: Pat
     return matrix.shape[0], matrix.shape[1], artifacts
 
 
-def inference(cfg: Any, ctx: ActionContext) -> ActionResult:
+def inference(cfg: NVDINOv2Config, ctx: ActionContext) -> ActionResult:
     """Embed every image of ``dataset.test_dataset.images_dir`` (recursive) with the backbone."""
     from foveal.data import resolve_dataset
 
-    loaded = load_backbone_file(cfg.inference.checkpoint, key="inference.checkpoint")
-    root = resolve_dataset(cfg.dataset.test_dataset.images_dir, ctx.cache_dir)
+    loaded = load_backbone_file(
+        required(cfg.inference.checkpoint, "inference.checkpoint"), key="inference.checkpoint"
+    )
+    root = resolve_dataset(
+        required(cfg.dataset.test_dataset.images_dir, "dataset.test_dataset.images_dir"), ctx.cache_dir
+    )
     dataset = ImageFolderDataset(root, transform=eval_transform(loaded), recursive=True, return_path=True)
     batch = batch_size_of(cfg, cfg.inference)
     logger.info(

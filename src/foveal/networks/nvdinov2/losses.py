@@ -80,6 +80,8 @@ class TeacherCentering(nn.Module):
     buffer, so it is saved and resumed). ``sinkhorn_knopp``: :func:`sinkhorn_knopp`, no state.
     """
 
+    center: torch.Tensor
+
     def __init__(self, num_prototypes: int, centering: str = "softmax", center_momentum: float = 0.9) -> None:
         super().__init__()
         if centering not in CENTERINGS:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import random
+from typing import cast
 
 import torch
 
@@ -56,7 +57,7 @@ class BlockMaskGenerator:
 
     def __call__(self, num_masked: int, rng: random.Random | None = None) -> torch.Tensor:
         """A (H, W) bool mask with exactly ``num_masked`` True patches."""
-        rng = rng or random
+        rng = rng or cast(random.Random, random)  # the module has the Random API (the global state)
         mask = torch.zeros(self.height, self.width, dtype=torch.bool)
         num_masked = min(max(num_masked, 0), self.num_patches)
         count = 0
@@ -87,7 +88,7 @@ def sample_masks(
     mask. The order is shuffled, so which crops are masked is random. A masked crop has at least
     one masked patch.
     """
-    rng = rng or random
+    rng = rng or cast(random.Random, random)  # the module has the Random API (the global state)
     n_masked = int(n_crops * probability)
     bounds = torch.linspace(ratio_min, ratio_max, n_masked + 1).tolist()
     n = generator.num_patches

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any
+from typing import cast
 
 import torch
 from torch import nn
 
+from foveal.networks.nvdinov2.config import NVDINOv2Config
 from foveal.networks.nvdinov2.heads import DINOHead
 from foveal.networks.nvdinov2.losses import TeacherCentering, dino_loss, ibot_loss, koleo_loss
 from foveal.nn.vit import VisionTransformer
@@ -49,7 +50,7 @@ class MethodSettings:
     disable_masking: bool = False
 
 
-def settings_from_config(cfg: Any) -> MethodSettings:
+def settings_from_config(cfg: NVDINOv2Config) -> MethodSettings:
     """:class:`MethodSettings` from a resolved ``NVDINOv2Config``."""
     head, loss, distill = cfg.model.head, cfg.train.loss, cfg.model.distill
     return MethodSettings(
@@ -87,6 +88,11 @@ def ibot_head_of(part: nn.ModuleDict) -> nn.Module:
     return part["ibot_head"] if "ibot_head" in part else part["dino_head"]
 
 
+def backbone_of(part: nn.ModuleDict) -> VisionTransformer:
+    """The backbone of a student/teacher part."""
+    return cast(VisionTransformer, part["backbone"])
+
+
 class NVDINOv2Method(nn.Module):
     """Student, teacher (and in distillation the student's EMA), teacher centering, and the losses.
 
@@ -96,6 +102,12 @@ class NVDINOv2Method(nn.Module):
             weights) or, in distillation, the frozen pretrained teacher.
         settings: heads, losses, crops and distillation switches.
     """
+
+    student: nn.ModuleDict
+    teacher: nn.ModuleDict
+    student_ema: nn.ModuleDict | None
+    dino_centering: TeacherCentering
+    ibot_centering: TeacherCentering
 
     def __init__(
         self,
@@ -121,8 +133,14 @@ class NVDINOv2Method(nn.Module):
     def sync_ema_from_student(self) -> None:
         """Restart the EMA copy (the teacher, or ``student_ema`` when distilling) from the student,
         e.g. after loading pretrained student weights."""
-        target = self.student_ema if self.settings.distill else self.teacher
-        target.load_state_dict(self.student.state_dict())
+        self.ema_target.load_state_dict(self.student.state_dict())
+
+    @property
+    def ema_target(self) -> nn.ModuleDict:
+        """What the student's EMA updates: the teacher, or ``student_ema`` when distilling."""
+        if self.settings.distill and self.student_ema is not None:
+            return self.student_ema
+        return self.teacher
 
     # ----------------------------------------------------------------------------- stages
 
@@ -131,7 +149,7 @@ class NVDINOv2Method(nn.Module):
         """Teacher distributions: ``dino`` G x (B, K) for the class tokens, ``ibot`` (M, K) for the
         masked patches (the teacher itself sees the unmasked crops)."""
         self.teacher.eval()  # frozen in distillation; deterministic (no drop path) in both modes
-        out = self.teacher["backbone"].forward_features(global_crops)
+        out = backbone_of(self.teacher).forward_features(global_crops)
         cls_logits = self.teacher["dino_head"](out["x_norm_clstoken"])  # (G B, K)
         patch_logits = ibot_head_of(self.teacher)(out["x_norm_patchtokens"][masks])  # (M, K)
         dino = self.dino_centering(cls_logits, teacher_temp).chunk(self.settings.n_global_crops)
@@ -143,7 +161,7 @@ class NVDINOv2Method(nn.Module):
     ) -> dict:
         """Student scores: ``cls_logits`` (G + L) x (B, K), ``patch_logits`` (M, K), and the global
         class tokens ``global_cls`` (G B, D) for KoLeo."""
-        backbone = self.student["backbone"]
+        backbone = backbone_of(self.student)
         # The mask token joins the graph on every step, even when no patch is masked (or masking is
         # disabled: an all-False mask): DDP expects the same parameters to get gradients on every rank.
         use_masks = not (self.settings.distill and self.settings.disable_masking)
@@ -166,7 +184,7 @@ class NVDINOv2Method(nn.Module):
         dino = dino_loss(student["cls_logits"], teacher["dino"], s.student_temp)
         ibot = ibot_loss(student["patch_logits"], teacher["ibot"], masks, s.student_temp)
         # KoLeo within each global crop's batch (DINOv2); 0 when a crop holds one image.
-        koleo = sum(koleo_loss(c) for c in student["global_cls"].chunk(s.n_global_crops))
+        koleo = torch.stack([koleo_loss(c) for c in student["global_cls"].chunk(s.n_global_crops)]).sum()
         loss = s.dino_weight * dino + s.ibot_weight * ibot + s.koleo_weight * koleo
         return {"loss": loss, "dino_loss": dino, "ibot_loss": ibot, "koleo_loss": koleo}
 
@@ -192,8 +210,7 @@ class NVDINOv2Method(nn.Module):
     def update_ema(self, momentum: float) -> None:
         """``ema <- momentum * ema + (1 - momentum) * student`` for the teacher (self-training) or
         ``student_ema`` (distillation). Called by the loop after each optimizer step."""
-        target = self.student_ema if self.settings.distill else self.teacher
-        ema = list(target.parameters())
+        ema: list[torch.Tensor] = list(self.ema_target.parameters())
         current = [p.detach() for p in self.student.parameters()]
         torch._foreach_mul_(ema, momentum)
         torch._foreach_add_(ema, current, alpha=1.0 - momentum)

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from foveal.engine.optim import param_groups as engine_param_groups
-from foveal.networks.nvdinov2.method import NVDINOv2Method
+from foveal.networks.nvdinov2.config import NVDINOv2TrainConfig
+from foveal.networks.nvdinov2.method import NVDINOv2Method, backbone_of
 from foveal.networks.nvdinov2.schedules import StepValues, schedule_value, values_at
 
 logger = logging.getLogger(__name__)
@@ -58,10 +59,12 @@ class NVDINOv2Module(L.LightningModule):
         archs: ``{"student": "vit_s", "teacher": "vit_s"}``.
     """
 
+    method: NVDINOv2Method  # its parts are this module's children (see __init__)
+
     def __init__(
         self,
         method: NVDINOv2Method,
-        train_cfg: Any,
+        train_cfg: NVDINOv2TrainConfig,
         *,
         archs: dict[str, str] | None = None,
     ) -> None:
@@ -129,8 +132,9 @@ class NVDINOv2Module(L.LightningModule):
         """The backbone-only files the engine writes beside each full checkpoint
         (``student_epoch_EEE_step_SSSSS.pth``, and ``teacher_...`` when self-training): the
         student (its EMA copy when distilling) and the teacher backbones, with their arch."""
-        student = self.method.student_ema if self.method.settings.distill else self.method.student
-        files = {"student": (student["backbone"].state_dict(), {"arch": self.archs.get("student")})}
-        if not self.method.settings.distill:
-            files["teacher"] = (self.method.teacher["backbone"].state_dict(), {"arch": self.archs.get("teacher")})
+        method = self.method
+        student = method.ema_target if method.settings.distill else method.student
+        files = {"student": (backbone_of(student).state_dict(), {"arch": self.archs.get("student")})}
+        if not method.settings.distill:
+            files["teacher"] = (backbone_of(method.teacher).state_dict(), {"arch": self.archs.get("teacher")})
         return files

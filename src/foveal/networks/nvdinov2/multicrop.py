@@ -33,6 +33,7 @@ from foveal.data.transforms import (
     Solarize,
     ToTensor,
 )
+from foveal.networks.nvdinov2.config import MaskingConfig, TransformConfig
 from foveal.networks.nvdinov2.masking import BlockMaskGenerator, sample_masks
 
 
@@ -49,9 +50,10 @@ class RandomApply:
         return f"RandomApply({self.transform!r}, p={self.p})"
 
 
-def _colour(transform: Any) -> list[Callable[[Any], Any]]:
+def _colour(transform: TransformConfig) -> list[Any]:
+    brightness, contrast, saturation, hue = transform.color_jitter  # four values (checked by resolve)
     return [
-        RandomApply(ColorJitter(*transform.color_jitter), p=transform.color_jitter_prob),
+        RandomApply(ColorJitter(brightness, contrast, saturation, hue), p=transform.color_jitter_prob),
         RandomGrayscale(p=transform.grayscale_prob),
     ]
 
@@ -67,16 +69,16 @@ class MultiCropAugmentation:
 
     def __init__(
         self,
-        transform: Any,
+        transform: TransformConfig,
         mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
         std: Sequence[float] = IMAGENET_DEFAULT_STD,
     ) -> None:
         self.n_global, self.n_local = transform.n_global_crops, transform.n_local_crops
-        to_tensor = [ToTensor(), Normalize(mean, std)]
+        to_tensor: list[Callable[[Any], Any]] = [ToTensor(), Normalize(mean, std)]
 
         def geometry(size: int, scale: Sequence[float]) -> list[Callable[[Any], Any]]:
             return [
-                RandomResizedCrop(size, scale=tuple(scale), interpolation="bicubic"),
+                RandomResizedCrop(size, scale=(scale[0], scale[1]), interpolation="bicubic"),
                 RandomHorizontalFlip(0.5),
             ]
 
@@ -110,7 +112,7 @@ class MultiCropCollate:
         masking: ``train.masking`` (mask_ratio_min/max, mask_sample_probability).
     """
 
-    def __init__(self, grid: tuple[int, int], masking: Any) -> None:
+    def __init__(self, grid: tuple[int, int], masking: MaskingConfig) -> None:
         self.generator = BlockMaskGenerator(grid)
         self.ratio = (masking.mask_ratio_min, masking.mask_ratio_max)
         self.probability = masking.mask_sample_probability

@@ -11,9 +11,9 @@ prototypes at the start, when they would otherwise collapse).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from foveal.engine.schedules import warmup_cosine
+from foveal.networks.nvdinov2.config import SchedulerConfig, SchedulersConfig
 
 SCHEDULE_NAMES = (
     "learning_rate",
@@ -24,7 +24,7 @@ SCHEDULE_NAMES = (
 )
 
 
-def schedule_value(sched: Any, step: int) -> float:
+def schedule_value(sched: SchedulerConfig, step: int) -> float:
     """Value of one ``train.schedulers.<name>`` section at ``step`` (freeze included)."""
     if step < getattr(sched, "freeze_steps", 0):
         return 0.0
@@ -49,7 +49,7 @@ class StepValues:
     teacher_temp: float
 
 
-def values_at(schedulers: Any, step: int) -> StepValues:
+def values_at(schedulers: SchedulersConfig, step: int) -> StepValues:
     """The five schedules of ``train.schedulers`` at ``step``."""
     return StepValues(
         lr=schedule_value(schedulers.learning_rate, step),
@@ -60,7 +60,7 @@ def values_at(schedulers: Any, step: int) -> StepValues:
     )
 
 
-def steps_beyond_run(schedulers: Any, total_steps: int) -> list[str]:
+def steps_beyond_run(schedulers: SchedulersConfig, total_steps: int) -> list[str]:
     """One-line notes for schedules whose warm-up or decay does not fit in ``total_steps``.
 
     TAO's defaults (100k warm-up, 2.5M decay steps) are sized for ImageNet-scale runs; in a small

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,12 +28,13 @@ from foveal.engine import checkpoint_artifacts, fit, load_checkpoint, resolve_re
 from foveal.engine.trainer import trainer_for
 from foveal.errors import NonFiniteLossError
 from foveal.networks.nvdinov2.backbones import backbone_type, build_backbone
-from foveal.networks.nvdinov2.method import NVDINOv2Method, settings_from_config
+from foveal.networks.nvdinov2.config import NVDINOv2Config
+from foveal.networks.nvdinov2.method import NVDINOv2Method, backbone_of, settings_from_config
 from foveal.networks.nvdinov2.module import LATEST_LINK, NETWORK, NVDINOv2Module
 from foveal.networks.nvdinov2.multicrop import MultiCropAugmentation, MultiCropCollate
 from foveal.networks.nvdinov2.schedules import steps_beyond_run
 from foveal.networks.registry import ActionContext, ActionResult
-from foveal.spec import SpecError, SpecIssue, to_dict
+from foveal.spec import SpecError, SpecIssue, required, to_dict
 
 logger = logging.getLogger(__name__)
 KPI_NAMES = ("train_loss", "dino_loss", "ibot_loss", "koleo_loss")
@@ -43,7 +45,7 @@ NONFINITE_HINT = (
 )
 
 
-def train(cfg: Any, ctx: ActionContext) -> ActionResult:
+def train(cfg: NVDINOv2Config, ctx: ActionContext) -> ActionResult:
     """Train student and teacher on ``cfg`` (a resolved ``NVDINOv2Config``); see the module docstring."""
     import lightning as L
 
@@ -74,9 +76,11 @@ def train(cfg: Any, ctx: ActionContext) -> ActionResult:
     return ActionResult(kpis=kpis, artifacts=checkpoint_artifacts(ctx.results_dir))
 
 
-def build_loader(cfg: Any, cache_dir: Any) -> DataLoader:
+def build_loader(cfg: NVDINOv2Config, cache_dir: Path) -> DataLoader:
     """Multi-crop loader over every image under ``dataset.train_dataset.images_dir``."""
-    root = resolve_dataset(cfg.dataset.train_dataset.images_dir, cache_dir)
+    root = resolve_dataset(
+        required(cfg.dataset.train_dataset.images_dir, "dataset.train_dataset.images_dir"), cache_dir
+    )
     dataset = ImageFolderDataset(root, transform=MultiCropAugmentation(cfg.dataset.transform), recursive=True)
     logger.info("nvdinov2 train: %d images from %s", len(dataset), root)
     grid = cfg.dataset.transform.global_crops_size // cfg.model.backbone.patch_size
@@ -90,7 +94,7 @@ def build_loader(cfg: Any, cache_dir: Any) -> DataLoader:
     )
 
 
-def build_method(cfg: Any, start: str | None = None) -> NVDINOv2Method:
+def build_method(cfg: NVDINOv2Config, start: str | None = None) -> NVDINOv2Method:
     """Student and teacher for ``cfg``; the student (and its EMA copy) from ``start`` if given,
     the distillation teacher from ``model.distill.pretrained_non_distill_pl_model_path``."""
     from foveal.networks.nvdinov2.pretrained import load_backbone_weights
@@ -99,10 +103,21 @@ def build_method(cfg: Any, start: str | None = None) -> NVDINOv2Method:
     student, teacher = build_backbone(cfg, "student"), build_backbone(cfg, "teacher")
     if settings.distill:  # the path is required by the spec's resolve step
         path = cfg.model.distill.pretrained_non_distill_pl_model_path
-        logger.info("distillation teacher: %s", load_backbone_weights(teacher, path, which="teacher"))
+        logger.info(
+            "distillation teacher: %s",
+            load_backbone_weights(
+                teacher, required(path, "model.distill.pretrained_non_distill_pl_model_path"), which="teacher"
+            ),
+        )
     method = NVDINOv2Method(student, teacher, settings)
     if settings.distill:
-        _load_teacher_heads(method, cfg.model.distill.pretrained_non_distill_pl_model_path)
+        _load_teacher_heads(
+            method,
+            required(
+                cfg.model.distill.pretrained_non_distill_pl_model_path,
+                "model.distill.pretrained_non_distill_pl_model_path",
+            ),
+        )
     if start:
         logger.info("train.pretrained_model_path: %s", load_backbone_weights(student, start, which="student"))
         method.sync_ema_from_student()
@@ -131,8 +146,8 @@ def compile_backbones(method: NVDINOv2Method) -> None:
             )
         )
     for part in (method.student, method.teacher):
-        backbone = part["backbone"]
-        backbone.forward_features = torch.compile(backbone.forward_features)
+        backbone = backbone_of(part)
+        backbone.forward_features = torch.compile(backbone.forward_features)  # type: ignore[method-assign]
     logger.info("train.torch_compile: student and teacher forward_features compiled with torch.compile")
 
 
@@ -162,7 +177,7 @@ def _load_teacher_heads(method: NVDINOv2Method, path: str) -> None:
         )
 
 
-def _trainer(cfg: Any, ctx: ActionContext, config_dict: dict, steps_per_epoch: int) -> Any:
+def _trainer(cfg: NVDINOv2Config, ctx: ActionContext, config_dict: dict, steps_per_epoch: int) -> Any:
     # Gradients are clipped per part in the module (DINOv2), not by Lightning. No metric picks a
     # "best" checkpoint: the DINO loss moves with the temperature schedules and says little about
     # the features, so "best" is the latest save.
