@@ -67,6 +67,9 @@ def _root(
     errors.DEBUG = debug or os.environ.get("FOVEAL_DEBUG") == "1"
     level = logging.DEBUG if errors.DEBUG else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(message)s" if errors.DEBUG else "%(message)s")
+    for handler in logging.getLogger().handlers:  # a job's log file may lower the root level: not the console's
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setLevel(level)
     for noisy in ("lightning", "lightning.pytorch", "lightning.fabric", "torch", "onnxscript", "urllib3"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
@@ -212,7 +215,13 @@ def demo(
     print_table(
         ["stage", "job", "status", "KPIs", "artifacts"],
         [
-            [s["stage"], s["job_id"], s["status"], _fmt_kpis(s["kpis"]), "\n".join(s["artifacts"].values())]
+            [
+                s["stage"],
+                s["job_id"],
+                s["status"],
+                _fmt_kpis(s["kpis"]),
+                "\n".join(dict.fromkeys(s["artifacts"].values())),  # best and latest may be one file
+            ]
             for s in summary["stages"]
         ],
         title="foveal demo",

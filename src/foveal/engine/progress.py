@@ -1,7 +1,7 @@
 """Progress reporting: status.json lines and plain log lines for non-TTY output.
 
 :class:`StatusCallback` writes STARTED when training starts and one RUNNING line per epoch
-(KPIs, epoch/step counters, time per epoch, ETA). SUCCESS/FAILURE are the job runner's to
+(KPIs, epoch/step counters, time per epoch, ETA). SUCCESS/FAILURE are the job lifecycle's to
 write, since only it knows whether the whole action (not just ``fit``) succeeded.
 
 KPIs are read from ``trainer.callback_metrics`` at the end of each training epoch: training

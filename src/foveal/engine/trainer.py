@@ -8,10 +8,12 @@ file to resume from, and :func:`fit` resumes with ``weights_only`` loading.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
-from collections.abc import Iterable, Sequence
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -208,12 +210,16 @@ def trainer_for(
     monitor_mode: str = "min",
     gradient_clip_val: float | None = None,
     latest_link: str | None = None,
-    log_every_n_steps: int = 50,
+    steps_per_epoch: int | None = None,
     callbacks: Iterable[L.Callback] = (),
 ) -> L.Trainer:
     """The Trainer every network trains with, from its spec's ``train`` section
-    (:func:`trainer_settings`) and Foveal's checkpoint, status and progress callbacks."""
+    (:func:`trainer_settings`) and Foveal's checkpoint, status and progress callbacks.
+
+    ``steps_per_epoch`` caps the logging interval, so a short epoch still logs (and reports) its
+    steps."""
     s = trainer_settings(train)
+    log_every_n_steps = max(1, min(50, steps_per_epoch)) if steps_per_epoch else 50
     return build_trainer(
         results_dir=results_dir,
         network=network,
@@ -375,6 +381,24 @@ def resolve_resume_checkpoint(
     return find_latest_checkpoint(results_dir)
 
 
+# Lightning's warnings that say nothing a Foveal user can act on (``--debug`` shows them):
+# pretraining without a validation set, a pytree deprecation inside Lightning itself.
+_LIGHTNING_NOISE = (
+    r".*defined a `validation_step` but have no `val_dataloader`.*",
+    r".*`isinstance\(treespec, LeafSpec\)` is deprecated.*",
+    r".*is smaller than the logging interval.*",
+)
+
+
+@contextlib.contextmanager
+def _third_party_warnings_quiet() -> Iterator[None]:
+    with warnings.catch_warnings():
+        if not logging.getLogger().isEnabledFor(logging.DEBUG):
+            for message in _LIGHTNING_NOISE:
+                warnings.filterwarnings("ignore", message=message)
+        yield
+
+
 def _loads_through_checkpoint_io(strategy: Strategy) -> bool:
     """Whether the strategy reads checkpoints via ``checkpoint_io`` (single device, DDP; not FSDP)."""
     return type(strategy).load_checkpoint is Strategy.load_checkpoint
@@ -416,13 +440,14 @@ def fit(
             io.preload(ckpt_path, checkpoint)
         del checkpoint
     try:
-        trainer.fit(
-            module,
-            train_dataloaders=train_loader,
-            val_dataloaders=val_loader,
-            datamodule=datamodule,
-            ckpt_path=None if ckpt_path is None else str(ckpt_path),
-        )
+        with _third_party_warnings_quiet():
+            trainer.fit(
+                module,
+                train_dataloaders=train_loader,
+                val_dataloaders=val_loader,
+                datamodule=datamodule,
+                ckpt_path=None if ckpt_path is None else str(ckpt_path),
+            )
     finally:
         if isinstance(io, SafeCheckpointIO):
             io.clear_preloaded()

@@ -5,7 +5,7 @@ resolved, registry row created) and runs it with this entry point in a subproces
 so that it has its own log, can run next to others and can be canceled by signal.
 
 SIGTERM (``foveal jobs cancel``, a pruned AutoML trial) becomes a :class:`foveal.errors.Terminated`
-exception in the main thread, so the runner still writes its FAILURE line to ``status.json``
+exception in the main thread, so the job lifecycle still writes its FAILURE line to ``status.json``
 and closes the registry row before the process exits.
 """
 
@@ -32,7 +32,7 @@ from foveal.spec import resolve_config
 
 logger = logging.getLogger(__name__)
 
-WATCHDOG_S = 5.0  # after SIGTERM, the longest the runner may take to record it and exit
+WATCHDOG_S = 5.0  # after SIGTERM, the longest the lifecycle may take to record it and exit
 TERMINATED_MESSAGE = "terminated by SIGTERM (canceled)"
 _CURRENT: dict[str, Any] = {}  # the job this process runs, for the SIGTERM watchdog
 
@@ -71,7 +71,7 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def _force_exit() -> None:
-    """Record the termination (unless the runner already did) and exit at once."""
+    """Record the termination (unless the lifecycle already did) and exit at once."""
     try:
         _record_terminated()
         logger.warning("job %s: %s (forced exit)", _CURRENT.get("job_id"), TERMINATED_MESSAGE)
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     except Terminated as exc:
         logger.warning("job %s: %s", args.job_id, exc)
         return EXIT_TERMINATED
-    except Exception as exc:  # noqa: BLE001 - the runner recorded it; the log gets one line
+    except Exception as exc:  # noqa: BLE001 - the lifecycle recorded it; the log gets one line
         if _CURRENT.get("terminated"):
             # SIGTERM landed inside library code that re-raised it as its own error (torch.save's
             # writer: "unexpected pos ..."): the job was canceled, say so.

@@ -1,6 +1,6 @@
 """Run one action of one network as a job: spec -> registry row -> results folder -> action.
 
-This is the local platform's runner and the single place where a job's lifecycle is written:
+The in-process run of a job (its *lifecycle*), and the single place where it is written:
 ``experiment.yaml``, ``status.json`` (STARTED ... SUCCESS|FAILURE), the registry row
 (Pending -> Running -> Done|Error|Canceled), the log file, KPIs and artifacts.
 
@@ -89,7 +89,7 @@ def resolve_spec(
         explicit_keys=explicit,
     )
     for key, value in handoff.items():
-        # The runner already places the job in its own folder; writing that job-specific path
+        # The lifecycle already places the job in its own folder; writing that job-specific path
         # into the spec would also change the spec hash that finds an interrupted run again.
         if key not in explicit and key != "results_dir":
             parsed.setdefault(key, value)

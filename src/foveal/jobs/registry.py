@@ -387,7 +387,7 @@ class JobRegistry:
     ) -> Job:
         """End a job with a terminal status, merging KPIs and artifacts.
 
-        A Canceled job stays Canceled (the runner's Error after SIGTERM does not replace the
+        A Canceled job stays Canceled (the lifecycle's Error after SIGTERM does not replace the
         user's cancel); a Done job cannot be finished again.
         """
         final = JobStatus.parse(status)
@@ -456,7 +456,7 @@ class JobRegistry:
             }
 
         job = self._update(job_id, change)
-        for pid in to_signal:  # after the commit: the runner's own finish() then sees Canceled
+        for pid in to_signal:  # after the commit: the lifecycle's own finish() then sees Canceled
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:

@@ -70,7 +70,7 @@ class PortedAction:
         self.base, self.action = base, action
         self.backbone_name, self.backbone_spec = backbone_name, dict(backbone_spec)
 
-    def __call__(self, cfg: Any, ctx: ActionContext) -> ActionResult:
+    def __call__(self, cfg: Any, ctx: ActionContext) -> ActionResult:  # the base network's config
         from foveal.nn.ported import register_ported_backbone
 
         register_ported_backbone(self.backbone_name, self.backbone_spec)
@@ -83,7 +83,7 @@ class PortedResolve:
     def __init__(self, base: Network, backbone_name: str, backbone_spec: Mapping[str, Any]):
         self.base, self.backbone_name, self.backbone_spec = base, backbone_name, dict(backbone_spec)
 
-    def __call__(self, cfg: Any, action: str | None = None) -> Any:
+    def __call__(self, cfg: Any, action: str | None = None) -> Any:  # the base network's config
         from foveal.nn.ported import register_ported_backbone
 
         register_ported_backbone(self.backbone_name, self.backbone_spec)

@@ -3,22 +3,31 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 from foveal.networks.registry import Action, ActionContext, ActionResult
+from foveal.spec import required
+from foveal.spec.common import GenTrtEngineConfig
+
+
+class WithEngineSection(Protocol):
+    """Any network's config: it has a ``gen_trt_engine`` section."""
+
+    @property
+    def gen_trt_engine(self) -> GenTrtEngineConfig: ...
 
 
 def trt_engine_action(network: str) -> Action:
     """An action building ``<results_dir>/<network>.engine`` from ``gen_trt_engine.onnx_file``."""
 
-    def gen_trt_engine(cfg: Any, ctx: ActionContext) -> ActionResult:
+    def gen_trt_engine(cfg: WithEngineSection, ctx: ActionContext) -> ActionResult:
         """Build a TensorRT engine from the exported ONNX file (needs TensorRT and a GPU)."""
         from foveal.export.tensorrt import build_trt_engine
 
         g = cfg.gen_trt_engine
         engine = Path(g.trt_engine or ctx.results_dir / f"{network}.engine")
         info = build_trt_engine(
-            Path(g.onnx_file),
+            Path(required(g.onnx_file, "gen_trt_engine.onnx_file")),
             engine,
             data_type=g.tensorrt.data_type,
             workspace_size_mb=g.tensorrt.workspace_size,

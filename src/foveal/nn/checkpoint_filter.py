@@ -99,18 +99,25 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: VisionTransformer
 
     expected = model.state_dict()
     out: dict[str, torch.Tensor] = {}
-    dropped = []
+    absent, mismatched = [], []
     for key, value in state.items():
         if key == "mask_token" and value.ndim == 3:
             value = value.reshape(1, -1)
         if key == "pos_embed":
             value = _resize_pos_embed(value, model)
-        if key not in expected or value.shape != expected[key].shape:
-            dropped.append(key)
-            continue
-        out[key] = value
-    if dropped:
-        logger.warning(
-            "checkpoint keys not loaded (absent from the model or of another shape): %s", dropped[:20]
-        )
+        if key not in expected:
+            absent.append(key)  # e.g. heads, decoders, a norm the model replaced: expected
+        elif value.shape != expected[key].shape:
+            mismatched.append(key)
+        else:
+            out[key] = value
+    report_unloaded(absent, mismatched)
     return out
+
+
+def report_unloaded(absent: list[str], mismatched: list[str]) -> None:
+    """Log checkpoint keys a filter did not load: absent ones are normal (debug), misfits are not."""
+    if absent:
+        logger.debug("checkpoint keys the model does not have, not loaded: %s", absent[:20])
+    if mismatched:
+        logger.warning("checkpoint keys of another shape, not loaded: %s", mismatched[:20])

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from foveal.nn.checkpoint_filter import report_unloaded
 from foveal.nn.layers import DropPath
 from foveal.nn.registry import register_backbone
 
@@ -375,7 +376,8 @@ def convnextv2_checkpoint_filter_fn(state_dict: Mapping[str, Any], model: ConvNe
             state_dict = state_dict[wrapper]
     expected = model.state_dict()
     out: dict[str, torch.Tensor] = {}
-    dropped = []
+    absent: list[str] = []
+    mismatched: list[str] = []
     for key, value in state_dict.items():
         if not isinstance(value, torch.Tensor):
             continue
@@ -386,14 +388,13 @@ def convnextv2_checkpoint_filter_fn(state_dict: Mapping[str, Any], model: ConvNe
         key = _reference_key(key)
         if ".grn." in key or (key.endswith(".bias") and value.ndim > 1):
             value = value.reshape(-1)
-        if key not in expected or value.shape != expected[key].shape:
-            dropped.append(key)
-            continue
-        out[key] = value
-    if dropped:
-        logger.warning(
-            "checkpoint keys not loaded (absent from the model or of another shape): %s", dropped[:20]
-        )
+        if key not in expected:
+            absent.append(key)  # e.g. heads or decoders: expected
+        elif value.shape != expected[key].shape:
+            mismatched.append(key)
+        else:
+            out[key] = value
+    report_unloaded(absent, mismatched)
     return out
 
 

@@ -322,7 +322,7 @@ def _run_local(run: _Run, action: str, parent_id: str | None) -> Any:
         run.monitor.watch(action, prepared.job.id)
     try:
         return execute_job(prepared, workspace=run.workspace, debug=run.request.debug)
-    except Exception as exc:  # noqa: BLE001 - recorded by the runner; the summary reports it
+    except Exception as exc:  # noqa: BLE001 - recorded by the job lifecycle; the summary reports it
         logger.debug("stage %s failed", action, exc_info=True)
         job = run.registry.get(prepared.job.id)
         if not job.message:

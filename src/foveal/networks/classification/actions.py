@@ -184,13 +184,14 @@ def train(cfg: ClassificationConfig, ctx: ActionContext) -> ActionResult:
         monitor="val_top1" if val_loader is not None else "train_loss",
         monitor_mode="max" if val_loader is not None else "min",
         gradient_clip_val=cfg.train.clip_grad_norm or None,
+        steps_per_epoch=len(train_loader),
     )
     fit(trainer, module, train_loader, val_loader, ckpt_path=ckpt)
     kpis = {k: float(v) for k, v in trainer.callback_metrics.items() if k in _TRAIN_KPIS}
     return ActionResult(kpis=kpis, artifacts=checkpoint_artifacts(ctx.results_dir))
 
 
-_TRAIN_KPIS = ("train_loss", "train_loss_epoch", "train_top1", "val_loss", "val_top1", "val_top5")
+_TRAIN_KPIS = ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5")
 
 
 def load_classifier(path: str | Path, weights: str = "auto") -> tuple[Classifier, Any, list[str]]:
@@ -255,7 +256,7 @@ def evaluate(cfg: ClassificationConfig, ctx: ActionContext) -> ActionResult:
         ctx.results_dir / "confusion_matrix.png",
         title=f"top-1 {report['top1']:.4f} on {report['num_images']} images ({model.weights_kind} weights)",
     )
-    kpis = {k: report[k] for k in ("top1", "top5", "loss", "macro_f1")}
+    kpis: dict[str, float] = {k: report[k] for k in ("top1", "top5", "loss", "macro_f1") if k in report}
     return ActionResult(
         kpis=kpis,
         artifacts={"results": str(results), "confusion_matrix": str(png)},

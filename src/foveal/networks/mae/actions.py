@@ -48,7 +48,7 @@ from foveal.spec.common import EvaluateConfig, InferenceConfig
 
 logger = logging.getLogger(__name__)
 NETWORK = "mae"
-_TRAIN_KPIS = ("train_loss", "train_loss_epoch", "train_top1", "val_loss", "val_top1", "val_top5")
+_TRAIN_KPIS = ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5")
 GRID_IMAGES = 8  # images in the inference reconstruction grid
 
 
@@ -73,7 +73,7 @@ def train(cfg: MAEConfig, ctx: ActionContext) -> ActionResult:
         module, train_loader, val_loader, monitor = _finetune_setup(
             cfg, ctx, start if resume is None else None
         )
-    trainer = _trainer(cfg, ctx, *monitor)
+    trainer = _trainer(cfg, ctx, len(train_loader), *monitor)
     fit(trainer, module, train_loader, val_loader, ckpt_path=resume)
     kpis = {k: float(v) for k, v in trainer.callback_metrics.items() if k in _TRAIN_KPIS}
     return ActionResult(kpis=kpis, artifacts=checkpoint_artifacts(ctx.results_dir))
@@ -101,7 +101,7 @@ def _resume_and_start(cfg: MAEConfig, ctx: ActionContext) -> tuple[Path | None, 
     return resume, cfg.train.pretrained_model_path
 
 
-def _trainer(cfg: MAEConfig, ctx: ActionContext, monitor: str, mode: str) -> Any:
+def _trainer(cfg: MAEConfig, ctx: ActionContext, steps_per_epoch: int, monitor: str, mode: str) -> Any:
     return trainer_for(
         cfg.train,
         results_dir=ctx.results_dir,
@@ -111,6 +111,7 @@ def _trainer(cfg: MAEConfig, ctx: ActionContext, monitor: str, mode: str) -> Any
         monitor=monitor,
         monitor_mode=mode,
         latest_link=f"{cfg.model.arch}_latest.pth",  # <arch>_latest.pth, e.g. vit_base_patch16_latest.pth
+        steps_per_epoch=steps_per_epoch,
     )
 
 
@@ -212,7 +213,7 @@ def evaluate(cfg: MAEConfig, ctx: ActionContext) -> ActionResult:
     root = resolve_dataset(required(cfg.dataset.val_data_sources, "dataset.val_data_sources"), ctx.cache_dir)
     if loaded.stage == "finetune":
         report = _evaluate_finetune(cfg, loaded, root)
-        kpis = {k: report[k] for k in ("top1", "top5", "loss")}
+        kpis: dict[str, float] = {k: report[k] for k in ("top1", "top5", "loss") if k in report}
         message = f"top-1 {report['top1']:.4f} on {report['num_images']} images"
     else:
         report = _evaluate_pretrain(cfg, ctx, loaded, root)

@@ -188,5 +188,5 @@ def _trainer(cfg: NVDINOv2Config, ctx: ActionContext, config_dict: dict, steps_p
         config_dict=config_dict,
         latest_link=LATEST_LINK,
         status=ctx.status_writer,
-        log_every_n_steps=max(1, min(50, steps_per_epoch)),
+        steps_per_epoch=steps_per_epoch,
     )
