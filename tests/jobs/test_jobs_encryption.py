@@ -4,6 +4,7 @@ and gives the numbers of the same run without a key."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import onnxruntime as ort
@@ -16,25 +17,14 @@ from foveal.data.synthetic import make_demo_dataset
 from foveal.errors import EncryptionKeyError
 from foveal.jobs import JobStatus, Workspace
 from foveal.jobs.lifecycle import prepare_job, run_job
-from foveal.networks.mae import models as mae_models
 from foveal.platforms.local import launch_job
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "networks"))
+from tiny_jobs import MAE, tiny_backbones  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
 KEY = "k3y-Only-In-Memory-9f2c"
-TINY_VIT = {"depth": 1, "embed_dim": 32, "num_heads": 2}
-MAE = [
-    "model.arch=vit_tiny_patch16",
-    "model.decoder_embed_dim=16",
-    "model.decoder_depth=1",
-    "dataset.augmentation.input_size=32",
-    "dataset.batch_size=16",
-    "dataset.num_workers_per_gpu=0",
-    "train.num_epochs=1",
-    "train.optim.warmup_epochs=0",
-]
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return make_demo_dataset(
@@ -83,10 +73,8 @@ def _chain(ws: Workspace, data, *key: str) -> dict:
 
 @pytest.fixture(scope="module")
 def runs(data, tmp_path_factory):
-    real = mae_models.create_backbone
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, tiny_backbones():
         mp.delenv(secrets.ENV_KEY, raising=False)
-        mp.setattr(mae_models, "create_backbone", lambda name, **kw: real(name, **{**kw, **TINY_VIT}))
         keyed_ws = Workspace(tmp_path_factory.mktemp("keyed"))
         keyed = _chain(keyed_ws, data, f"encryption_key={KEY}")
         plain = _chain(Workspace(tmp_path_factory.mktemp("plain")), data)

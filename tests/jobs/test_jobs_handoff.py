@@ -16,43 +16,20 @@ from foveal.engine import CheckpointIndex, load_checkpoint
 from foveal.errors import HandoffError
 from foveal.jobs import JobRegistry, JobStatus, Workspace, apply_handoff
 from foveal.jobs.lifecycle import prepare_job, run_job
-from foveal.networks.classification import model as classification_model
-from foveal.networks.mae import models as mae_models
-from foveal.networks.nvdinov2 import backbones as nvdinov2_backbones
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "networks"))
 from nvdinov2_tiny import TRAIN as NVDINOV2_TINY  # noqa: E402
+from tiny_jobs import CLASSIFICATION, MAE, tiny_backbones  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
-TINY_VIT = {"depth": 2, "embed_dim": 32, "num_heads": 2}
-CLS = [
-    "dataset.augmentation.input_size=32",
-    "dataset.batch_size=16",
-    "dataset.workers=0",
-    "train.num_epochs=1",
-]
-MAE = [
-    "model.arch=vit_tiny_patch16",
-    "model.decoder_embed_dim=16",
-    "model.decoder_depth=1",
-    "dataset.augmentation.input_size=32",
-    "dataset.batch_size=16",
-    "dataset.num_workers_per_gpu=0",
-    "train.num_epochs=1",
-    "train.optim.warmup_epochs=0",
-]
+CLS = CLASSIFICATION
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny():
     """Every network builds the same tiny ViT, so weights can flow between them."""
-    with pytest.MonkeyPatch.context() as mp:
-        for module in (classification_model, mae_models, nvdinov2_backbones):
-            real = module.create_backbone
-            mp.setattr(
-                module, "create_backbone", lambda name, real=real, **kw: real(name, **{**kw, **TINY_VIT})
-            )
+    with tiny_backbones():
         yield
 
 

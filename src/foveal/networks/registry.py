@@ -47,6 +47,14 @@ DEFAULT_ACTION_SECTIONS: dict[str, tuple[str, ...]] = {
 }
 # Handoff rules every action of every network has: its own folder.
 COMMON_HANDOFF: dict[str, HandoffRule] = {"results_dir": "output_dir"}
+# The downstream actions' rules, the same for every network unless it declares its own: the
+# parent train job's checkpoint for evaluate / inference / export, the export's ONNX for the engine.
+STANDARD_HANDOFF: dict[str, dict[str, HandoffRule]] = {
+    "evaluate": {**COMMON_HANDOFF, "evaluate.checkpoint": "parent_model"},
+    "inference": {**COMMON_HANDOFF, "inference.checkpoint": "parent_model"},
+    "export": {**COMMON_HANDOFF, "export.checkpoint": "parent_model", "export.onnx_file": "create_onnx_file"},
+    "gen_trt_engine": {**COMMON_HANDOFF, "gen_trt_engine.onnx_file": "parent_onnx_file"},
+}
 
 
 # ------------------------------------------------------------------------------------ actions
@@ -198,8 +206,11 @@ class NetworkMetadata:
     dataset_requirements: Mapping[str, tuple[DatasetNeed, ...]] = field(default_factory=dict)
     eval_dataset: str = "optional"
     default_pretrained_checkpoint: str | None = None
-    image: ImageRef = field(default_factory=ImageRef)
-    action_images: Mapping[str, ImageRef] = field(default_factory=dict)
+    # Keys of the versions file (foveal/platforms/images.yaml); see `foveal image resolve`.
+    image: ImageRef = field(default_factory=lambda: ImageRef(image="foveal-pytorch"))
+    action_images: Mapping[str, ImageRef] = field(
+        default_factory=lambda: {"gen_trt_engine": ImageRef(image="foveal-tensorrt")}
+    )
     ported: PortedFrom | None = None
 
     def needs(self, action: str) -> tuple[DatasetNeed, ...]:
@@ -256,7 +267,7 @@ class Network:
     action_sections: Mapping[str, tuple[str, ...]] = field(
         default_factory=lambda: dict(DEFAULT_ACTION_SECTIONS)
     )
-    handoff: Mapping[str, Mapping[str, HandoffRule]] = field(default_factory=dict)
+    handoff: Mapping[str, Mapping[str, HandoffRule]] = field(default_factory=lambda: dict(STANDARD_HANDOFF))
     checkpoint_kind: str = "full"
     start_from: tuple[StartFrom, ...] = ()
     start_key: str | None = None

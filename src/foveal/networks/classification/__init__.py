@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from foveal.networks.classification.config import ClassificationConfig, resolve
 from foveal.networks.registry import (
-    COMMON_HANDOFF,
     DatasetNeed,
-    ImageRef,
     Monitoring,
     Network,
     NetworkMetadata,
@@ -26,16 +24,6 @@ NETWORK = register_network(
         actions={
             action: f"{_ACTIONS_MODULE}:{action}"
             for action in ("train", "evaluate", "inference", "export", "gen_trt_engine")
-        },
-        handoff={
-            "evaluate": {**COMMON_HANDOFF, "evaluate.checkpoint": "parent_model"},
-            "inference": {**COMMON_HANDOFF, "inference.checkpoint": "parent_model"},
-            "export": {
-                **COMMON_HANDOFF,
-                "export.checkpoint": "parent_model",
-                "export.onnx_file": "create_onnx_file",
-            },
-            "gen_trt_engine": {**COMMON_HANDOFF, "gen_trt_engine.onnx_file": "parent_onnx_file"},
         },
         # A classifier starts from another classifier (backbone and, for the same classes, head),
         # or from the backbone a pretraining job learned.
@@ -67,9 +55,6 @@ NETWORK = register_network(
             },
             # val_top1 (the AutoML and best-checkpoint metric) needs a validation set.
             eval_dataset="required",
-            # Keys of the versions file (foveal/platforms/images.yaml); see `foveal image resolve`.
-            image=ImageRef(image="foveal-pytorch"),
-            action_images={"gen_trt_engine": ImageRef(image="foveal-tensorrt")},
         ),
         resolve=resolve,
     )

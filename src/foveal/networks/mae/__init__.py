@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from foveal.networks.mae.config import MAEConfig, resolve
 from foveal.networks.registry import (
-    COMMON_HANDOFF,
     DatasetNeed,
-    ImageRef,
     Monitoring,
     Network,
     NetworkMetadata,
@@ -27,16 +25,6 @@ NETWORK = register_network(
         actions={
             action: f"{_ACTIONS_MODULE}:{action}"
             for action in ("train", "evaluate", "inference", "export", "gen_trt_engine")
-        },
-        handoff={
-            "evaluate": {**COMMON_HANDOFF, "evaluate.checkpoint": "parent_model"},
-            "inference": {**COMMON_HANDOFF, "inference.checkpoint": "parent_model"},
-            "export": {
-                **COMMON_HANDOFF,
-                "export.checkpoint": "parent_model",
-                "export.onnx_file": "create_onnx_file",
-            },
-            "gen_trt_engine": {**COMMON_HANDOFF, "gen_trt_engine.onnx_file": "parent_onnx_file"},
         },
         # Fine-tuning starts from a pretraining job; so does more pretraining.
         start_from=(StartFrom("mae", "train.pretrained_model_path", stages=("pretrain",)),),
@@ -64,9 +52,6 @@ NETWORK = register_network(
                 "inference": (DatasetNeed("dataset.test_data_sources", "test", True, False, _IMAGES),),
             },
             eval_dataset="optional",
-            # Keys of the versions file (foveal/platforms/images.yaml); see `foveal image resolve`.
-            image=ImageRef(image="foveal-pytorch"),
-            action_images={"gen_trt_engine": ImageRef(image="foveal-tensorrt")},
         ),
         resolve=resolve,
     )

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from foveal.networks.nvdinov2.config import NVDINOv2Config, resolve
 from foveal.networks.registry import (
-    COMMON_HANDOFF,
     DatasetNeed,
-    ImageRef,
     Monitoring,
     Network,
     NetworkMetadata,
@@ -27,17 +25,6 @@ NETWORK = register_network(
             "inference": "foveal.networks.nvdinov2.inference:inference",
             "export": "foveal.networks.nvdinov2.export:export",
             "gen_trt_engine": "foveal.networks.nvdinov2.export:gen_trt_engine",
-        },
-        handoff={
-            # Downstream actions take the parent's backbone-only student file (checkpoint_kind).
-            "evaluate": {**COMMON_HANDOFF, "evaluate.checkpoint": "parent_model"},
-            "inference": {**COMMON_HANDOFF, "inference.checkpoint": "parent_model"},
-            "export": {
-                **COMMON_HANDOFF,
-                "export.checkpoint": "parent_model",
-                "export.onnx_file": "create_onnx_file",
-            },
-            "gen_trt_engine": {**COMMON_HANDOFF, "gen_trt_engine.onnx_file": "parent_onnx_file"},
         },
         # The student exists in both self-training and distillation runs (TAO saves no
         # teacher_epoch_* file when distilling), so it is what a child job takes.
@@ -73,9 +60,6 @@ NETWORK = register_network(
                 ),
             },
             eval_dataset="optional",
-            # Keys of the versions file (foveal/platforms/images.yaml); see `foveal image resolve`.
-            image=ImageRef(image="foveal-pytorch"),
-            action_images={"gen_trt_engine": ImageRef(image="foveal-tensorrt")},
         ),
         resolve=resolve,
     )
