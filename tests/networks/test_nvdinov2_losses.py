@@ -171,8 +171,11 @@ def test_warmup_cosine_at_start_warmup_end_and_after_decay():
 
 
 def _sched(**kw):
+    from foveal.networks.nvdinov2.config import LastLayerLearningRateScheduleConfig, SchedulerConfig
+
     base = {"val_base": 1.0, "val_final": 0.5, "val_start": 0.0, "warm_up_steps": 4, "max_decay_steps": 8}
-    return SimpleNamespace(**{**base, **kw})
+    cls = LastLayerLearningRateScheduleConfig if "freeze_steps" in kw else SchedulerConfig
+    return cls(**{**base, **kw})
 
 
 def test_last_layer_lr_is_zero_while_frozen_and_teacher_temperature_warms_up():

@@ -18,7 +18,8 @@ def backbone_type(cfg: NVDINOv2Config, which: str) -> str:
     """``model.backbone.student_type`` or ``teacher_type`` (``vit_t`` ... ``vit_g``)."""
     if which not in WHICH:
         raise ValueError(f"which must be one of {WHICH}, got {which!r}")
-    return getattr(cfg.model.backbone, f"{which}_type")
+    backbone = cfg.model.backbone
+    return backbone.student_type if which == "student" else backbone.teacher_type
 
 
 def build_backbone(cfg: NVDINOv2Config, which: str) -> VisionTransformer:
@@ -40,6 +41,6 @@ def build_backbone(cfg: NVDINOv2Config, which: str) -> VisionTransformer:
         num_register_tokens=backbone.num_register_tokens,
         drop_path_rate=backbone.drop_path_rate if which == "student" else 0.0,
     )
-    if which == "student" and getattr(cfg.train, "activation_checkpointing", False):
+    if which == "student" and cfg.train.activation_checkpointing:
         model.set_grad_checkpointing(True)
     return model

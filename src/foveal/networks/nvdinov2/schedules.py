@@ -13,7 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from foveal.engine.schedules import warmup_cosine
-from foveal.networks.nvdinov2.config import SchedulerConfig, SchedulersConfig
+from foveal.networks.nvdinov2.config import (
+    LastLayerLearningRateScheduleConfig,
+    SchedulerConfig,
+    SchedulersConfig,
+)
 
 SCHEDULE_NAMES = (
     "learning_rate",
@@ -26,7 +30,7 @@ SCHEDULE_NAMES = (
 
 def schedule_value(sched: SchedulerConfig, step: int) -> float:
     """Value of one ``train.schedulers.<name>`` section at ``step`` (freeze included)."""
-    if step < getattr(sched, "freeze_steps", 0):
+    if isinstance(sched, LastLayerLearningRateScheduleConfig) and step < sched.freeze_steps:
         return 0.0
     return warmup_cosine(
         step,
