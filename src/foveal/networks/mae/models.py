@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from foveal.engine.features import has_class_token, pooled
+from foveal.networks.mae.config import ModelConfig
 from foveal.networks.mae.mae_vit import MaskedAutoencoderViT
 from foveal.nn import create_backbone
 from foveal.nn.classifier import Classifier
@@ -44,7 +45,7 @@ def _fcmae_builder() -> Any:
 
 
 def build_pretrain_model(
-    model_cfg: Any, *, img_size: int, mask_ratio: float, norm_pix_loss: bool, **overrides: Any
+    model_cfg: ModelConfig, *, img_size: int, mask_ratio: float, norm_pix_loss: bool, **overrides: Any
 ) -> nn.Module:
     """The pretraining model of ``model.arch``; its forward is ``(imgs, mask_ratio=, noise=) -> (loss, out)``.
 
@@ -101,7 +102,7 @@ class MAEClassifier(Classifier):
         return self.fc_norm(tokens.mean(dim=1))
 
 
-def build_finetune_model(model_cfg: Any, num_classes: int, img_size: int, **overrides: Any) -> Classifier:
+def build_finetune_model(model_cfg: ModelConfig, num_classes: int, img_size: int, **overrides: Any) -> Classifier:
     """The fine-tuning classifier of ``model.arch`` (no weights loaded; see the module docstring).
 
     The ViT position table is learned here (initialised from the pretrained sin-cos table when
