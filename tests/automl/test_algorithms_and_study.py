@@ -5,13 +5,13 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from foveal.automl import StudyRequest
-from foveal.automl.algorithms import get_algorithm, gp_available, list_algorithms
-from foveal.automl.controller import StudyController
-from foveal.automl.study import best_trial, metric_by_epoch, resolve_metric
 from foveal.cli.main import main
 from foveal.errors import UsageError
 from foveal.networks.registry import get_network
+from foveal.tuning import StudyRequest
+from foveal.tuning.algorithms import get_algorithm, gp_available, list_algorithms
+from foveal.tuning.controller import StudyController
+from foveal.tuning.study import best_trial, metric_by_epoch, resolve_metric
 
 pytestmark = pytest.mark.unit
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -108,7 +108,7 @@ def _settings(metric: str = "train_loss") -> dict:
 
 
 def test_study_storage_create_resume_and_mismatch(tmp_path):
-    from foveal.automl.study import open_study
+    from foveal.tuning.study import open_study
 
     folder = tmp_path / "automl" / "s"
     sampler = get_algorithm("random").make_sampler

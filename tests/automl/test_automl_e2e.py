@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from foveal.automl import StudyRequest, run_study
-from foveal.automl.study import AutoMLError
 from foveal.cli.main import main
 from foveal.engine.status import read_status
 from foveal.jobs import JobRegistry, JobStatus, Workspace
+from foveal.tuning import StudyRequest, run_study
+from foveal.tuning.study import AutoMLError
 
 pytestmark = pytest.mark.integration
 

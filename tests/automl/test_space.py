@@ -9,11 +9,11 @@ from dataclasses import dataclass
 import optuna
 import pytest
 
-from foveal.automl.space import build_space
 from foveal.errors import UsageError
 from foveal.networks.registry import Monitoring, Network, NetworkMetadata, get_network
 from foveal.spec import action_schema
 from foveal.spec.fields import field, section
+from foveal.tuning.space import build_space
 
 pytestmark = pytest.mark.unit
 optuna.logging.set_verbosity(optuna.logging.WARNING)

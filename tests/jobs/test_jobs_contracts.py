@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from foveal.automl.study import final_value, metric_by_epoch
 from foveal.data.synthetic import make_demo_dataset
 from foveal.engine import CheckpointIndex
 from foveal.engine.status import read_status
@@ -20,6 +19,7 @@ from foveal.jobs import JobStatus, Workspace
 from foveal.jobs.lifecycle import run_job
 from foveal.jobs.monitor import job_line, read_progress
 from foveal.networks.nvdinov2 import backbones as nvdinov2_backbones
+from foveal.tuning.study import final_value, metric_by_epoch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "networks"))
 from nvdinov2_tiny import TINY_VIT, TRAIN  # noqa: E402

@@ -17,8 +17,8 @@ from foveal.engine.status import read_status
 from foveal.errors import EXIT_TERMINATED
 from foveal.jobs import JobStatus, Workspace
 from foveal.jobs.lifecycle import prepare_job
-from foveal.jobs.process import pid_alive
-from foveal.platforms.local import LocalPool, launch_job, read_launch_file
+from foveal.jobs.process import pid_alive, read_launch_file
+from foveal.platforms.local import LocalPool, launch_job
 
 pytestmark = pytest.mark.integration
 

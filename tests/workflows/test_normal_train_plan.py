@@ -13,7 +13,7 @@ from foveal.cli.main import main
 from foveal.errors import UsageError
 from foveal.jobs import JobRegistry, Workspace
 from foveal.networks.registry import PortedFrom, get_network
-from foveal.workflows.normal_train import (
+from foveal.workflows.normal import (
     NormalTrainRequest,
     _max_concurrent,
     dataset_overrides,
@@ -281,7 +281,7 @@ def test_trials_at_once_default_from_the_local_platform_setting(ws, data, monkey
 
 
 def test_export_is_asked_after_training_only_at_a_terminal(ws, data):
-    from foveal.workflows.normal_train import _Run, _want_export
+    from foveal.workflows.normal import _Run, _want_export
 
     asked: list[str] = []
     request = NormalTrainRequest(

@@ -51,8 +51,8 @@ def automl(
     fmt: Format = typer.Option(Format.text, "--format", help="text or json"),
 ) -> None:
     """Search hyperparameters of NETWORK's train action with Optuna."""
-    from foveal.automl import StudyRequest, run_study
     from foveal.jobs.workspace import Workspace
+    from foveal.tuning import StudyRequest, run_study
 
     def progress(state: dict) -> None:
         best = (

@@ -82,7 +82,7 @@ def logs(
 @jobs_app.command("cancel")
 def cancel(job_id: str, workspace: Path = WorkspaceOpt) -> None:
     """Cancel a pending or running job (a local subprocess job is stopped with its workers)."""
-    from foveal.platforms.local import stop_job_processes
+    from foveal.jobs.process import stop_job_processes
 
     job = _registry(workspace).request_cancel(job_id)
     stopped = stop_job_processes(job)

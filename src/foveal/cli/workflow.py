@@ -118,7 +118,7 @@ def normal_train(
     from foveal.cli import errors
     from foveal.errors import UsageError
     from foveal.jobs.workspace import Workspace
-    from foveal.workflows.normal_train import NormalTrainRequest, run_normal_train
+    from foveal.workflows.normal import NormalTrainRequest, run_normal_train
 
     args: dict[str, Any] = dict(
         model=model,

@@ -4,14 +4,13 @@
 :func:`foveal.jobs.lifecycle.prepare_job` already recorded, in a new session (so its DataLoader
 workers share one process group that a cancel can end as a whole), writing stdout and stderr
 to ``<results_dir>/logs/process.log`` and the pid/process group to ``<results_dir>/launch.json``
-(which ``foveal jobs cancel`` reads from another process).
+(:mod:`foveal.jobs.process`, which ``foveal jobs cancel`` reads from another process).
 
 :class:`LocalPool` runs at most N jobs at once (AutoML's ``--max-concurrent``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -25,15 +24,17 @@ from foveal import secrets
 from foveal.errors import JobStateError
 from foveal.jobs.lifecycle import PreparedJob
 from foveal.jobs.model import Job, JobStatus
-from foveal.jobs.process import pid_alive, process_start_ticks, this_host
+from foveal.jobs.process import (
+    DEFAULT_GRACE_S,
+    signal_group,
+    write_launch_file,
+)
 from foveal.jobs.registry import JobRegistry
 from foveal.jobs.workspace import Workspace
 
 logger = logging.getLogger(__name__)
 
-LAUNCH_FILE = "launch.json"
 PROCESS_LOG = "process.log"
-DEFAULT_GRACE_S = 10.0
 
 
 def _workspace(workspace: Workspace | str | Path) -> Workspace:
@@ -116,25 +117,18 @@ class LocalJobHandle:
             self._registry.request_cancel(self.job_id)
         if self.process.poll() is None:
             if not signaled:
-                _signal_group(self.process.pid, signal.SIGTERM)
+                signal_group(self.process.pid, signal.SIGTERM)
             try:
                 self.process.wait(grace_s)
             except subprocess.TimeoutExpired:
                 logger.warning("job %s ignored SIGTERM for %.0fs; killing it", self.job_id, grace_s)
-        _signal_group(self.process.pid, signal.SIGKILL)  # DataLoader workers left behind, if any
+        signal_group(self.process.pid, signal.SIGKILL)  # DataLoader workers left behind, if any
         self.process.wait()
         self.poll()
         return self.job()
 
     def __repr__(self) -> str:
         return f"LocalJobHandle({self.job_id!r}, pid={self.process.pid})"
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def launch_job(
@@ -176,51 +170,9 @@ def launch_job(
             env=child_env,
             start_new_session=True,  # own process group: a cancel reaches the DataLoader workers too
         )
-    _write_launch_file(results_dir, process.pid, command, log_path)
+    write_launch_file(results_dir, process.pid, command, log_path)
     logger.info("job %s started as process %d (log: %s)", job.id, process.pid, log_path)
     return LocalJobHandle(job, process, ws, log_path)
-
-
-def _write_launch_file(results_dir: Path, pid: int, command: list[str], log_path: Path) -> None:
-    record = {
-        "pid": pid,
-        "pgid": pid,  # start_new_session: the child leads its own group
-        "pid_start": process_start_ticks(pid),
-        "host": this_host(),
-        "command": command,
-        "log": str(log_path),
-    }
-    tmp = results_dir / (LAUNCH_FILE + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2), encoding="utf-8")
-    tmp.replace(results_dir / LAUNCH_FILE)
-
-
-def read_launch_file(results_dir: str | Path) -> dict[str, Any] | None:
-    """The launch record of a locally launched job (None for jobs run in the foreground)."""
-    try:
-        return json.loads((Path(results_dir) / LAUNCH_FILE).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def stop_job_processes(job: Job, grace_s: float = DEFAULT_GRACE_S) -> bool:
-    """End what is left of a locally launched job's processes (used by ``foveal jobs cancel``).
-
-    The registry's cancel SIGTERMs the runner (one signal: the runner then writes its FAILURE
-    line and closes the row); this waits up to ``grace_s`` for it to exit and then SIGKILLs its
-    whole process group. Returns whether a process group was found alive.
-    """
-    record = read_launch_file(job.results_dir)
-    if not record or record.get("host") != this_host():
-        return False
-    pid, pgid = int(record["pid"]), int(record["pgid"])
-    if not pid_alive(pid, record.get("pid_start")):
-        return False
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and pid_alive(pid, record.get("pid_start")):
-        time.sleep(0.1)
-    _signal_group(pgid, signal.SIGKILL)
-    return True
 
 
 class LocalPool:

@@ -246,7 +246,7 @@ def recover_interrupted(study: Any, registry: JobRegistry, metric: str, read_lin
     """
     import optuna
 
-    from foveal.platforms.local import stop_job_processes
+    from foveal.jobs.process import stop_job_processes
 
     storage = study._storage
     restarts = 0

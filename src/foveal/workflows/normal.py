@@ -154,7 +154,7 @@ def _decide_automl(request: NormalTrainRequest, network: Network, platform: Plat
     if not ready["runnable"]:
         return False, f"plain train: AutoML is enabled but not runnable ({ready['reason']})"
     try:
-        import foveal.automl  # noqa: F401 - present in every install; checked so the note can say why
+        import foveal.tuning  # noqa: F401 - present in every install; checked so the note can say why
     except ImportError as exc:
         return False, f"plain train: AutoML is not installed ({exc})"
     return True, f"AutoML ({request.algorithm}, {request.max_trials} trials)"
@@ -385,7 +385,7 @@ def _max_concurrent(request: NormalTrainRequest, plan: Plan) -> int:
 
 def _run_automl(run: _Run) -> Any:
     """The train stage through AutoML; returns the best trial's job."""
-    from foveal.automl import StudyRequest, run_study
+    from foveal.tuning import StudyRequest, run_study
 
     plan, request = run.plan, run.request
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")

@@ -17,10 +17,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from foveal.automl.study import counted_trials, trial_state
 from foveal.engine.checkpoint_index import select_checkpoint
 from foveal.jobs.registry import JobRegistry
 from foveal.networks.registry import Network
+from foveal.tuning.study import counted_trials, trial_state
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def write_reports(study: Any, folder: Path, metric: str, direction: str) -> dict
 
 def param_importance(study: Any) -> dict[str, float]:
     """Parameter -> importance (sums to 1); empty with fewer than 3 complete trials."""
-    from foveal.automl.space import param_name
+    from foveal.tuning.space import param_name
 
     complete = [
         t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and t.value is not None
@@ -155,7 +155,7 @@ def _spearman(a: list[Any], b: list[float]) -> float:
 
 
 def _rank_importance(complete: list[Any]) -> dict[str, float]:
-    from foveal.automl.space import param_name
+    from foveal.tuning.space import param_name
 
     keys = sorted({k for t in complete for k in t.params})
     values = [float(t.value) for t in complete]

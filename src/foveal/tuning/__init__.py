@@ -31,7 +31,7 @@ class StudyRequest:
         network: a registered network with ``automl_enabled`` metadata.
         workspace: the workspace root; the study goes to ``<workspace>/automl/<study_name>/``.
         spec_file / overrides: the base train spec, applied to every trial (``key=value``).
-        algorithm: a name from :func:`foveal.automl.algorithms.list_algorithms`.
+        algorithm: a name from :func:`foveal.tuning.algorithms.list_algorithms`.
         max_trials: trial budget; failed and pruned trials count against it.
         max_concurrent: trials running at once (each in its own subprocess).
         timeout_s: wall-clock budget of this run of the study (None: no limit).
@@ -104,7 +104,7 @@ def run_study(request: StudyRequest) -> StudyResult:
         UsageError / SpecError: bad request (unknown network, AutoML disabled, bad range...).
         AutoMLError: every trial failed (the message carries the first trial's error).
     """
-    from foveal.automl.controller import run_study as _run
+    from foveal.tuning.controller import run_study as _run
 
     return _run(request)
 

@@ -17,11 +17,20 @@ from pathlib import Path
 from typing import Any
 
 from foveal import secrets
-from foveal.automl import StudyRequest, StudyResult
-from foveal.automl.algorithms import Algorithm, get_algorithm
-from foveal.automl.report import copy_best_checkpoint, delete_intermediate_checkpoints, write_reports
-from foveal.automl.space import SearchSpace, build_space, param_name
-from foveal.automl.study import (
+from foveal.engine.status import read_status
+from foveal.errors import UsageError
+from foveal.jobs.execute import load_prepared
+from foveal.jobs.lifecycle import find_network, prepare_job, resolve_spec
+from foveal.jobs.model import Job, JobStatus
+from foveal.jobs.registry import JobRegistry
+from foveal.jobs.workspace import Workspace
+from foveal.platforms.local import LocalJobHandle, LocalPool
+from foveal.spec import SpecError, parse_overrides, to_dict
+from foveal.tuning import StudyRequest, StudyResult
+from foveal.tuning.algorithms import Algorithm, get_algorithm
+from foveal.tuning.report import copy_best_checkpoint, delete_intermediate_checkpoints, write_reports
+from foveal.tuning.space import SearchSpace, build_space, param_name
+from foveal.tuning.study import (
     AutoMLError,
     best_trial,
     counted_trials,
@@ -34,15 +43,6 @@ from foveal.automl.study import (
     study_dir,
     trial_state,
 )
-from foveal.engine.status import read_status
-from foveal.errors import UsageError
-from foveal.jobs.execute import load_prepared
-from foveal.jobs.lifecycle import find_network, prepare_job, resolve_spec
-from foveal.jobs.model import Job, JobStatus
-from foveal.jobs.registry import JobRegistry
-from foveal.jobs.workspace import Workspace
-from foveal.platforms.local import LocalJobHandle, LocalPool
-from foveal.spec import SpecError, parse_overrides, to_dict
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def _read_lines(job: Job) -> list[dict[str, Any]]:
 
 
 class StudyController:
-    """Runs one :class:`StudyRequest` (see :func:`foveal.automl.run_study`)."""
+    """Runs one :class:`StudyRequest` (see :func:`foveal.tuning.run_study`)."""
 
     def __init__(self, request: StudyRequest, poll_s: float = POLL_S):
         self.request = request
@@ -348,7 +348,7 @@ def _fmt_params(values: dict[str, Any]) -> str:
 
 
 def run_study(request: StudyRequest) -> StudyResult:
-    """Run or resume a study; see :func:`foveal.automl.run_study`."""
+    """Run or resume a study; see :func:`foveal.tuning.run_study`."""
     result = StudyController(request).run()
     (result.study_dir / "summary.json").write_text(
         json.dumps(result.to_dict(), indent=2, default=str), encoding="utf-8"
