@@ -31,9 +31,9 @@ def list_jobs(
     fmt: Format = typer.Option(Format.text, "--format", help="text or json"),
 ) -> None:
     """List jobs, newest first."""
-    registry = _registry(workspace)
-    registry.reap_dead()
-    jobs = registry.list(network=network, status=status, limit=limit)
+    from foveal.jobs import api
+
+    jobs = api.list_jobs(network=network, status=status, limit=limit, workspace=workspace)
     if fmt is Format.json:
         echo_json([j.to_dict() for j in jobs])
         return
@@ -53,7 +53,9 @@ def show(
     fmt: Format = typer.Option(Format.json, "--format", help="json (default) or text"),
 ) -> None:
     """Show one job (id or unique prefix)."""
-    job = _registry(workspace).get(job_id)
+    from foveal.jobs import api
+
+    job = api.get(job_id, workspace)
     data = job.to_dict()
     if fmt is Format.json:
         echo_json(data)
@@ -70,22 +72,17 @@ def logs(
     workspace: Path = WorkspaceOpt,
 ) -> None:
     """Print a job's log file (or its status.json lines)."""
-    job = _registry(workspace).get(job_id)
-    results = Path(job.results_dir)
-    path = results / "status.json" if status else results / "logs" / f"{job.action}.log"
-    if not path.is_file():
-        typer.echo(f"error: job {job.id} has no {path.name} yet ({path})", err=True)
-        raise typer.Exit(2)
-    typer.echo(path.read_text(encoding="utf-8"), nl=False)
+    from foveal.jobs import api
+
+    typer.echo(api.logs(job_id, status=status, workspace=workspace), nl=False)
 
 
 @jobs_app.command("cancel")
 def cancel(job_id: str, workspace: Path = WorkspaceOpt) -> None:
     """Cancel a pending or running job (a local subprocess job is stopped with its workers)."""
-    from foveal.jobs.process import stop_job_processes
+    from foveal.jobs import api
 
-    job = _registry(workspace).request_cancel(job_id)
-    stopped = stop_job_processes(job)
+    job, stopped = api.cancel_job(job_id, workspace)
     typer.echo(f"job {job.id}: {job.status.value}" + (" (process stopped)" if stopped else ""))
 
 

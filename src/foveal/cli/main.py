@@ -16,7 +16,7 @@ import typer
 from foveal.cli import errors
 from foveal.cli.automl import automl
 from foveal.cli.jobs import jobs_app
-from foveal.cli.output import Format, echo_json, print_table
+from foveal.cli.output import Format, JobFormat, echo_json, print_table
 from foveal.cli.platforms import image_app, platforms
 from foveal.cli.port import port_app
 from foveal.cli.workflow import workflow_app
@@ -80,15 +80,11 @@ def models(
     fmt: Format = typer.Option(Format.text, "--format", help="text or json"),
 ) -> None:
     """List the registered networks: actions, AutoML, monitoring, dataset needs, checkpoints."""
-    from foveal.jobs.workspace import Workspace
-    from foveal.workflows.catalog import describe_network
+    from foveal import api
 
     if scope not in (None, "all", "automl"):
         raise errors.UsageError(f"--scope {scope!r}: expected automl or all")
-    root = Workspace.resolve().root
-    rows = [describe_network(n, root) for n in list_networks()]
-    if scope == "automl":
-        rows = [r for r in rows if r["automl_enabled"]]
+    rows = api.models(scope)
     if fmt is Format.json:
         echo_json(rows)
     else:
@@ -113,27 +109,43 @@ def models(
 @app.command("schema")
 def schema(network: str, action: str) -> None:
     """Print the JSON schema of NETWORK ACTION."""
-    from foveal.jobs.lifecycle import check_action, find_network
-    from foveal.spec import action_schema
+    from foveal import api
 
-    net = find_network(network)
-    check_action(net, action)
-    echo_json(action_schema(net.config_cls, action, net.action_sections.get(action)))
+    echo_json(api.schema(network, action))
 
 
-@app.command("spec")
+@app.command("spec", context_settings={"ignore_unknown_options": True})
 def spec(
-    network: str,
-    action: str,
+    words: list[str] = typer.Argument(
+        ..., metavar="NETWORK ACTION | check NETWORK ACTION [KEY=VALUE]...", show_default=False
+    ),
+    experiment_spec: Path = typer.Option(
+        None, "--experiment-spec", "-e", help="check: the spec YAML to check (only keys that differ)."
+    ),
     output: Path = typer.Option(None, "--output", "-o", help="Write the template here instead of stdout."),
+    fmt: Format = typer.Option(Format.text, "--format", help="check: text or json"),
 ) -> None:
-    """Print a YAML spec template (the defaults) for NETWORK ACTION."""
-    from foveal.jobs.lifecycle import check_action, find_network
-    from foveal.spec import spec_template
+    """Print a YAML spec template (the defaults) for NETWORK ACTION; or, as ``spec check``,
+    validate a spec (file and overrides) without running anything: the resolved spec, or every
+    error (exit 2). ``--format json`` gives ``{ok, errors: [{key, message, suggestion}], spec}``."""
+    from foveal import api
+    from foveal.spec import dump_yaml
 
-    net = find_network(network)
-    check_action(net, action)
-    text = spec_template(net.config_cls, action, net.action_sections.get(action))
+    if words[0] == "check":
+        if len(words) < 3:
+            raise errors.UsageError("spec check needs NETWORK ACTION, e.g. foveal spec check mae train -e spec.yaml")
+        result = api.check(words[1], words[2], spec=experiment_spec, overrides=words[3:])
+        if fmt is Format.json:
+            echo_json(result.to_dict())
+        elif result.ok:
+            typer.echo(dump_yaml(result.spec or {}), nl=False)
+        else:
+            for issue in result.errors:
+                typer.echo(f"spec error: {issue}", err=True)
+        raise typer.Exit(0 if result.ok else 2)
+    if len(words) != 2:
+        raise errors.UsageError(f"expected NETWORK ACTION (or check NETWORK ACTION ...), got {' '.join(words)}")
+    text = api.template(words[0], words[1])
     if output is None:
         typer.echo(text, nl=False)
         return
@@ -185,13 +197,20 @@ def data_demo(
     num_val: int = typer.Option(400, help="Validation images."),
     num_test: int = typer.Option(400, help="Test images."),
     image_size: int = typer.Option(64, help="Image side in pixels."),
+    num_classes: int = typer.Option(8, help="Shape classes (2 to 12)."),
     seed: int = typer.Option(0, help="Random seed (same seed, same bytes)."),
 ) -> None:
     """Write the synthetic shapes dataset (TAO SSL archives + labeled class folders)."""
     from foveal.data.synthetic import make_demo_dataset
 
     paths = make_demo_dataset(
-        out_dir, num_train=num_train, num_val=num_val, num_test=num_test, image_size=image_size, seed=seed
+        out_dir,
+        num_train=num_train,
+        num_val=num_val,
+        num_test=num_test,
+        image_size=image_size,
+        num_classes=num_classes,
+        seed=seed,
     )
     for name, path in paths.items():
         typer.echo(f"{name}: {path}")
@@ -251,7 +270,9 @@ def _network_command(network_name: str, action: str):
             False, "--new", help="Start a new job even if an identical one was interrupted."
         ),
         workspace: Path = WorkspaceOpt,
-        fmt: Format = typer.Option(Format.text, "--format", help="text or json"),
+        fmt: JobFormat = typer.Option(
+            JobFormat.text, "--format", help="text, json, or id (only the job id, e.g. for --parent $(...))"
+        ),
     ) -> None:
         from foveal.jobs.lifecycle import execute_job, prepare_job
         from foveal.jobs.workspace import Workspace
@@ -272,8 +293,11 @@ def _network_command(network_name: str, action: str):
             f"{verb} job {prepared.job.id}: {network_name} {action} -> {prepared.job.results_dir}", err=True
         )
         job = execute_job(prepared, workspace=ws, debug=errors.DEBUG)
-        if fmt is Format.json:
+        if fmt is JobFormat.json:
             echo_json(job.to_dict())
+            return
+        if fmt is JobFormat.id:
+            typer.echo(job.id)
             return
         typer.echo(f"job {job.id} {job.status.value}: {job.results_dir}")
         if job.kpis:

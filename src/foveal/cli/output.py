@@ -15,6 +15,14 @@ class Format(str, Enum):
     json = "json"
 
 
+class JobFormat(str, Enum):
+    """Output of a job command: text, the job as JSON, or only its id (for scripts)."""
+
+    text = "text"
+    json = "json"
+    id = "id"
+
+
 def echo_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, default=str))
 

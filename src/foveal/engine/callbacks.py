@@ -24,7 +24,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Checkpoint
 
-import foveal
+from foveal._version import __version__
 from foveal.engine.checkpoint import (
     checkpoint_filename,
     find_latest_checkpoint,
@@ -188,7 +188,7 @@ class FovealCheckpoint(Checkpoint):
     ) -> None:
         checkpoint["network"] = self.network
         checkpoint["config"] = self.config
-        checkpoint["foveal_version"] = foveal.__version__
+        checkpoint["foveal_version"] = __version__
         checkpoint["kind"] = FULL_KIND
         # Lightning's own "epoch" is the 0-based epoch index and unused on restore; ours matches
         # the file name.

@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-import foveal
+from foveal._version import __version__
 from foveal.engine.checkpoint_index import FULL_KIND
 from foveal.errors import CheckpointError
 from foveal.secrets import active_key, encrypt_bytes, is_encrypted, read_model_bytes
@@ -277,7 +277,7 @@ def save_weights_only(
     obj = {
         "network": network,
         "config": to_plain_config(config),
-        "foveal_version": foveal.__version__,
+        "foveal_version": __version__,
         "kind": kind,
         "epoch": epoch,
         "global_step": step,

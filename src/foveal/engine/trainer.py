@@ -211,6 +211,7 @@ def trainer_for(
     gradient_clip_val: float | None = None,
     latest_link: str | None = None,
     steps_per_epoch: int | None = None,
+    progress: str = "auto",
     callbacks: Iterable[L.Callback] = (),
 ) -> L.Trainer:
     """The Trainer every network trains with, from its spec's ``train`` section
@@ -235,6 +236,7 @@ def trainer_for(
         monitor_mode=monitor_mode,
         latest_link=latest_link,
         log_every_n_steps=log_every_n_steps,
+        progress=progress,
         callbacks=callbacks,
     )
 

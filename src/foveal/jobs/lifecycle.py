@@ -97,6 +97,47 @@ def resolve_spec(
     return load_spec(network.config_cls, spec_file, parsed, action=action, resolve=network.resolve)
 
 
+@dataclass
+class SpecCheck:
+    """The outcome of checking a spec without running it (``foveal spec check``, ``foveal.check``).
+
+    Attributes:
+        ok: the spec resolves for the action.
+        errors: every problem found (:class:`~foveal.errors.SpecIssue`: key, message, suggestion).
+        spec: the resolved spec as plain data (secrets as fingerprints), None when not ok.
+    """
+
+    ok: bool
+    errors: list[SpecIssue]
+    spec: dict[str, Any] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        errors = [{"key": i.key, "message": i.message, "suggestion": i.suggestion} for i in self.errors]
+        return {"ok": self.ok, "errors": errors, "spec": self.spec}
+
+
+def check_spec(
+    network_name: str,
+    action: str,
+    *,
+    spec_file: str | Path | None = None,
+    overrides: Iterable[str] | Mapping[str, Any] = (),
+) -> SpecCheck:
+    """Validate a spec for ``network action`` as a job would resolve it, without a job, a parent
+    or reading any data.
+
+    Raises:
+        UsageError: an unknown network or action (the question itself is wrong).
+    """
+    network = find_network(network_name)
+    check_action(network, action)
+    try:
+        cfg = load_spec(network.config_cls, spec_file, overrides, action=action, resolve=network.resolve)
+    except SpecError as exc:
+        return SpecCheck(False, list(exc.issues), None)
+    return SpecCheck(True, [], to_dict(cfg))
+
+
 def _dotted_keys(data: Mapping[str, Any], prefix: str = "") -> Iterable[str]:
     for key, value in data.items():
         dotted = f"{prefix}{key}"
@@ -225,8 +266,14 @@ def _job_log_file(results_dir: Path, action: str) -> Iterator[None]:
         handler.close()
 
 
-def execute_job(prepared: PreparedJob, *, workspace: Workspace | None = None, debug: bool = False) -> Job:
-    """Run a prepared job to its end and record the outcome; exceptions propagate after recording."""
+def execute_job(
+    prepared: PreparedJob, *, workspace: Workspace | None = None, debug: bool = False, progress: str = "auto"
+) -> Job:
+    """Run a prepared job to its end and record the outcome; exceptions propagate after recording.
+
+    Args:
+        progress: how training shows progress (see :class:`~foveal.networks.registry.ActionContext`).
+    """
     from foveal.engine.status import StatusWriter
 
     workspace = workspace or Workspace.resolve()
@@ -246,6 +293,7 @@ def execute_job(prepared: PreparedJob, *, workspace: Workspace | None = None, de
         debug=debug,
         resumed=prepared.resumed,
         status_writer=writer,
+        progress=progress,
     )
     registry.mark_running(job.id, os.getpid(), allow_restart=prepared.resumed)
     verb = "resumed" if prepared.resumed else "started"
@@ -304,9 +352,11 @@ def run_job(
 
 __all__ = [
     "PreparedJob",
+    "SpecCheck",
     "SpecError",
     "SpecIssue",
     "UsageError",
+    "check_spec",
     "execute_job",
     "find_network",
     "prepare_job",

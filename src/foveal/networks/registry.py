@@ -80,6 +80,8 @@ class ActionContext:
         debug: ``--debug`` was given.
         resumed: the job picks an interrupted run up again.
         status_writer: writes ``status.json`` (None when run outside a job, e.g. in a test).
+        progress: how training shows progress: ``auto`` (a bar on a terminal, else log lines),
+            ``bar``, ``plain`` (log lines) or ``off`` (the Python API's quiet default).
     """
 
     job_id: str
@@ -91,6 +93,7 @@ class ActionContext:
     debug: bool = False
     resumed: bool = False
     status_writer: StatusWriter | None = field(default=None, repr=False)
+    progress: str = "auto"
 
     def status(self, status: str, message: str, **fields: Any) -> None:
         if self.status_writer is not None:

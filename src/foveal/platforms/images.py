@@ -42,7 +42,7 @@ def versions_file() -> str:
 
 @lru_cache(maxsize=4)
 def _load_versions(path: str) -> dict[str, str]:
-    from foveal import __version__
+    from foveal._version import __version__
     from foveal.errors import UsageError
 
     try:
@@ -93,7 +93,7 @@ def resolve_image(network: Any, action: str) -> dict[str, Any]:
 
 def local_environment() -> dict[str, Any]:
     """The current Python environment: what the local platform runs jobs with."""
-    from foveal import __version__
+    from foveal._version import __version__
 
     env: dict[str, Any] = {
         "python": _platform.python_version(),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -276,8 +277,9 @@ class _Validator:
                 return self._type_issue(key, full_tp, value)
             return float(value)
         if tp is str:
-            # YAML reads 1e-3 or 2 as numbers; a str field takes them as text.
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
+            # YAML reads 1e-3 or 2 as numbers; a str field takes them as text; a path (the Python
+            # API's overrides) is its text too.
+            if isinstance(value, (int, float, os.PathLike)) and not isinstance(value, bool):
                 return str(value)
             return value if isinstance(value, str) else self._type_issue(key, full_tp, value)
         return value

@@ -27,8 +27,8 @@ DEMO_DATA = {
     "num_classes": 4,
     "seed": 0,
 }
-# Measured in a fresh venv on 2 cores: 4 min 8 s wall, test top-1 0.48 (10 + 6 epochs: 4 min 56 s,
-# 0.5175 -- too close to the 5-minute budget).
+# Measured in a fresh venv on 2 cores (2026-12-03, quiet): 2 min 16 s wall, test top-1 0.45. An
+# earlier 10 + 6 epoch cut measured 4 min 56 s (0.5175) on a loaded machine: too close to the budget.
 DEMO_PRETRAIN_EPOCHS = 8
 DEMO_FINETUNE_EPOCHS = 5
 # The encoder is the CPU-sized vit_micro_patch4 (128 wide, 4 blocks, 4-px patches: 64 tokens at

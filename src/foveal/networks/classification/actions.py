@@ -181,6 +181,7 @@ def train(cfg: ClassificationConfig, ctx: ActionContext) -> ActionResult:
         network=NETWORK,
         config_dict=to_dict(cfg),
         status=ctx.status_writer,
+        progress=ctx.progress,
         monitor="val_top1" if val_loader is not None else "train_loss",
         monitor_mode="max" if val_loader is not None else "min",
         gradient_clip_val=cfg.train.clip_grad_norm or None,

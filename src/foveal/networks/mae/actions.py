@@ -108,6 +108,7 @@ def _trainer(cfg: MAEConfig, ctx: ActionContext, steps_per_epoch: int, monitor: 
         network=NETWORK,
         config_dict=to_dict(cfg),
         status=ctx.status_writer,
+        progress=ctx.progress,
         monitor=monitor,
         monitor_mode=mode,
         latest_link=f"{cfg.model.arch}_latest.pth",  # <arch>_latest.pth, e.g. vit_base_patch16_latest.pth

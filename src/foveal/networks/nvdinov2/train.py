@@ -188,5 +188,6 @@ def _trainer(cfg: NVDINOv2Config, ctx: ActionContext, config_dict: dict, steps_p
         config_dict=config_dict,
         latest_link=LATEST_LINK,
         status=ctx.status_writer,
+        progress=ctx.progress,
         steps_per_epoch=steps_per_epoch,
     )
