@@ -41,7 +41,7 @@ sys.path.insert(0, str(BENCH.parent / "src"))
 sys.path.insert(0, str(BENCH))
 
 import nvdinov2_learning  # noqa: E402
-from foveal.jobs.runner import run_job  # noqa: E402
+from foveal.jobs.lifecycle import run_job  # noqa: E402
 
 from foveal.data.synthetic import make_demo_dataset  # noqa: E402
 from foveal.jobs import Workspace  # noqa: E402

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from foveal.jobs.runner import run_job  # noqa: E402
+from foveal.jobs.lifecycle import run_job  # noqa: E402
 
 from foveal.data.synthetic import make_demo_dataset  # noqa: E402
 from foveal.jobs import Workspace  # noqa: E402

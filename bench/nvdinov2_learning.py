@@ -40,13 +40,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch  # noqa: E402
-from foveal.jobs.runner import run_job  # noqa: E402
+from foveal.jobs.lifecycle import run_job  # noqa: E402
 
 from foveal.data import LabeledImageFolderDataset, build_eval_transform  # noqa: E402
 from foveal.data.synthetic import background_kind, make_demo_dataset  # noqa: E402
 from foveal.jobs import Workspace  # noqa: E402
 from foveal.networks.nvdinov2 import backbones  # noqa: E402
-from foveal.networks.nvdinov2.evaluation import knn_top1  # noqa: E402
+from foveal.engine.features import knn_top1  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
