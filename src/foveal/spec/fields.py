@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import MISSING
 from typing import Any, Literal, Union, get_args, get_origin
 
@@ -61,6 +61,8 @@ def field(
     depends_on: str | None = None,
     parent_param: bool = False,
     regex: str | None = None,
+    normalize: Callable[[Any], Any] | None = None,
+    required_unless: str | None = None,
 ) -> Any:
     """Declare a spec leaf with its default and TAO metadata.
 
@@ -75,6 +77,10 @@ def field(
         math_cond: a TAO-style condition such as ``"> 0"`` or ``"% 2 == 0"`` (documentation
             and AutoML only; checks that matter are written as validators).
         depends_on: a dotted key this field only makes sense with.
+        required_unless: a sibling field that, when set, makes this one optional (e.g. an
+            evaluate checkpoint is not needed when ``trt_engine`` is given).
+        normalize: maps a value as written to its canonical form before validation (e.g. TAO's
+            precision spellings ``16-mixed`` / ``fp16`` to one name).
     """
     if default is not MISSING and isinstance(default, (list, dict, set)):
         raise TypeError("use default_factory for mutable defaults")
@@ -92,6 +98,8 @@ def field(
         "depends_on": depends_on,
         "parent_param": parent_param,
         "regex": regex,
+        "normalize": normalize,
+        "required_unless": required_unless,
     }
     kwargs: dict[str, Any] = {"metadata": {_FOVEAL_KEY: meta}}
     if default_factory is not MISSING:

@@ -28,6 +28,7 @@ from foveal.spec.fields import (
     type_name,
     unwrap_optional,
 )
+from foveal.spec.interpolation import Unresolved, interpolate, needs_interpolation
 
 
 def leaf_keys(cls: type, prefix: str = "") -> list[str]:
@@ -60,6 +61,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise SpecError(SpecIssue("", f"spec file {path} not found", hint))
     text = path.read_text(encoding="utf-8")
     try:
+        _refuse_duplicate_keys(text, str(path))
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -73,6 +75,40 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
             SpecIssue("", f"expected a mapping at the top level, got {type(data).__name__}"), str(path)
         )
     return data
+
+
+def _refuse_duplicate_keys(text: str, source: str) -> None:
+    """A key given twice in one mapping is an error, as in OmegaConf (PyYAML keeps the last)."""
+    issues: list[SpecIssue] = []
+
+    def walk(node: yaml.Node, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, value_node in node.value:
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+                line = key_node.start_mark.line + 1
+                dotted = f"{prefix}{key}"
+                if key is not None and key != "<<":
+                    if key in seen:
+                        issues.append(
+                            SpecIssue(
+                                dotted,
+                                f"duplicate key at lines {seen[key]} and {line}",
+                                "keep one of them (OmegaConf, TAO's loader, refuses duplicate keys too)",
+                            )
+                        )
+                    else:
+                        seen[key] = line
+                walk(value_node, f"{dotted}.")
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, f"{prefix.rstrip('.')}[{i}].")
+
+    for document in yaml.compose_all(text, Loader=yaml.SafeLoader):
+        if document is not None:
+            walk(document, "")
+    if issues:
+        raise SpecError(issues, source=source)
 
 
 def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
@@ -183,11 +219,28 @@ def save_spec(cfg: Any, path: str | Path) -> Path:
 class _Validator:
     """Walks data against a spec class, building the typed config and collecting issues."""
 
-    def __init__(self, action: str | None):
+    def __init__(self, action: str | None, sections: Iterable[str] | None = None):
         self.action = action
+        self.sections = set(sections) if sections is not None else None
         self.issues: list[SpecIssue] = []
 
+    def reads(self, key: str) -> bool:
+        """Whether the action reads ``key``: top-level leaves always, sections when it uses them."""
+        if self.sections is None:
+            return True
+        top = re.split(r"[.\[]", key, maxsplit=1)
+        return len(top) == 1 or top[0] in self.sections
+
+    def unresolved(self, value: Unresolved) -> None:
+        """A ``???`` or a failing ``${...}``: an error only where the action reads it (OmegaConf
+        resolves lazily, so TAO never sees the others)."""
+        if self.reads(value.issue.key):
+            self.issues.append(value.issue)
+
     def build(self, cls: type, data: Any, prefix: str = "") -> Any:
+        if isinstance(data, Unresolved):
+            self.unresolved(data)
+            data = {}
         if not isinstance(data, Mapping):
             self.issues.append(SpecIssue(prefix.rstrip("."), f"expected a section (mapping), got {data!r}"))
             data = {}
@@ -203,30 +256,47 @@ class _Validator:
             if is_section_type(tp):
                 kwargs[f.name] = self.build(tp, data.get(f.name, {}) if present else {}, key + ".")
                 continue
+            if present and isinstance(data[f.name], Unresolved):
+                kwargs[f.name] = field_default(f)
+                if data[f.name].mandatory:  # OmegaConf's merge keeps the schema's value under a ???
+                    self._check_required(key, kwargs[f.name], field_meta(f), mandatory=True)
+                else:
+                    self.unresolved(data[f.name])
+                continue
             before = len(self.issues)
             value = self.check(tp, data[f.name], key, field_meta(f)) if present else field_default(f)
             if len(self.issues) == before:  # one line per key: a bad value is not also "missing"
-                self._check_required(key, value, field_meta(f))
+                unless = field_meta(f).get("required_unless")
+                if not (unless and data.get(unless) not in (None, "")):
+                    self._check_required(key, value, field_meta(f))
             else:  # a bad value stands in as the default, so cross-field checks can still run
                 value = field_default(f)
             kwargs[f.name] = value
         return cls(**kwargs)
 
     def _unknown(self, cls: type, key: str, prefix: str, names: list[str]) -> None:
+        renamed = getattr(self, "renamed_keys", {}).get(key)
+        if renamed:
+            self.issues.append(SpecIssue(key, "unknown key (an old Foveal name)", f"use {renamed}"))
+            return
         from_root = getattr(self, "root_keys", None) or [prefix + n for n in names]
         near = _nearest(key, from_root)
         hint = f"did you mean {near}?" if near else f"valid keys here: {', '.join(names)}"
         self.issues.append(SpecIssue(key, "unknown key", hint))
 
-    def _check_required(self, key: str, value: Any, meta: dict[str, Any]) -> None:
+    def _check_required(self, key: str, value: Any, meta: dict[str, Any], mandatory: bool = False) -> None:
         required = meta.get("required")
         needed = required is True or (self.action is not None and self.action in (required or ()))
         if needed and value in (None, "", []):
             for_action = f" for {self.action}" if self.action else ""
-            self.issues.append(SpecIssue(key, f"required{for_action} but not set", f"set {key}=..."))
+            what = "mandatory (???) and" if mandatory else "required" + for_action + " but"
+            self.issues.append(SpecIssue(key, f"{what} not set", f"set {key}=..."))
 
     def check(self, tp: Any, value: Any, key: str, meta: dict[str, Any]) -> Any:
         base, optional = unwrap_optional(tp)
+        normalize = meta.get("normalize")
+        if normalize is not None and value is not None:
+            value = normalize(value)
         if value is None:
             if not optional:
                 self.issues.append(SpecIssue(key, f"expected {type_name(tp)}, got null"))
@@ -245,13 +315,22 @@ class _Validator:
             (item_tp,) = get_args(tp) or (Any,)
             if isinstance(value, tuple):
                 value = list(value)
+            if value == "":  # TAO's templates write '' for an unset list
+                value = []
             if not isinstance(value, list):
                 return self._type_issue(key, full_tp, value)
+            holes = [v for v in value if isinstance(v, Unresolved)]
+            if holes:
+                for hole in holes:
+                    self.unresolved(hole)
+                return _BAD
             if is_section_type(item_tp):
                 return [self.build(item_tp, v, f"{key}[{i}].") for i, v in enumerate(value)]
             out = [self._check_type(item_tp, v, f"{key}[{i}]", item_tp) for i, v in enumerate(value)]
             return _BAD if any(v is _BAD for v in out) else out
         if origin is dict:
+            if value == "":
+                return {}
             return dict(value) if isinstance(value, Mapping) else self._type_issue(key, full_tp, value)
         if is_section_type(tp):
             return self.build(tp, value, key + ".")
@@ -313,10 +392,13 @@ class _Validator:
 _BAD = object()
 
 
-def _validate(cls: type, data: Mapping[str, Any] | None, action: str | None) -> tuple[Any, list[SpecIssue]]:
+def _validate(
+    cls: type, data: Mapping[str, Any] | None, action: str | None, sections: Iterable[str] | None = None
+) -> tuple[Any, list[SpecIssue]]:
     """The typed config (bad values replaced by their defaults) and every issue found."""
-    validator = _Validator(action)
+    validator = _Validator(action, sections)
     validator.root_keys = leaf_keys(cls)  # type: ignore[attr-defined]
+    validator.renamed_keys = dict(getattr(cls, "renamed_keys", {}))  # type: ignore[attr-defined]
     cfg = validator.build(cls, data or {})
     return cfg, validator.issues
 
@@ -346,6 +428,7 @@ def resolve_config(
     action: str | None = None,
     resolve: Any = None,
     source: str | None = None,
+    sections: Iterable[str] | None = None,
 ) -> Any:
     """:func:`build_config`, then the network's ``resolve(cfg, action)`` hook; every problem of
     both is reported together.
@@ -357,7 +440,7 @@ def resolve_config(
     Raises:
         SpecError: with every issue found.
     """
-    cfg, issues = _validate(cls, data, action)
+    cfg, issues = _validate(cls, data, action, sections)
     if resolve is None:
         if issues:
             raise SpecError(issues, source=source)
@@ -383,6 +466,7 @@ def load_spec(
     *,
     action: str | None = None,
     resolve: Any = None,
+    sections: Iterable[str] | None = None,
 ) -> Any:
     """defaults <- spec file <- overrides -> validated config (then the network's resolve hook).
 
@@ -390,13 +474,27 @@ def load_spec(
         cls: the network's top-level spec dataclass.
         spec_file: a YAML file holding only the keys that differ from the defaults.
         overrides: ``"a.b=c"`` strings (or an already parsed ``{dotted key: value}`` mapping),
-            applied last.
+            applied last. ``+name=value`` (Hydra's spelling) outside the schema only feeds
+            ``${name}`` references.
         action: the action the spec is for; fields required for it must be set.
         resolve: optional ``(cfg, action) -> cfg`` hook for derived values and cross-field checks.
+        sections: the top-level sections the action reads (None: all). A ``???`` or a failing
+            ``${...}`` elsewhere is left at its default, as OmegaConf's lazy resolution does.
     """
+    from foveal.spec.schema import default_dict
+
     data: dict[str, Any] = read_yaml(spec_file) if spec_file is not None else {}
     parsed = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides)
+    defaults = default_dict(cls)
+    extra: dict[str, Any] = {}
     for key, value in parsed.items():
+        if key.startswith("+"):  # Hydra's "add a key": a schema key is set, anything else is only
+            key = key.lstrip("+")  # there for ${...} references to read
+            if key.split(".")[0] not in defaults:
+                set_dotted(extra, key, value)
+                continue
         set_dotted(data, key, value)
+    if needs_interpolation(data):
+        data = interpolate(data, defaults, extra)
     source = str(spec_file) if spec_file else None
-    return resolve_config(cls, data, action=action, resolve=resolve, source=source)
+    return resolve_config(cls, data, action=action, resolve=resolve, source=source, sections=sections)
