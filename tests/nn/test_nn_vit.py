@@ -11,7 +11,9 @@ from foveal.nn import VisionTransformer, create_backbone, layer_id_for_param, li
 
 pytestmark = pytest.mark.unit
 
-BACKBONES = list_backbones("vit_*")  # ConvNeXt V2 has its own tests (test_nn_convnextv2.py)
+# Foveal's own ViTs; ConvNeXt V2 and TAO's named ViTs (DINOv2 SwiGLU, SigLIP) have their own tests
+# (test_nn_convnextv2.py, test_nn_tao_vit.py, test_nn_openclip_vit.py)
+BACKBONES = [n for n in list_backbones("vit_*") if "dinov2" not in n and "siglip" not in n]
 _CACHE: dict[str, VisionTransformer] = {}
 
 

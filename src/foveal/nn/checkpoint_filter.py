@@ -28,6 +28,9 @@ _WRAPPER_KEYS = ("state_dict", "model", "teacher", "module", "network")
 _ANCHORS = {"patch_embed.proj.weight": "foveal", "embeddings.patch_embeddings.projection.weight": "hf"}
 # DINOv2 with block_chunks > 0 stores blocks.<chunk>.<index>.
 _CHUNKED_BLOCK = re.compile(r"^blocks\.\d+\.(\d+)\.")
+# timm's packed SwiGLU (GluMlp, TAO's NVDINOv2): fc1 = [gate; value] (D -> 2H), fc2 (H -> D); the same
+# tensors as DINOv2's w12 / w3. Renamed only for models whose blocks hold w12, so plain MLPs keep fc1/fc2.
+_TIMM_SWIGLU = re.compile(r"^(blocks\.\d+\.mlp\.)fc([12])\.")
 
 
 def _unwrap(checkpoint: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -68,9 +71,14 @@ def _resize_pos_embed(pos: torch.Tensor, model: VisionTransformer) -> torch.Tens
     old_grid = grid_from_num_patches(patch_pos.shape[1])
     if old_grid != model.patch_grid:
         logger.info("resampling pos_embed from grid %s to %s", old_grid, model.patch_grid)
-        patch_pos = resample_patch_pos_embed(
-            patch_pos, old_grid, model.patch_grid, model.interpolate_antialias
-        )
+        # A model whose reference resizes its table differently (TAO's DINOv2) brings its own resize.
+        resample = getattr(model, "resample_pos_embed", None)
+        if resample is not None:
+            patch_pos = resample(patch_pos, old_grid, model.patch_grid)
+        else:
+            patch_pos = resample_patch_pos_embed(
+                patch_pos, old_grid, model.patch_grid, model.interpolate_antialias
+            )
     return torch.cat([cls_pos, patch_pos], dim=1)
 
 
@@ -79,8 +87,10 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: VisionTransformer
 
     Steps: unwrap training checkpoints (``{"model": ...}``, ``{"state_dict": ...}``); find the
     backbone under any prefix (teacher preferred); convert HF layouts; un-chunk DINOv2 blocks;
-    reshape a (1, 1, D) mask token; resample ``pos_embed`` to the model's grid; drop what the
-    model lacks or cannot take (decoders, heads of another size), logging it.
+    rename timm's packed SwiGLU (``mlp.fc1``/``mlp.fc2``, TAO's NVDINOv2) to ``mlp.w12``/``mlp.w3``;
+    reshape a (1, 1, D) mask token; resample ``pos_embed`` to the model's grid (with the model's own
+    ``resample_pos_embed`` if it has one); drop what the model lacks or cannot take (decoders,
+    heads of another size), logging it.
 
     Args:
         state_dict: a state dict or a training checkpoint containing one.
@@ -98,6 +108,8 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: VisionTransformer
     state = {_CHUNKED_BLOCK.sub(r"blocks.\1.", k): v for k, v in state.items()}
 
     expected = model.state_dict()
+    if "blocks.0.mlp.w12.weight" in expected:
+        state = {_TIMM_SWIGLU.sub(_swiglu_name, k): v for k, v in state.items()}
     out: dict[str, torch.Tensor] = {}
     absent, mismatched = [], []
     for key, value in state.items():
@@ -113,6 +125,10 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: VisionTransformer
             out[key] = value
     report_unloaded(absent, mismatched)
     return out
+
+
+def _swiglu_name(match: re.Match[str]) -> str:
+    return match.group(1) + ("w12." if match.group(2) == "1" else "w3.")
 
 
 def report_unloaded(absent: list[str], mismatched: list[str]) -> None:

@@ -42,6 +42,13 @@ class Classifier(nn.Module):
         nn.init.trunc_normal_(last.weight, std=2e-5 if head_type == "linear" else 0.02)
         nn.init.zeros_(last.bias)
         self.weights_kind = "live"  # "ema" when loaded from a checkpoint's averaged weights
+        self.backbone_frozen = False  # set by freeze_backbone: the backbone stays in eval mode
+
+    def train(self, mode: bool = True) -> Classifier:
+        super().train(mode)
+        if self.backbone_frozen:
+            self.backbone.eval()  # a fixed backbone: no BatchNorm statistics updates, no dropout
+        return self
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features (B, D)."""
@@ -59,6 +66,8 @@ def freeze_backbone(model: Classifier, freeze: bool, freeze_blocks: list[int]) -
     if freeze:
         for p in model.backbone.parameters():
             p.requires_grad_(False)
+        model.backbone_frozen = True
+        model.backbone.eval()
         return
     # Block k of the backbone has layer id k + 1 (ViT blocks and ConvNeXt V2 blocks alike).
     frozen = {idx + 1 for idx in freeze_blocks}

@@ -54,13 +54,19 @@ class PatchEmbed(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with one fused qkv projection and PyTorch's SDPA kernel."""
+    """Multi-head self-attention with one fused qkv projection.
+
+    ``fused`` (default): PyTorch's SDPA, which picks the flash / memory-efficient kernel where
+    the device has one. Off: the same product written out (``softmax(q k^T / sqrt(d)) v``), the
+    reference path that materialises the (N, N) attention matrix.
+    """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, proj_bias: bool = True) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
+        self.fused = True
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
 
@@ -70,8 +76,23 @@ class Attention(nn.Module):
         # (B, N, 3*D) -> (3, B, heads, N, D/heads)
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        x = F.scaled_dot_product_attention(q, k, v)
+        if self.fused:
+            x = F.scaled_dot_product_attention(q, k, v)
+        else:
+            attn = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, heads, N, N)
+            x = attn.softmax(dim=-1) @ v
         return self.proj(x.transpose(1, 2).reshape(b, n, d))
+
+
+def set_fused_attention(model: nn.Module, enable: bool) -> int:
+    """Switch every :class:`Attention` of ``model`` between SDPA and the written-out product;
+    returns how many were switched."""
+    count = 0
+    for module in model.modules():
+        if isinstance(module, Attention):
+            module.fused = enable
+            count += 1
+    return count
 
 
 class Mlp(nn.Module):
