@@ -73,7 +73,8 @@ def _specs(data):
         "classification": [
             f"dataset.train_dataset.images_dir={data['labeled_train']}",
             "model.backbone.type=vit_tiny_patch16",
-            "dataset.augmentation.input_size=32",
+            "dataset.img_size=32",
+            "dataset.num_classes=0",
             "dataset.workers=0",
         ],
         "mae": [

@@ -19,8 +19,10 @@ def make_loader(
     collate_fn: Callable[[list[Any]], Any] | None = None,
     pin_memory: bool = True,
     persistent: bool | None = None,
+    shuffle: bool = True,
 ) -> DataLoader:
-    """Batches of ``dataset``: shuffled, last partial batch dropped when ``train``; ordered otherwise.
+    """Batches of ``dataset``: shuffled (unless ``shuffle`` is false), last partial batch dropped
+    when ``train``; ordered otherwise.
 
     - ``workers`` is capped at the machine's cores (TAO's default of 8 oversubscribes small
       machines; more workers than cores never helps).
@@ -36,7 +38,7 @@ def make_loader(
     return DataLoader(
         dataset,
         batch_size=batch,
-        shuffle=train,
+        shuffle=train and shuffle,
         drop_last=train and size > batch,
         num_workers=workers,
         persistent_workers=workers > 0 if persistent is None else persistent and workers > 0,

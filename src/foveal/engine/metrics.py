@@ -14,12 +14,19 @@ def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int)
     return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
-def classification_report(logits: torch.Tensor, target: torch.Tensor, classes: list[str]) -> dict[str, Any]:
-    """Everything evaluate writes to results.json, as plain data."""
+def classification_report(
+    logits: torch.Tensor, target: torch.Tensor, classes: list[str], topk: tuple[int, ...] = (1, 5)
+) -> dict[str, Any]:
+    """Everything evaluate writes to results.json, as plain data.
+
+    Args:
+        topk: the top-k accuracies reported as ``top<k>`` (top-1 always; a k not below the
+            number of classes is 1 by construction and skipped).
+    """
     num_classes = len(classes)
-    k = min(5, num_classes)
-    topk = logits.topk(k, dim=1).indices
-    pred = topk[:, 0]
+    ks = sorted({1, *(k for k in topk if k < num_classes)})
+    ranked = logits.topk(max(ks), dim=1).indices
+    pred = ranked[:, 0]
     cm = confusion_matrix(pred, target, num_classes).double()
     tp = cm.diag()
     precision = tp / cm.sum(dim=0).clamp(min=1)
@@ -34,12 +41,9 @@ def classification_report(logits: torch.Tensor, target: torch.Tensor, classes: l
         }
         for i, name in enumerate(classes)
     }
-    report: dict[str, Any] = {
-        "num_images": int(target.numel()),
-        "top1": float((pred == target).double().mean()),
-    }
-    if len(classes) > 5:  # with five classes or fewer, top-5 is 1 by construction
-        report["top5"] = float((topk == target[:, None]).any(dim=1).double().mean())
+    report: dict[str, Any] = {"num_images": int(target.numel())}
+    for k in ks:
+        report[f"top{k}"] = float((ranked[:, :k] == target[:, None]).any(dim=1).double().mean())
     return report | {
         "loss": float(F.cross_entropy(logits, target)),
         "macro_f1": float(f1.mean()),

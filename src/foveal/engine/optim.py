@@ -18,7 +18,7 @@ Each group carries ``lr_scale`` and ``wd_scale`` (0 or 1) besides ``params`` and
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 from torch import nn
@@ -51,6 +51,7 @@ def param_groups(
     backbone: str | None = "backbone",
     lr_multipliers: Mapping[str, float] | None = None,
     tag: Callable[[str], Hashable] | None = None,
+    skip_names: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """AdamW/SGD parameter groups of the trainable parameters of ``model``.
 
@@ -63,6 +64,8 @@ def param_groups(
             ``{"patch_embed": 0.2}``).
         tag: a function of the parameter name whose value splits groups further and is stored
             under ``"tag"`` (nvdinov2 marks the DINO head's last layer).
+        skip_names: no weight decay on parameters whose name contains one of these (TAO's
+            ``train.optim.skip_names``), besides the rule above.
 
     Returns:
         ``[{"params", "weight_decay", "lr_scale", "wd_scale", "tag"}, ...]``, parameters in
@@ -78,7 +81,8 @@ def param_groups(
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        wd_scale = 0.0 if param.ndim <= 1 or name in no_decay else 1.0
+        skipped = any(part in name for part in skip_names)
+        wd_scale = 0.0 if param.ndim <= 1 or name in no_decay or skipped else 1.0
         lr_scale = 1.0
         if body is not None and name.startswith(prefix):
             lr_scale = layer_decay ** (top - body.layer_id_for_param(name[len(prefix) :]))

@@ -5,8 +5,9 @@ training checkpoint, a Foveal mae checkpoint (pretrain or finetune), a Foveal cl
 checkpoint, a Hugging Face folder (``config.json`` + weights), a safetensors file, a plain state
 dict. ViT backbones go through :func:`foveal.nn.checkpoint_filter_fn` (prefix stripping, HF
 layout, position-table resampling to the training resolution), ConvNeXt V2 through
-:func:`foveal.nn.convnextv2_checkpoint_filter_fn`; other backbones match their own keys under
-the most common prefix. A checkpoint whose backbone cannot fit the model is a
+:func:`foveal.nn.convnextv2_checkpoint_filter_fn`, Hiera through
+:func:`foveal.nn.hiera.hiera_checkpoint_filter_fn` (TAO / timm names too); other backbones match
+their own keys under the most common prefix. A checkpoint whose backbone cannot fit the model is a
 one-line :class:`CheckpointError`. Files are read with ``weights_only=True``.
 """
 
@@ -26,6 +27,7 @@ import torch
 from foveal.engine.checkpoint import load_checkpoint
 from foveal.errors import CheckpointError
 from foveal.nn import ConvNeXtV2, VisionTransformer, checkpoint_filter_fn, convnextv2_checkpoint_filter_fn
+from foveal.nn.hiera import Hiera, hiera_checkpoint_filter_fn
 
 logger = logging.getLogger(__name__)
 
@@ -261,6 +263,8 @@ def load_backbone(model: Any, weights: PretrainedWeights, target: str, source: A
             raise _mismatch(source, weights, target, str(exc)) from None
     elif isinstance(backbone, ConvNeXtV2):
         filtered = convnextv2_checkpoint_filter_fn(weights.tensors, backbone)
+    elif isinstance(backbone, Hiera):  # also renames TAO / timm keys (blocks.N -> stages.S.layers.L)
+        filtered = hiera_checkpoint_filter_fn(weights.tensors, backbone)
     else:  # a ported backbone: its own key names under some prefix
         filtered = _match_by_prefix(weights.tensors, expected)
     required = [k for k in expected if not k.startswith(_OPTIONAL_KEYS)]

@@ -4,8 +4,9 @@ One warm-up + cosine contract for all of them (DINOv2's ``CosineScheduler``, MAE
 ``adjust_learning_rate`` per step): a linear warm-up from ``start`` to ``base`` over
 ``warmup_steps`` (step 0 is ``start``), then a half cosine from ``base`` to ``final``, reached
 at ``total_steps`` (counted from step 0) and held afterwards. A multiplier schedule (the
-fine-tuning networks' ``LambdaLR``) is the same function with ``base=1``. ``step_decay`` is the
-MultiStep alternative (after the same warm-up).
+fine-tuning networks' ``LambdaLR``) is the same function with ``base=1``. ``step_decay``
+(MultiStep / StepLR) and ``linear_decay`` (TAO classification's per-epoch ``linear``) are the
+alternatives, after the same warm-up.
 """
 
 from __future__ import annotations
@@ -38,6 +39,18 @@ def step_decay(
     return float(gamma ** sum(1 for m in milestones if epoch >= m))
 
 
+def linear_decay(step: int, *, steps_per_epoch: int, num_epochs: int, warmup_steps: int = 0) -> float:
+    """TAO classification's ``linear`` policy: ``1 - e / (num_epochs + 1)`` in epoch ``e`` (from 0),
+    after the same linear warm-up from 0."""
+    if step < warmup_steps:
+        return step / warmup_steps
+    epoch = step // max(1, steps_per_epoch)
+    return max(0.0, 1.0 - epoch / (num_epochs + 1))
+
+
+SCHEDULES = ("cosine", "linear", "step", "multistep")
+
+
 def lr_multiplier(
     kind: str,
     *,
@@ -47,17 +60,34 @@ def lr_multiplier(
     steps_per_epoch: int = 1,
     milestones: Sequence[int] = (),
     gamma: float = 0.1,
+    step_size: int = 30,
     scale: float = 1.0,
 ) -> Callable[[int], float]:
-    """A ``LambdaLR`` multiplier: ``"cosine"`` (to ``min_ratio``) or ``"step"`` (MultiStep), times
-    ``scale`` (a parameter group's layer-wise decay)."""
-    if kind == "step":
+    """A ``LambdaLR`` multiplier of the optimizer step, times ``scale`` (a group's layer-wise decay).
+
+    Kinds (TAO's ``policy`` names): ``cosine`` (per step, to ``min_ratio``), ``linear`` (per epoch,
+    ``1 - e/(E+1)``), ``step`` (``gamma`` every ``step_size`` epochs), ``multistep`` (``gamma`` at
+    each epoch in ``milestones``). Every kind starts with the linear warm-up from 0.
+    """
+    if kind == "multistep":
         ms = tuple(milestones)
         return lambda s: scale * step_decay(
             s, steps_per_epoch=steps_per_epoch, milestones=ms, gamma=gamma, warmup_steps=warmup_steps
         )
+    if kind == "step":
+        every = max(1, int(step_size))
+        epochs = max(1, total_steps // max(1, steps_per_epoch))
+        ms = tuple(range(every, epochs + every, every))
+        return lambda s: scale * step_decay(
+            s, steps_per_epoch=steps_per_epoch, milestones=ms, gamma=gamma, warmup_steps=warmup_steps
+        )
+    if kind == "linear":
+        epochs = max(1, round(total_steps / max(1, steps_per_epoch)))
+        return lambda s: scale * linear_decay(
+            s, steps_per_epoch=steps_per_epoch, num_epochs=epochs, warmup_steps=warmup_steps
+        )
     if kind != "cosine":
-        raise ValueError(f"unknown schedule {kind!r}; expected cosine or step")
+        raise ValueError(f"unknown schedule {kind!r}; expected one of {', '.join(SCHEDULES)}")
     return lambda s: scale * warmup_cosine(
         s, base=1.0, final=min_ratio, total_steps=total_steps, warmup_steps=warmup_steps
     )

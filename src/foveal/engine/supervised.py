@@ -29,16 +29,21 @@ class OptimSettings:
     """What a training loop needs to know about the optimiser, whatever network's spec it came
     from (classification's ``train.optim`` or mae's ``train.optim``)."""
 
-    optimizer: str = "adamw"  # adamw | sgd
+    optimizer: str = "adamw"  # adamw | adam | sgd
     lr: float = 1e-4
     weight_decay: float = 0.05
     layer_decay: float = 1.0
     momentum: float = 0.9
-    scheduler: str = "cosine"  # cosine | step
+    betas: tuple[float, float] = (0.9, 0.999)
+    scheduler: str = "cosine"  # cosine | linear | step | multistep (foveal.engine.schedules)
     warmup_epochs: float = 0.0
     min_lr_ratio: float = 0.0
     milestones: tuple[int, ...] = field(default_factory=tuple)
     gamma: float = 0.1
+    step_size: int = 30
+    skip_names: tuple[str, ...] = ()  # parameters whose name contains one of these: no weight decay
+    lr_multipliers: tuple[tuple[str, float], ...] = ()  # (name part, LR factor), e.g. a backbone multiplier
+    nesterov: bool = True
 
 
 
@@ -48,16 +53,25 @@ def build_optimizer(
     total_steps: float | int,
     steps_per_epoch: int,
     *,
-    betas: tuple[float, float] = (0.9, 0.999),
+    betas: tuple[float, float] | None = None,
     fused: bool = False,
 ) -> dict[str, Any]:
     """Lightning's optimizer + per-step LR schedule for :func:`foveal.engine.optim.param_groups`.
 
-    Each group's multiplier is its ``lr_scale`` times the warm-up + cosine (or MultiStep)
-    schedule of :mod:`foveal.engine.schedules`.
+    Each group's multiplier is its ``lr_scale`` times the schedule of :mod:`foveal.engine.schedules`
+    (``optim.scheduler``: cosine, linear, step or multistep, each after the warm-up).
+
+    Args:
+        betas: Adam/AdamW betas; None: ``optim.betas``.
     """
+    betas = betas if betas is not None else optim.betas
     if optim.optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum, nesterov=True)
+        opt: torch.optim.Optimizer = torch.optim.SGD(
+            groups, lr=optim.lr, momentum=optim.momentum, nesterov=optim.nesterov and optim.momentum > 0
+        )
+    elif optim.optimizer == "adam":
+        # TAO's "adam": Adam with L2 weight decay (coupled), as torch.optim.Adam does it.
+        opt = torch.optim.Adam(groups, lr=optim.lr, betas=betas, fused=fused or None)
     else:
         # fused: one kernel over all tensors (CPU and CUDA, torch >= 2.4); not where the loop clips
         # fp16 gradients itself (Lightning does not unscale a fused optimizer's gradients first).
@@ -72,6 +86,7 @@ def build_optimizer(
             steps_per_epoch=steps_per_epoch,
             milestones=optim.milestones,
             gamma=optim.gamma,
+            step_size=optim.step_size,
             scale=group["lr_scale"],
         )
         for group in groups
@@ -93,6 +108,8 @@ class ClassificationModule(L.LightningModule):
         steps_per_epoch: optimizer steps per epoch (for warm-up and step schedules).
         mixup: Mixup/CutMix settings, or None for none.
         ema_decay: keep an EMA of the weights with this decay, or None for none.
+        topk: the top-k accuracies validation reports as ``val_top<k>`` (top-1 always; a k not
+            below the number of classes is 1 by construction and skipped).
     """
 
     class_weights: torch.Tensor
@@ -108,8 +125,10 @@ class ClassificationModule(L.LightningModule):
         steps_per_epoch: int = 1,
         mixup: MixupSettings | None = None,
         ema_decay: float | None = None,
+        topk: tuple[int, ...] = (1, 5),
     ) -> None:
         super().__init__()
+        self.topk = tuple(sorted({1, *(int(k) for k in topk)}))
         self.model = model
         self.optim = optim
         self.label_smoothing = label_smoothing
@@ -172,29 +191,30 @@ class ClassificationModule(L.LightningModule):
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         images, target = batch
         logits = self.ema.forward(self.model, images) if self.ema is not None else self(images)
-        k = min(5, logits.shape[1])
-        topk = logits.topk(k, dim=1).indices
+        num_classes = logits.shape[1]
+        ks = [k for k in self.topk if k == 1 or k < num_classes]  # top-C is 1 by construction
+        ranked = logits.topk(max(ks), dim=1).indices
         self.log(
             "val_loss", self._loss(logits, target, 0.0), prog_bar=True, batch_size=len(target), sync_dist=True
         )
-        self.log(
-            "val_top1",
-            (topk[:, 0] == target).float().mean(),
-            prog_bar=True,
-            batch_size=len(target),
-            sync_dist=True,
-        )
-        if logits.shape[1] > 5:  # with five classes or fewer, top-5 is 1 by construction
+        for k in ks:
             self.log(
-                "val_top5",
-                (topk == target[:, None]).any(dim=1).float().mean(),
+                f"val_top{k}",
+                (ranked[:, :k] == target[:, None]).any(dim=1).float().mean(),
+                prog_bar=k == 1,
                 batch_size=len(target),
                 sync_dist=True,
             )
 
     def configure_optimizers(self) -> Any:
         optim = self.optim
-        groups = param_groups(self.model, weight_decay=optim.weight_decay, layer_decay=optim.layer_decay)
+        groups = param_groups(
+            self.model,
+            weight_decay=optim.weight_decay,
+            layer_decay=optim.layer_decay,
+            lr_multipliers=dict(optim.lr_multipliers),
+            skip_names=optim.skip_names,
+        )
         return build_optimizer(optim, groups, self.trainer.estimated_stepping_batches, self.steps_per_epoch)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -22,30 +22,22 @@ import lightning as L
 import torch
 from lightning.pytorch.strategies import Strategy
 
-from foveal.engine.callbacks import FovealCheckpoint, NonFiniteLossGuard, find_checkpoint_callback
+from foveal.engine.callbacks import (
+    Diagnostics,
+    FovealCheckpoint,
+    NonFiniteLossGuard,
+    find_checkpoint_callback,
+)
 from foveal.engine.checkpoint import FULL_KIND, find_latest_checkpoint, load_checkpoint
 from foveal.engine.checkpoint_io import SafeCheckpointIO
 from foveal.engine.progress import PlainProgress, StatusCallback
 from foveal.engine.status import StatusWriter
+from foveal.engine.tracking import Tracking
 from foveal.errors import CheckpointError, SpecError, SpecIssue
-from foveal.spec.common import TrainConfig, device_ids
+from foveal.spec.common import PRECISION_ALIASES, TrainConfig, device_ids
 
 logger = logging.getLogger(__name__)
 
-_PRECISION_ALIASES = {
-    "fp32": "fp32",
-    "32": "fp32",
-    "float32": "fp32",
-    "32-true": "fp32",
-    "bf16": "bf16",
-    "bfloat16": "bf16",
-    "bf16-mixed": "bf16",
-    "fp16": "fp16",
-    "16": "fp16",
-    "float16": "fp16",
-    "half": "fp16",
-    "16-mixed": "fp16",
-}
 LIGHTNING_PRECISION = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}
 PROGRESS_MODES = ("auto", "bar", "plain", "off")
 
@@ -143,7 +135,7 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     fp16 on CPU falls back to fp32 (CPU AMP is bf16-only); bf16 on a GPU without bf16 support
     falls back to fp16 mixed precision. Both fallbacks log a warning.
     """
-    name = _PRECISION_ALIASES.get(str(precision).lower())
+    name = PRECISION_ALIASES.get(str(precision).strip().lower())
     if name is None:
         raise SpecError(SpecIssue("train.precision", f"{precision!r} is not one of fp32, bf16, fp16"))
     if accelerator == "cpu" and name == "fp16":
@@ -199,6 +191,19 @@ def _make_logger(results_dir: Path) -> Any:
         return CSVLogger(save_dir=str(results_dir), name="csv_logs", version="")
 
 
+def prepare_training(train: TrainConfig) -> None:
+    """Before a network builds its model: seed every generator (``train.seed``; -1: no seeding,
+    as TAO) and set cuDNN's switches (``train.cudnn``)."""
+    if train.seed >= 0:
+        L.seed_everything(train.seed, workers=True, verbose=False)
+    else:
+        logger.info("train.seed=-1: not seeded, so runs differ")
+    torch.backends.cudnn.benchmark = train.cudnn.benchmark
+    torch.backends.cudnn.deterministic = train.cudnn.deterministic
+    if not torch.cuda.is_available() and (train.cudnn.benchmark or not train.cudnn.deterministic):
+        logger.info("train.cudnn: set, but no CUDA device is visible here, so cuDNN is not used")
+
+
 def trainer_for(
     train: TrainConfig,
     *,
@@ -213,12 +218,14 @@ def trainer_for(
     steps_per_epoch: int | None = None,
     progress: str = "auto",
     callbacks: Iterable[L.Callback] = (),
+    tracking: Tracking | None = None,
 ) -> L.Trainer:
     """The Trainer every network trains with, from its spec's ``train`` section
     (:func:`trainer_settings`) and Foveal's checkpoint, status and progress callbacks.
 
     ``steps_per_epoch`` caps the logging interval, so a short epoch still logs (and reports) its
-    steps."""
+    steps. Metrics go to TensorBoard (``train.tensorboard.enabled``) and to the job's experiment
+    trackers (``tracking``: W&B, MLflow)."""
     s = trainer_settings(train)
     log_every_n_steps = max(1, min(50, steps_per_epoch)) if steps_per_epoch else 50
     return build_trainer(
@@ -237,7 +244,9 @@ def trainer_for(
         latest_link=latest_link,
         log_every_n_steps=log_every_n_steps,
         progress=progress,
-        callbacks=callbacks,
+        callbacks=[*callbacks, Diagnostics(train.tensorboard.infrequent_logging_frequency)],
+        tensorboard=train.tensorboard.enabled,
+        extra_loggers=tracking.loggers() if tracking is not None else (),
     )
 
 
@@ -267,6 +276,8 @@ def build_trainer(
     log_every_n_steps: int = 50,
     callbacks: Iterable[L.Callback] = (),
     latest_link: str | None = None,
+    tensorboard: bool = True,
+    extra_loggers: Sequence[Any] = (),
     **trainer_kwargs: Any,
 ) -> L.Trainer:
     """A ``lightning.Trainer`` wired to Foveal's checkpoint, status and progress contracts.
@@ -291,6 +302,8 @@ def build_trainer(
         log_every_n_steps: logger and plain-progress interval.
         callbacks: extra callbacks.
         latest_link: name of the link to the newest checkpoint (default ``<network>_latest.pth``).
+        tensorboard: write TensorBoard event files to ``results_dir/tensorboard``.
+        extra_loggers: more Lightning loggers (the job's W&B / MLflow runs).
         **trainer_kwargs: any other ``lightning.Trainer`` argument; wins over the above.
     """
     results_dir = Path(results_dir)
@@ -330,7 +343,7 @@ def build_trainer(
         "precision": lightning_precision,
         "max_epochs": max_epochs,
         "default_root_dir": str(results_dir),
-        "logger": _make_logger(results_dir),
+        "logger": ([_make_logger(results_dir)] if tensorboard else []) + list(extra_loggers) or False,
         "callbacks": all_callbacks,
         "plugins": [SafeCheckpointIO()],
         "enable_checkpointing": True,  # satisfied by FovealCheckpoint: no default ModelCheckpoint
@@ -389,6 +402,8 @@ _LIGHTNING_NOISE = (
     r".*defined a `validation_step` but have no `val_dataloader`.*",
     r".*`isinstance\(treespec, LeafSpec\)` is deprecated.*",
     r".*is smaller than the logging interval.*",
+    # a frozen backbone (freeze_backbone, freeze_norm) stays in eval mode on purpose
+    r".*module\(s\) in eval mode at the start of training.*",
 )
 
 
