@@ -3,8 +3,10 @@
 from foveal.errors import EngineBuildError, ExportError, ExportVerificationError, TensorRTUnavailableError
 from foveal.export.onnx import (
     ExportReport,
+    describe_graph,
     export_batch_settings,
     export_onnx,
+    note_export_device,
     verify_onnx,
 )
 from foveal.export.onnx_runtime import OnnxPredictor
@@ -19,7 +21,9 @@ __all__ = [
     "TensorRTUnavailableError",
     "build_trt_engine",
     "export_batch_settings",
+    "describe_graph",
     "export_onnx",
+    "note_export_device",
     "plan_profiles",
     "verify_onnx",
 ]

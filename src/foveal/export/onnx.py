@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -341,6 +342,7 @@ def export_onnx(
     verify: bool = True,
     atol: float = 1e-4,
     exporter: str = "auto",
+    verbose: bool = False,
 ) -> ExportReport:
     """Export `model` to `onnx_file` and check ONNX Runtime against PyTorch.
 
@@ -358,6 +360,8 @@ def export_onnx(
         verify: compare ONNX Runtime (CPU) with PyTorch; off only for debugging.
         atol: largest allowed max absolute difference per output.
         exporter: ``"auto"`` (torchscript, then dynamo on failure), ``"torchscript"`` or ``"dynamo"``.
+        verbose: log the exported graph (its inputs, outputs and operators by count) at INFO
+            (TAO's ``export.verbose``).
 
     Returns:
         The `ExportReport`.
@@ -423,4 +427,38 @@ def export_onnx(
             report,
         )
     logger.info(report.summary())
+    if verbose:
+        logger.info(describe_graph(onnx_file))
     return report
+
+
+def describe_graph(onnx_file: str | os.PathLike) -> str:
+    """One line per input and output and one for the operators by count (``export.verbose``)."""
+    import onnx
+
+    model = onnx.load(str(onnx_file), load_external_data=False)
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+
+    def shape(value: Any) -> str:
+        dims = value.type.tensor_type.shape.dim
+        return "x".join(d.dim_param or str(d.dim_value) for d in dims)
+
+    lines = [f"ONNX graph {onnx_file}: {len(model.graph.node)} nodes, opset {model.opset_import[0].version}"]
+    lines += [f"  input {v.name}: {shape(v)}" for v in model.graph.input]
+    lines += [f"  output {v.name}: {shape(v)}" for v in model.graph.output]
+    ops = ", ".join(f"{op} x{n}" for op, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    return "\n".join([*lines, f"  operators: {ops}"])
+
+
+def note_export_device(on_cpu: bool, gpu_id: int) -> None:
+    """TAO's ``export.on_cpu`` / ``export.gpu_id``: Foveal traces on the CPU in float32 whatever they
+    say (the ONNX graph does not depend on the device); one line says so when they ask otherwise."""
+    if not on_cpu or gpu_id != 0:
+        logger.warning(
+            "export.on_cpu=%s, export.gpu_id=%d: Foveal exports on the CPU in float32 (the ONNX graph is the "
+            "same on any device); these keys are not used",
+            str(on_cpu).lower(),
+            gpu_id,
+        )

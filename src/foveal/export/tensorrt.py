@@ -17,6 +17,7 @@ from pathlib import Path
 import onnx
 
 from foveal.errors import EncryptionKeyError, EngineBuildError, OnnxFileError, TensorRTUnavailableError
+from foveal.export.trt_options import TimingCache, apply_layers_precision, parse_layers_precision
 
 logger = logging.getLogger(__name__)
 
@@ -211,6 +212,9 @@ def build_trt_engine(
     max_batch: int = 1,
     input_shape: Sequence[int] | Mapping[str, Sequence[int]] | None = None,
     int8_calibrator=None,
+    layers_precision: Sequence[str] = (),
+    timing_cache: str | os.PathLike | None = None,
+    verbose: bool = False,
 ) -> dict:
     """Build and serialize a TensorRT engine; written atomically.
 
@@ -221,6 +225,10 @@ def build_trt_engine(
             ``tensorrt.IInt8Calibrator``, unless the file has Q/DQ nodes).
         workspace_size_mb: builder workspace memory pool.
         min_batch, opt_batch, max_batch, input_shape: see `plan_profiles`.
+        layers_precision: ``"<layer>:<precision>"`` entries (:mod:`foveal.export.trt_options`),
+            applied when ``data_type`` is not fp32.
+        timing_cache: a timing-cache file, read when it exists and written after the build.
+        verbose: TensorRT's verbose log.
 
     Returns:
         ``engine_file``, ``onnx_file``, ``data_type``, ``tensorrt_version``, ``profiles``,
@@ -240,15 +248,26 @@ def build_trt_engine(
         raise OnnxFileError(f"ONNX file not found: {onnx_file}")
     if data_type == "int8" and int8_calibrator is None and not _onnx_has_qdq(onnx_file):
         raise ValueError("data_type 'int8' needs an int8_calibrator or an ONNX file with Q/DQ nodes")
+    precisions = parse_layers_precision(layers_precision)
     profiles = plan_profiles(
         onnx_file, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, input_shape=input_shape
     )
     trt = _import_tensorrt(onnx_file)
-    trt_logger = trt.Logger(trt.Logger.WARNING)
+    trt_logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
+    if callable(int8_calibrator):  # a factory that needs the tensorrt module (image calibration)
+        int8_calibrator = int8_calibrator(trt)
     builder = trt.Builder(trt_logger)
     network, _parser = _parse_onnx(trt, builder, trt_logger, onnx_file)
     config = _builder_config(trt, builder, data_type, workspace_size_mb * 2**20, int8_calibrator)
     _add_profile(builder, network, config, profiles)
+    if data_type != "fp32":
+        set_count = apply_layers_precision(trt, network, config, precisions)
+        if set_count:
+            logger.info("tensorrt.layers_precision: %d layers constrained", set_count)
+    elif precisions:
+        logger.warning("tensorrt.layers_precision applies to fp16/int8 engines; this fp32 engine ignores it")
+    cache = TimingCache(Path(timing_cache) if timing_cache is not None else None)
+    cache.attach(config)
     logger.info("building a %s TensorRT %s engine from %s", data_type, trt.__version__, onnx_file)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -256,6 +275,7 @@ def build_trt_engine(
             f"TensorRT failed to build an engine from {onnx_file}; see the TensorRT log above"
         )
     _write_atomically(serialized, engine_file)
+    cache.save(config)
     return {
         "engine_file": str(engine_file),
         "onnx_file": str(onnx_file),
