@@ -142,9 +142,9 @@ def test_unsupported_combinations_are_refused_before_the_job(capsys, tmp_path):
                 "train",
                 "dataset.train_data_sources=d",
                 "train.stage=finetune",
-                "dataset.augmentation.re_prob=0.25",
+                "dataset.augmentation.interpolation=random",
             ],
-            "dataset.augmentation.re_prob: random erasing is not supported yet",
+            "dataset.augmentation.interpolation: 'random' is not supported yet",
         ),
         (
             [

@@ -50,9 +50,12 @@ def spiked(tmp_path_factory, ws):
             workspace=ws,
             overrides=[
                 "model.backbone.type=vit_tiny_patch16",
-                "dataset.augmentation.input_size=32",
+                "dataset.img_size=32",
+                "dataset.num_classes=0",
                 "dataset.workers=0",
                 "train.num_epochs=4",
+                "train.optim.lr=1e-3",
+                "train.optim.monitor_name=val_acc_1",  # TAO's spelling of val_top1
                 f"dataset.train_dataset.images_dir={data['labeled_train']}",
                 f"dataset.val_dataset.images_dir={data['labeled_val']}",
             ],

@@ -53,7 +53,8 @@ def train(data, ws):
         workspace=ws,
         overrides=[
             "model.backbone.type=vit_tiny_patch16",
-            "dataset.augmentation.input_size=32",
+            "dataset.img_size=32",
+            "dataset.num_classes=0",
             "dataset.workers=0",
             "train.num_epochs=2",
             f"dataset.train_dataset.images_dir={data['labeled_train']}",
@@ -113,4 +114,10 @@ def test_nvdinov2_engine_builder_takes_the_exported_size_from_the_real_onnx(data
     monkeypatch.setattr("foveal.export.tensorrt.build_trt_engine", fake_build)
     engine = run_job("nvdinov2", "gen_trt_engine", parent_id=export.id, workspace=ws)
     assert engine.status is JobStatus.DONE and str(asked["onnx_file"]) == export.artifacts["onnx"]
-    assert asked["input_shape"] == (3, 32, 32)  # the trained img_size, read back from the ONNX graph
+    from foveal.export.tensorrt import plan_profiles
+
+    # no size in the spec: the builder's profile takes the trained img_size from the ONNX graph
+    assert asked["input_shape"] is None
+    batches = {k: asked[k] for k in ("min_batch", "opt_batch", "max_batch")}
+    (profile,) = plan_profiles(asked["onnx_file"], input_shape=None, **batches).values()
+    assert all(list(shape)[1:] == [3, 32, 32] for shape in profile.values()), profile

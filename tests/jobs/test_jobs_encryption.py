@@ -152,7 +152,8 @@ def test_the_key_from_the_environment_reaches_a_local_subprocess_job(data, tmp_p
         workspace=ws,
         overrides=[
             "model.backbone.type=vit_tiny_patch16",
-            "dataset.augmentation.input_size=32",
+            "dataset.img_size=32",
+            "dataset.num_classes=0",
             "dataset.workers=0",
             "train.num_epochs=1",
             f"dataset.train_dataset.images_dir={data['labeled_train']}",

@@ -208,11 +208,12 @@ def test_randaugment_policy_errors_name_the_part():
 
 
 def test_bad_randaugment_is_a_spec_error():
-    from foveal.networks.classification.config import ClassificationConfig, resolve
+    from foveal.networks.classification.config import ClassificationConfig
+    from foveal.networks.classification.resolve import resolve
     from foveal.spec import SpecError, build_config
 
-    cfg = build_config(ClassificationConfig, {"dataset": {"augmentation": {"randaugment": "rand-x9"}}})
-    with pytest.raises(SpecError, match="dataset.augmentation.randaugment"):
+    cfg = build_config(ClassificationConfig, {"dataset": {"augmentation": {"random_aug": {"policy": "rand-x9"}}}})
+    with pytest.raises(SpecError, match="dataset.augmentation.random_aug.policy"):
         resolve(cfg)
 
 

@@ -23,7 +23,8 @@ pytestmark = pytest.mark.integration
 
 TINY = [
     "model.backbone.type=vit_tiny_patch16",
-    "dataset.augmentation.input_size=32",
+    "dataset.img_size=32",
+    "dataset.num_classes=0",
     "dataset.batch_size=16",
     "dataset.workers=0",
     "train.num_epochs=2",
@@ -57,10 +58,10 @@ def test_train_evaluate_inference_export(tmp_path, data):
     results = Path(train.results_dir)
     assert (results / "experiment.yaml").is_file()
     assert (results / "model_epoch_002_step_00006.pth").is_file()
-    assert (results / "classification_latest.pth").resolve().name == "model_epoch_002_step_00006.pth"
-    ckpt = load_checkpoint(results / "classification_latest.pth")
+    assert (results / "classifier_model_latest.pth").resolve().name == "model_epoch_002_step_00006.pth"
+    ckpt = load_checkpoint(results / "classifier_model_latest.pth")
     assert ckpt["network"] == "classification" and ckpt["classes"] == ["circle", "square"]
-    assert ckpt["config"]["dataset"]["augmentation"]["input_size"] == 32
+    assert ckpt["config"]["dataset"]["img_size"] == 32
     assert {"train_loss", "val_top1"} <= set(train.kpis)
     status = [json.loads(line) for line in (results / "status.json").read_text().splitlines()]
     assert status[0]["status"] == "STARTED" and status[-1]["status"] == "SUCCESS"
@@ -77,6 +78,9 @@ def test_train_evaluate_inference_export(tmp_path, data):
     assert report["num_images"] == 12 and sum(map(sum, report["confusion_matrix"])) == 12
     assert set(report["per_class"]) == {"circle", "square"} and 0.0 <= report["top1"] <= 1.0
     assert ev.parent_id == train.id and ev.kpis["top1"] == report["top1"]
+    table = list(csv.DictReader((Path(ev.results_dir) / "result.csv").open()))  # TAO's columns
+    assert len(table) == 12 and set(table[0]) == {"img_name", "circle", "square", "pred_label", "pred_score", "gt_label"}
+    assert sum(r["pred_label"] == r["gt_label"] for r in table) / 12 == pytest.approx(report["top1"])
 
     inf = run_job(
         "classification",
@@ -85,9 +89,9 @@ def test_train_evaluate_inference_export(tmp_path, data):
         workspace=ws,
         overrides=[f"dataset.test_dataset.images_dir={data['images_test']}"],
     )
-    rows = list(csv.DictReader((Path(inf.results_dir) / "results.csv").open()))
-    assert len(rows) == 12 and {r["class_1"] for r in rows} <= {"circle", "square"}
-    assert all(abs(float(r["score_1"]) + float(r["score_2"]) - 1) < 1e-4 for r in rows)
+    rows = list(csv.DictReader((Path(inf.results_dir) / "result.csv").open()))
+    assert len(rows) == 12 and {r["pred_label"] for r in rows} <= {"circle", "square"}
+    assert all(abs(float(r["pred_score"]) + float(r["score_2"]) - 1) < 1e-4 for r in rows)
 
     exp = run_job("classification", "export", parent_id=train.id, workspace=ws)
     assert exp.kpis["onnx_max_abs_diff"] <= 1e-4
@@ -111,7 +115,7 @@ def test_unknown_val_class_is_named(tmp_path, data):
 
 
 def _final_weights(job) -> dict[str, torch.Tensor]:
-    return load_checkpoint(Path(job.results_dir) / "classification_latest.pth")["state_dict"]
+    return load_checkpoint(Path(job.results_dir) / "classifier_model_latest.pth")["state_dict"]
 
 
 def test_archive_folder_and_s3_train_the_same(tmp_path, data, s3):
@@ -182,4 +186,4 @@ def test_sigkill_then_same_command_resumes(tmp_path, data):
         if line.startswith("epoch ")
     ]
     assert epochs_logged and epochs_logged[0] == done_before + 1 and epochs_logged[-1] == 12
-    assert load_checkpoint(killed_dir / "classification_latest.pth")["epoch"] == 12
+    assert load_checkpoint(killed_dir / "classifier_model_latest.pth")["epoch"] == 12

@@ -23,15 +23,16 @@ pytestmark = pytest.mark.integration
 
 COMMON = [
     "model.backbone.type=vit_tiny_patch16",
-    "dataset.augmentation.input_size=32",
+    "dataset.img_size=32",
+    "dataset.num_classes=0",
     "dataset.batch_size=8",
     "dataset.workers=0",
     "train.precision=fp32",
-    "train.ema.enable=true",
-    "train.ema.decay=0.9",
-    "dataset.augmentation.mixup=0.8",
-    "dataset.augmentation.cutmix=1.0",
-    "dataset.augmentation.randaugment=rand-m9-mstd0.5-inc1",
+    "train.enable_ema=true",
+    "train.ema_decay=0.9",
+    "dataset.augmentation.mixup_cutmix=true",
+    "dataset.augmentation.mixup_alpha=0.8",
+    "dataset.augmentation.random_aug.policy=rand-m9-mstd0.5-inc1",
 ]
 
 
@@ -44,7 +45,7 @@ def data(tmp_path_factory) -> dict[str, Path]:
 
 
 def _latest(job) -> dict:
-    return load_checkpoint(Path(job.results_dir) / "classification_latest.pth")
+    return load_checkpoint(Path(job.results_dir) / "classifier_model_latest.pth")
 
 
 def test_features_train_resume_evaluate_infer_export(tmp_path, data):
@@ -74,7 +75,7 @@ def test_features_train_resume_evaluate_infer_export(tmp_path, data):
     assert first.status is JobStatus.DONE
     log = (Path(first.results_dir) / "logs" / "train.log").read_text()
     assert "from foveal nvdinov2 student backbone (vit_t)" in log and "weight EMA on" in log
-    assert "RandAugment rand-m9-mstd0.5-inc1 replaces the colour jitter" in log
+    assert "train augmentation: SquashResize -> RandomFlips -> RandAugment -> RandomRotate" in log
     ckpt = _latest(first)
     assert ckpt["ema_updates"] == ckpt["global_step"] == 3
     live = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
@@ -88,7 +89,7 @@ def test_features_train_resume_evaluate_infer_export(tmp_path, data):
             *COMMON,
             *dirs,
             "train.num_epochs=2",
-            f"train.resume_training_checkpoint_path={Path(first.results_dir) / 'classification_latest.pth'}",
+            f"train.resume_training_checkpoint_path={Path(first.results_dir) / 'classifier_model_latest.pth'}",
         ],
         workspace=ws,
     )
@@ -120,9 +121,9 @@ def test_features_train_resume_evaluate_infer_export(tmp_path, data):
             workspace=ws,
             overrides=[f"dataset.test_dataset.images_dir={source}"],
         )
-        rows = list(csv.DictReader((Path(inf.results_dir) / "results.csv").open()))
-        assert len(rows) == count and {r["class_1"] for r in rows} <= {"circle", "square"}
-    assert rows and all(r["path"].endswith(".png") for r in rows)
+        rows = list(csv.DictReader((Path(inf.results_dir) / "result.csv").open()))
+        assert len(rows) == count and {r["pred_label"] for r in rows} <= {"circle", "square"}
+    assert rows and all(r["img_name"].endswith(".png") for r in rows)
 
     exp = run_job(
         "classification", "export", parent_id=resumed.id, workspace=ws, overrides=["export.softmax=true"]

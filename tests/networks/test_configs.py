@@ -112,6 +112,8 @@ def test_automl_fields_are_numeric_and_bounded(network):
     for key, (f, meta) in leaves(network.config_cls).items():
         if meta.get("automl_enabled"):
             assert isinstance(field_default(f), (int, float)), key
+            if isinstance(field_default(f), bool):
+                continue  # a switch: the search draws false / true
             assert meta["valid_min"] is not None and meta["valid_max"] is not None, key
             assert meta["valid_min"] < meta["valid_max"], key
 
@@ -191,9 +193,21 @@ def test_package_import_does_not_import_torch():
         ("mae", "train.norm_pix_loss", True),
         ("mae", "train.optim.lr_scheduler", "MultiStep"),
         ("mae", "train.optim.milestones", [88, 96]),
-        ("classification", "model.backbone.type", "vit_tiny_patch16"),
+        # classification = TAO's classification_pyt (tao-core default_config.py)
+        ("classification", "model.backbone.type", "fan_small_12_p4_hybrid"),
+        ("classification", "model.head.type", "TAOLinearClsHead"),
+        ("classification", "model.head.loss.label_smooth_val", 0.0),
         ("classification", "dataset.val_dataset.images_dir", None),
-        ("classification", "train.optim.optimizer", "adamw"),
+        ("classification", "dataset.img_size", 224),
+        ("classification", "dataset.num_classes", 20),
+        ("classification", "dataset.augmentation.random_flip.vflip_probability", 0.5),
+        ("classification", "dataset.augmentation.mixup_cutmix", False),
+        ("classification", "train.optim.optim", "adamw"),
+        ("classification", "train.optim.lr", 6e-5),
+        ("classification", "train.optim.policy", "linear"),
+        ("classification", "train.optim.monitor_name", "val_loss"),
+        ("classification", "train.ema_decay", 0.998),
+        ("classification", "train.clip_grad_norm", 2.0),
     ],
 )
 def test_tao_keys_and_defaults(name, key, default):
@@ -220,8 +234,8 @@ def test_tao_keys_and_defaults(name, key, default):
                 "train.optim.weight_decay",
                 "train.optim.layer_decay",
                 "train.optim.warmup_epochs",
-                "dataset.augmentation.label_smoothing",
-                "dataset.augmentation.mixup",
+                "model.head.loss.label_smooth_val",
+                "dataset.augmentation.mixup_cutmix",
             ),
         ),
     ],
@@ -366,36 +380,40 @@ def test_mae_cosine_warmup_must_leave_epochs():
 
 
 def test_classification_resolve_reports_every_problem():
-    from foveal.networks.classification.config import ClassificationConfig, resolve
+    from foveal.networks.classification.config import ClassificationConfig
+    from foveal.networks.classification.resolve import resolve
 
     cfg = ClassificationConfig()
     cfg.model.backbone.type = "convnextv2_atto"
     cfg.model.global_pool = "cls"
-    cfg.model.head.num_classes = 1
+    cfg.dataset.num_classes = 1
     cfg.model.backbone.freeze_blocks = [0, 0]
-    cfg.dataset.augmentation.input_size = 100  # not a multiple of 32
-    cfg.dataset.augmentation.scale = [1.0, 0.5]
+    cfg.dataset.img_size = 100  # not a multiple of 32
+    cfg.dataset.augmentation.with_scale_random_crop.scale_range = [1.2, 0.8]
     cfg.dataset.augmentation.mean = [0.5]
     cfg.train.optim.warmup_epochs = 12  # num_epochs defaults to 10
+    cfg.train.optim.monitor_name = "val_f1"
     with pytest.raises(SpecError) as excinfo:
         resolve(cfg)
     assert issue_keys(excinfo) == {
         "model.global_pool",
-        "model.head.num_classes",
+        "dataset.num_classes",
         "model.backbone.freeze_blocks",
-        "dataset.augmentation.input_size",
-        "dataset.augmentation.scale",
+        "dataset.img_size",
+        "dataset.augmentation.with_scale_random_crop.scale_range",
         "dataset.augmentation.mean",
         "train.optim.warmup_epochs",
+        "train.optim.monitor_name",
     }
-    assert len(str(excinfo.value).splitlines()) == 7
+    assert len(str(excinfo.value).splitlines()) == 8
 
 
 @pytest.mark.parametrize(
     "backbone, pool", [("vit_tiny_patch16", "cls"), ("vit_s", "cls"), ("convnextv2_nano", "avg")]
 )
 def test_classification_global_pool_follows_backbone(backbone, pool):
-    from foveal.networks.classification.config import ClassificationConfig, resolve
+    from foveal.networks.classification.config import ClassificationConfig
+    from foveal.networks.classification.resolve import resolve
 
     cfg = ClassificationConfig()
     cfg.model.backbone.type = backbone
@@ -404,12 +422,13 @@ def test_classification_global_pool_follows_backbone(backbone, pool):
 
 
 def test_classification_takes_registered_backbone_names_only(monkeypatch):
-    from foveal.networks.classification.config import ClassificationConfig, resolve
+    from foveal.networks.classification.config import ClassificationConfig
+    from foveal.networks.classification.resolve import resolve
     from foveal.nn import registry
 
     cfg = ClassificationConfig()
     cfg.model.backbone.type = "hf_some_ported_model"
-    cfg.dataset.augmentation.input_size = 250
+    cfg.dataset.img_size = 250
     with pytest.raises(SpecError) as caught:
         resolve(cfg, "train")
     (issue,) = caught.value.issues
@@ -421,7 +440,8 @@ def test_classification_takes_registered_backbone_names_only(monkeypatch):
 
 
 def test_a_close_typo_gets_the_nearest_backbone():
-    from foveal.networks.classification.config import ClassificationConfig, resolve
+    from foveal.networks.classification.config import ClassificationConfig
+    from foveal.networks.classification.resolve import resolve
 
     cfg = ClassificationConfig()
     cfg.model.backbone.type = "vit_tiny_pach16"
@@ -430,15 +450,16 @@ def test_a_close_typo_gets_the_nearest_backbone():
 
 
 def test_classification_patch_size_sets_the_input_stride_and_reaches_the_vit():
-    from foveal.networks.classification.config import ClassificationConfig, resolve
+    from foveal.networks.classification.config import ClassificationConfig
     from foveal.networks.classification.model import build_classifier
+    from foveal.networks.classification.resolve import resolve
 
     cfg = ClassificationConfig()
     cfg.model.backbone.type = "vit_t"  # patch 14 by default: 64 px is not a multiple
-    cfg.dataset.augmentation.input_size = 64
+    cfg.dataset.img_size = 64
     with pytest.raises(SpecError) as excinfo:
         resolve(cfg)
-    assert issue_keys(excinfo) == {"dataset.augmentation.input_size"}
+    assert issue_keys(excinfo) == {"dataset.img_size"}
     cfg.model.backbone.patch_size = 16
     model = build_classifier(resolve(cfg).model, num_classes=3, img_size=64)
     assert model.backbone.patch_size == 16 and model.backbone.img_size == (64, 64)

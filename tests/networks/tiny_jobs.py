@@ -13,7 +13,9 @@ import pytest
 TINY_VIT = {"depth": 2, "embed_dim": 32, "num_heads": 2}
 
 CLASSIFICATION = [
-    "dataset.augmentation.input_size=32",
+    "model.backbone.type=vit_tiny_patch16",
+    "dataset.img_size=32",
+    "dataset.num_classes=0",
     "dataset.batch_size=16",
     "dataset.workers=0",
     "train.num_epochs=1",

@@ -96,6 +96,6 @@ def test_port_at_another_input_size(arch, native, tmp_path, tiny_model):
                      prefer_native=native)  # fmt: skip
     assert report.status == "passed" and report.mapping == ("native" if native else "wrapped")
     network = json.loads((tmp_path / "ws" / "networks" / f"big_{arch}" / "network.json").read_text())
-    assert network["defaults"]["dataset.augmentation.input_size"] == 64
+    assert network["defaults"]["dataset.img_size"] == 64
     ort = next(p for p in report.phases if p["phase"] == "verify.onnxruntime")["figures"]
     assert ort["blame"] is None and ort["ort_features_max_abs_diff"] <= 1e-4

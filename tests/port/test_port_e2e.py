@@ -84,7 +84,7 @@ def test_port_tinyvit_then_train_and_export_in_a_fresh_process(tmp_path, capsys,
     )  # fmt: skip
     assert code == 0, err
     rows = (Path(json.loads(out)["artifacts"]["results"])).read_text().splitlines()
-    assert len(rows) == 1 + 4 and rows[0].startswith("path,class_1,score_1")
+    assert len(rows) == 1 + 4 and rows[0].startswith("img_name,pred_label,pred_score")
 
     # A fresh process that knows only the workspace (-w) finds the ported network.
     env = {k: v for k, v in os.environ.items() if k != "FOVEAL_WORKSPACE"}

@@ -116,8 +116,8 @@ def test_with_defaults_derives_a_schema_and_keeps_the_base():
     )
     cfg = build_config(derived, {})
     assert cfg.model.backbone.type == "my_net" and cfg.dataset.augmentation.mean == [0.5] * 3
-    assert cfg.dataset.augmentation.input_size == 224 and cfg.train.optim.lr == 1e-4
-    assert ClassificationConfig().model.backbone.type == "vit_tiny_patch16"
+    assert cfg.dataset.img_size == 224 and cfg.train.optim.lr == 6e-5  # TAO's defaults
+    assert ClassificationConfig().model.backbone.type == "fan_small_12_p4_hybrid"
     import dataclasses
 
     lr = next(f for f in dataclasses.fields(type(cfg.model.backbone)) if f.name == "type")

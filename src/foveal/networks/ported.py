@@ -136,6 +136,7 @@ def ported_network(entry_dir: Path) -> Network:
         raise ValueError(f"{entry_dir / ENTRY_FILE}: {exc.args[0]}") from None
     backbone = absolute_backbone_spec(entry, entry_dir)
     name = entry["name"]
+    config_cls.model_names = (name, *getattr(base.config_cls, "model_names", ()))  # type: ignore[attr-defined]
     description = entry.get("description") or f"ported {entry.get('source', {}).get('model_type', '')} model"
     if not entry.get("verified"):
         description += " (port not verified)"

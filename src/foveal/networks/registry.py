@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from foveal.engine.status import StatusWriter
+from foveal.engine.tracking import Tracking
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ class ActionContext:
         status_writer: writes ``status.json`` (None when run outside a job, e.g. in a test).
         progress: how training shows progress: ``auto`` (a bar on a terminal, else log lines),
             ``bar``, ``plain`` (log lines) or ``off`` (the Python API's quiet default).
+        tracking: the job's experiment trackers (W&B, MLflow), for the Trainer's loggers.
     """
 
     job_id: str
@@ -94,6 +96,7 @@ class ActionContext:
     resumed: bool = False
     status_writer: StatusWriter | None = field(default=None, repr=False)
     progress: str = "auto"
+    tracking: Tracking | None = field(default=None, repr=False)
 
     def status(self, status: str, message: str, **fields: Any) -> None:
         if self.status_writer is not None:
@@ -260,6 +263,8 @@ class Network:
         start_key: the train spec key a starting checkpoint goes into (``--base-checkpoint``).
         resolve: ``(cfg, action) -> cfg``: cross-field checks and derived values, raising
             ``SpecError`` with every problem it finds.
+        tao_only: TAO actions of this network Foveal does not implement -> what they do (a
+            spec for one is refused in one line saying so).
     """
 
     name: str
@@ -275,6 +280,7 @@ class Network:
     start_from: tuple[StartFrom, ...] = ()
     start_key: str | None = None
     resolve: Resolver | None = None
+    tao_only: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for action, rules in self.handoff.items():

@@ -29,7 +29,7 @@ from foveal.port.mapping import MappingResult
 logger = logging.getLogger(__name__)
 
 BASE_NETWORK = "classification"
-MIN_INPUT = 32  # dataset.augmentation.input_size's lower bound
+MIN_INPUT = 32  # the smallest dataset.img_size a port is verified at
 
 
 def fingerprint(folder: Path, options: dict[str, Any]) -> str:
@@ -51,11 +51,10 @@ def schema_defaults(name: str, info: SourceInfo, input_size: int | None) -> dict
     size = max(MIN_INPUT, input_size or info.image_size)
     return {
         "model.backbone.type": name,
-        "dataset.augmentation.input_size": size,
+        "dataset.img_size": size,
+        "dataset.num_classes": 0,  # the classes found in the user's data
         "dataset.augmentation.mean": info.mean,
         "dataset.augmentation.std": info.std,
-        "export.input_width": size,
-        "export.input_height": size,
         "export.input_channel": info.num_channels,
     }
 

@@ -155,7 +155,7 @@ def ort_parity(checkpoint: Path, onnx_file: Path, data_root: Path) -> dict[str, 
 
     model, cfg, classes = load_classifier(checkpoint)
     aug = cfg.dataset.augmentation
-    x = _batch(data_root, aug.input_size, list(aug.mean), list(aug.std), classes)
+    x = _batch(data_root, cfg.dataset.img_size, list(aug.mean), list(aug.std), classes)
     features_model = _Features(model).eval()
     figures, blame = check_graph("logits", onnx_file, model, x)
     with tempfile.TemporaryDirectory(prefix="foveal-port-") as tmp:

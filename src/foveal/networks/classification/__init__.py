@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from foveal.networks.classification.config import ClassificationConfig, resolve
+from foveal.networks.classification.config import ClassificationConfig
+from foveal.networks.classification.resolve import resolve
 from foveal.networks.registry import (
     DatasetNeed,
     Monitoring,
@@ -20,7 +21,8 @@ NETWORK = register_network(
     Network(
         name="classification",
         config_cls=ClassificationConfig,
-        description="Image classification: a linear or MLP head on a ViT / ConvNeXt V2 backbone.",
+        description="Image classification (TAO classification_pyt): a linear head on a FAN, ViT, ResNet, MiT, "
+        "ConvNeXt V2, Hiera or SigLIP backbone.",
         actions={
             action: f"{_ACTIONS_MODULE}:{action}"
             for action in ("train", "evaluate", "inference", "export", "gen_trt_engine")
@@ -57,6 +59,10 @@ NETWORK = register_network(
             eval_dataset="required",
         ),
         resolve=resolve,
+        tao_only={
+            "distill": "knowledge distillation from a teacher classifier",
+            "quantize": "post-training quantization with torchao or ModelOpt",
+        },
     )
 )
 

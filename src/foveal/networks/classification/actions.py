@@ -1,4 +1,4 @@
-"""classification actions: train, evaluate, inference, export, gen_trt_engine.
+"""classification actions: train, evaluate, inference, export, gen_trt_engine (TAO classification_pyt).
 
 Every action but train rebuilds the model from the checkpoint alone (network name, resolved
 config and class list travel inside it), so a spec only has to name the checkpoint.
@@ -6,7 +6,6 @@ config and class list travel inside it), so a spec only has to name the checkpoi
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from pathlib import Path
@@ -15,27 +14,31 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from foveal.data import (
-    Compose,
-    LabeledImageFolderDataset,
-    build_eval_transform,
-    build_train_transform,
-    make_loader,
-    resolve_dataset,
-)
+from foveal.data import LabeledImageFolderDataset, make_loader, resolve_dataset
+from foveal.data.tao_augment import TaoAugmentation, build_tao_eval_transform, build_tao_train_transform
 from foveal.engine import checkpoint_artifacts, fit, load_checkpoint, resolve_resume_checkpoint
 from foveal.engine.metrics import classification_report
 from foveal.engine.mixup import MixupSettings
 from foveal.engine.supervised import ClassificationModule, OptimSettings
-from foveal.engine.trainer import trainer_for
-from foveal.networks.classification.config import AugmentationConfig, ClassificationConfig, OptimConfig
+from foveal.engine.trainer import prepare_training, trainer_for
+from foveal.errors import DatasetError
+from foveal.networks.classification.classes import read_classes
+from foveal.networks.classification.config import (
+    AugmentationConfig,
+    ClassificationConfig,
+    ClassificationExportConfig,
+    OptimConfig,
+)
+from foveal.networks.classification.legacy import migrate_config
 from foveal.networks.classification.model import Classifier, build_classifier, freeze_backbone
+from foveal.networks.classification.resolve import monitor_metric
 from foveal.networks.registry import ActionContext, ActionResult
 from foveal.networks.trt import trt_engine_action
 from foveal.spec import build_config, required, to_dict
 
 logger = logging.getLogger(__name__)
 NETWORK = "classification"
+LATEST_LINK = "classifier_model_latest.pth"  # TAO's name: <results_dir>/train/classifier_model_latest.pth
 
 
 def _class_weights(dataset: LabeledImageFolderDataset, mode: str) -> torch.Tensor | None:
@@ -51,61 +54,102 @@ def _class_weights(dataset: LabeledImageFolderDataset, mode: str) -> torch.Tenso
     return weights / weights.mean()
 
 
-def _train_transform(aug: AugmentationConfig) -> Compose:
-    """Random resized crop, flip, colour jitter or RandAugment (timm's recipe: not both), normalise."""
-    from foveal.data import RandAugment, ToTensor
-
-    jitter = aug.color_jitter
-    if aug.randaugment and jitter > 0:
-        logger.info("RandAugment %s replaces the colour jitter (%.2f)", aug.randaugment, jitter)
-        jitter = 0.0
-    transform = build_train_transform(
-        aug.input_size,
-        aug.mean,
-        aug.std,
-        scale=(aug.scale[0], aug.scale[1]),
-        ratio=(aug.ratio[0], aug.ratio[1]),
-        hflip=aug.hflip,
-        color_jitter=jitter,
+def tao_augmentation(aug: AugmentationConfig, img_size: int) -> TaoAugmentation:
+    """The spec's ``dataset.augmentation`` as the data layer's TAO pipeline switches."""
+    flip, rotate, color = aug.random_flip, aug.random_rotate, aug.random_color
+    return TaoAugmentation(
+        img_size=img_size,
+        mean=tuple(aug.mean),
+        std=tuple(aug.std),
+        hflip=flip.hflip_probability if flip.enable else 0.0,
+        vflip=flip.vflip_probability if flip.enable else 0.0,
+        randaugment=aug.random_aug.policy if aug.random_aug.enable else None,
+        rotate=rotate.rotate_probability if rotate.enable else 0.0,
+        angles=tuple(rotate.angle_list),
+        random_crop=aug.with_random_crop,
+        scale_range=(
+            (aug.with_scale_random_crop.scale_range[0], aug.with_scale_random_crop.scale_range[1])
+            if aug.with_scale_random_crop.enable
+            else None
+        ),
+        blur=aug.with_random_blur,
+        color=(color.brightness, color.contrast, color.saturation, color.hue) if color.enable else None,
+        color_probability=color.color_probability,
+        erase=aug.random_erase.erase_probability if aug.random_erase.enable else 0.0,
     )
-    if aug.randaugment:
-        at = next(i for i, t in enumerate(transform.transforms) if isinstance(t, ToTensor))
-        transform.transforms.insert(at, RandAugment(aug.randaugment))
-    return transform
 
 
-def _optim_settings(optim: OptimConfig) -> OptimSettings:
+def optim_settings(optim: OptimConfig) -> OptimSettings:
     """classification's ``train.optim`` as the engine loop's :class:`OptimSettings`."""
+    params = optim.policy_params
     return OptimSettings(
-        optimizer=optim.optimizer,
+        optimizer=optim.optim,
         lr=optim.lr,
         weight_decay=optim.weight_decay,
         layer_decay=optim.layer_decay,
         momentum=optim.momentum,
-        scheduler=optim.scheduler,
+        betas=(optim.betas[0], optim.betas[1]),
+        scheduler=optim.policy,
         warmup_epochs=optim.warmup_epochs,
         min_lr_ratio=optim.min_lr_ratio,
-        milestones=tuple(optim.milestones),
-        gamma=optim.gamma,
+        milestones=tuple(params.milestones),
+        gamma=params.gamma,
+        step_size=params.step_size,
+        skip_names=tuple(optim.skip_names),
+        nesterov=False,  # TAO's SGD: plain momentum
     )
 
 
-def _mixup_settings(aug: AugmentationConfig, num_classes: int) -> MixupSettings | None:
-    settings = MixupSettings.from_augmentation(aug, num_classes, aug.label_smoothing)
-    if settings is None:
+def mixup_settings(aug: AugmentationConfig, num_classes: int, smoothing: float) -> MixupSettings | None:
+    """TAO's ``mixup_cutmix`` (a coin flip between mixup and CutMix, Beta(mixup_alpha) each) with
+    Foveal's extra knobs; None when off."""
+    if not aug.mixup_cutmix:
         return None
-    minmax = settings.cutmix_minmax
+    settings = MixupSettings(
+        mixup_alpha=aug.mixup_alpha,
+        cutmix_alpha=aug.cutmix_alpha if aug.cutmix_alpha is not None else aug.mixup_alpha,
+        cutmix_minmax=(aug.cutmix_minmax[0], aug.cutmix_minmax[1]) if aug.cutmix_minmax else None,
+        prob=aug.mixup_prob,
+        switch_prob=aug.mixup_switch_prob,
+        mode=aug.mixup_mode,
+        label_smoothing=smoothing,
+        num_classes=num_classes,
+    )
+    if not settings.enabled:
+        return None
     logger.info(
-        "mixup alpha %g, cutmix alpha %g%s (prob %g, switch %g, per %s): soft-target cross entropy; "
-        "train_top1 counts the dominant class of each mixed target",
-        aug.mixup,
-        aug.cutmix,
-        f", cutmix box {list(minmax)}" if minmax else "",
-        aug.mixup_prob,
-        aug.mixup_switch_prob,
-        aug.mixup_mode,
+        "mixup/cutmix on (alpha %g / %g, prob %g, cutmix share %g, per %s): soft-target cross entropy",
+        settings.mixup_alpha,
+        settings.cutmix_alpha,
+        settings.prob,
+        settings.switch_prob,
+        settings.mode,
     )
     return settings
+
+
+def _note_unused_keys(cfg: ClassificationConfig, feature_width: int) -> None:
+    """One warning line per TAO key this run cannot honour (never a silent no-op)."""
+    head = cfg.model.head
+    if head.binary:
+        logger.warning(
+            "model.head.binary=true: the head has one output per class (%d), as in TAO 6.25, not one logit",
+            cfg.dataset.num_classes,
+        )
+    if head.in_channels not in (448, feature_width):
+        logger.warning(
+            "model.head.in_channels=%d is not used: the head takes %s's feature width, %d",
+            head.in_channels,
+            cfg.model.backbone.type,
+            feature_width,
+        )
+    if head.custom_args:
+        logger.warning("model.head.custom_args is not used (TAO's linear head takes none either)")
+    if cfg.dataset.train_nolabel.folder_path:
+        logger.warning(
+            "dataset.train_nolabel.folder_path is only read by TAO's distill action, which Foveal does not "
+            "implement; training uses the labeled images"
+        )
 
 
 def _load_pretrained(
@@ -133,48 +177,75 @@ def _load_pretrained(
     )
 
 
+def _labeled(root: Path, transform: Any, classes: list[str] | None, key: str) -> LabeledImageFolderDataset:
+    return LabeledImageFolderDataset(root, transform=transform, classes=classes)
+
+
+def _check_num_classes(cfg: ClassificationConfig, classes: list[str], source: str) -> None:
+    wanted = cfg.dataset.num_classes
+    if wanted and wanted != len(classes):
+        raise DatasetError(
+            source,
+            f"{len(classes)} classes found but dataset.num_classes={wanted}",
+            f"set dataset.num_classes={len(classes)} (or 0 to take the number found)",
+        )
+
+
 def train(cfg: ClassificationConfig, ctx: ActionContext) -> ActionResult:
     """Fine-tune a backbone + head on a class-subfolder dataset."""
-    import lightning as L
-
-    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
-    aug = cfg.dataset.augmentation
+    prepare_training(cfg.train)
+    data = cfg.dataset
     train_root = resolve_dataset(
-        required(cfg.dataset.train_dataset.images_dir, "dataset.train_dataset.images_dir"), ctx.cache_dir
+        required(data.train_dataset.images_dir, "dataset.train_dataset.images_dir"), ctx.cache_dir
     )
-    train_set = LabeledImageFolderDataset(train_root, transform=_train_transform(aug))
+    classes, source = read_classes(data.classes_file, data.root_dir, train_root)
+    train_tf = build_tao_train_transform(tao_augmentation(data.augmentation, data.img_size))
+    logger.info("train augmentation: %s", " -> ".join(type(t).__name__ for t in train_tf.transforms))
+    train_set = _labeled(
+        train_root,
+        train_tf,
+        classes,
+        "dataset.train_dataset.images_dir",
+    )
+    _check_num_classes(cfg, train_set.classes, source or str(train_root))
     val_set = None
-    if cfg.dataset.val_dataset.images_dir:
-        val_root = resolve_dataset(cfg.dataset.val_dataset.images_dir, ctx.cache_dir)
-        val_tf = build_eval_transform(aug.input_size, aug.mean, aug.std)
-        val_set = LabeledImageFolderDataset(val_root, transform=val_tf, classes=train_set.classes)
+    if data.val_dataset.images_dir:
+        val_root = resolve_dataset(data.val_dataset.images_dir, ctx.cache_dir)
+        eval_tf = build_tao_eval_transform(data.img_size, data.augmentation.mean, data.augmentation.std)
+        val_set = _labeled(val_root, eval_tf, train_set.classes, "dataset.val_dataset.images_dir")
     logger.info("train: %d images in %d classes from %s", len(train_set), len(train_set.classes), train_root)
 
     ckpt = resolve_resume_checkpoint(ctx.results_dir, cfg.train.resume_training_checkpoint_path)
-    model = build_classifier(cfg.model, len(train_set.classes), aug.input_size)
+    model = build_classifier(cfg.model, len(train_set.classes), data.img_size)
+    _note_unused_keys(cfg, int(model.backbone.embed_dim))
     _load_pretrained(cfg, model, train_set.classes, resuming=ckpt is not None)
-    freeze_backbone(model, cfg.model.backbone.freeze, list(cfg.model.backbone.freeze_blocks))
-    ema = cfg.train.ema
-    if ema.enable:
+    freeze_backbone(model, cfg.model.backbone.freeze_backbone, list(cfg.model.backbone.freeze_blocks))
+    if cfg.train.enable_ema:
         logger.info(
             "weight EMA on (decay %g): validation, evaluate, inference and export use the averaged "
             "weights; checkpoints keep both (state_dict: live, ema_state_dict: EMA)",
-            ema.decay,
+            cfg.train.ema_decay,
         )
 
-    batch = cfg.dataset.batch_size
-    train_loader = make_loader(train_set, batch, cfg.dataset.workers, train=True)
-    val_loader = make_loader(val_set, batch, cfg.dataset.workers, train=False) if val_set else None
+    batch = data.batch_size
+    train_loader = make_loader(train_set, batch, data.workers, train=True, shuffle=data.shuffle)
+    val_loader = make_loader(val_set, batch, data.workers, train=False) if val_set else None
+    smoothing = cfg.model.head.loss.label_smooth_val
     module = ClassificationModule(
         model,
-        _optim_settings(cfg.train.optim),
-        label_smoothing=aug.label_smoothing,
+        optim_settings(cfg.train.optim),
+        label_smoothing=smoothing,
         class_weights=_class_weights(train_set, cfg.train.class_weights),
         classes=train_set.classes,
         steps_per_epoch=max(1, len(train_loader) // cfg.train.accum_grad_batches),
-        mixup=_mixup_settings(aug, len(train_set.classes)),
-        ema_decay=ema.decay if ema.enable else None,
+        mixup=mixup_settings(data.augmentation, len(train_set.classes), smoothing),
+        ema_decay=cfg.train.ema_decay if cfg.train.enable_ema else None,
+        topk=tuple(cfg.model.head.topk),
     )
+    monitor, mode = monitor_metric(cfg.train.optim.monitor_name)
+    if val_loader is None and monitor.startswith("val_"):
+        logger.info("no validation set: the best checkpoint is picked by train_loss, not %s", monitor)
+        monitor, mode = "train_loss", "min"
     trainer = trainer_for(
         cfg.train,
         results_dir=ctx.results_dir,
@@ -182,17 +253,20 @@ def train(cfg: ClassificationConfig, ctx: ActionContext) -> ActionResult:
         config_dict=to_dict(cfg),
         status=ctx.status_writer,
         progress=ctx.progress,
-        monitor="val_top1" if val_loader is not None else "train_loss",
-        monitor_mode="max" if val_loader is not None else "min",
+        tracking=ctx.tracking,
+        monitor=monitor,
+        monitor_mode=mode,
         gradient_clip_val=cfg.train.clip_grad_norm or None,
+        latest_link=LATEST_LINK,
         steps_per_epoch=len(train_loader),
     )
     fit(trainer, module, train_loader, val_loader, ckpt_path=ckpt)
-    kpis = {k: float(v) for k, v in trainer.callback_metrics.items() if k in _TRAIN_KPIS}
+    kpis = {k: float(v) for k, v in trainer.callback_metrics.items() if _is_train_kpi(k)}
     return ActionResult(kpis=kpis, artifacts=checkpoint_artifacts(ctx.results_dir))
 
 
-_TRAIN_KPIS = ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5")
+def _is_train_kpi(name: str) -> bool:
+    return name in ("train_loss", "train_top1", "val_loss") or name.startswith("val_top")
 
 
 def load_classifier(path: str | Path, weights: str = "auto") -> tuple[Classifier, Any, list[str]]:
@@ -204,18 +278,17 @@ def load_classifier(path: str | Path, weights: str = "auto") -> tuple[Classifier
             ``ema`` or ``live``.
     """
     from foveal.errors import CheckpointError
-    from foveal.networks.classification.config import ClassificationConfig
 
     ckpt = load_checkpoint(path, network=NETWORK)
-    cfg = build_config(ClassificationConfig, ckpt["config"])
+    cfg = build_config(ClassificationConfig, migrate_config(ckpt["config"]))
     classes = list(ckpt.get("classes") or [])
-    model = build_classifier(cfg.model, len(classes), cfg.dataset.augmentation.input_size)
+    model = build_classifier(cfg.model, len(classes), cfg.dataset.img_size)
     ema = ckpt.get("ema_state_dict")
     if weights == "ema" and ema is None:
-        raise CheckpointError(f"{path} has no EMA weights (trained without train.ema.enable)")
+        raise CheckpointError(f"{path} has no EMA weights (trained without train.enable_ema)")
     use_ema = ema is not None and weights != "live"
     if use_ema and ema is not None:
-        logger.info("using the EMA weights of %s (trained with train.ema.enable)", path)
+        logger.info("using the EMA weights of %s (trained with train.enable_ema)", path)
         state = dict(ema)
     else:
         state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
@@ -233,8 +306,14 @@ def _predict(model: Classifier, loader: DataLoader) -> tuple[torch.Tensor, torch
     return torch.cat(logits), torch.cat(targets)
 
 
+def _batch(section_batch: int, dataset_batch: int) -> int:
+    return section_batch if section_batch > 0 else dataset_batch
+
+
 def evaluate(cfg: ClassificationConfig, ctx: ActionContext) -> ActionResult:
-    """Top-1/top-5, per-class precision/recall/F1, confusion matrix (JSON + PNG) and loss."""
+    """Top-k accuracy, per-class precision/recall/F1, confusion matrix (JSON + PNG), loss, and
+    TAO's ``result.csv`` (per-image class probabilities, prediction and truth)."""
+    from foveal.networks.classification.outputs import write_evaluation_csv
     from foveal.networks.classification.plots import draw_confusion_matrix
 
     model, trained_cfg, classes = load_classifier(required(cfg.evaluate.checkpoint, "evaluate.checkpoint"))
@@ -242,76 +321,94 @@ def evaluate(cfg: ClassificationConfig, ctx: ActionContext) -> ActionResult:
     root = resolve_dataset(
         required(cfg.dataset.val_dataset.images_dir, "dataset.val_dataset.images_dir"), ctx.cache_dir
     )
-    dataset = LabeledImageFolderDataset(
-        root, transform=build_eval_transform(aug.input_size, aug.mean, aug.std), classes=classes
+    dataset = _labeled(
+        root,
+        build_tao_eval_transform(trained_cfg.dataset.img_size, aug.mean, aug.std),
+        classes,
+        "dataset.val_dataset.images_dir",
     )
-    batch = cfg.evaluate.batch_size if cfg.evaluate.batch_size > 0 else cfg.dataset.batch_size
-    logits, targets = _predict(model, make_loader(dataset, batch, cfg.dataset.workers, train=False))
-    report = classification_report(logits, targets, classes)
+    batch = _batch(cfg.evaluate.batch_size, cfg.dataset.batch_size)
+    loader = make_loader(dataset, batch, cfg.dataset.workers, train=False)
+    logits, targets = _predict(model, loader)
+    report = classification_report(logits, targets, classes, topk=tuple(cfg.model.head.topk))
     report["weights"] = model.weights_kind
     results = ctx.results_dir / "results.json"
     results.write_text(json.dumps(report, indent=2))
+    table = write_evaluation_csv(ctx.results_dir / "result.csv", dataset.files, logits, targets, classes)
     png = draw_confusion_matrix(
         report["confusion_matrix"],
         classes,
         ctx.results_dir / "confusion_matrix.png",
         title=f"top-1 {report['top1']:.4f} on {report['num_images']} images ({model.weights_kind} weights)",
     )
-    kpis: dict[str, float] = {k: report[k] for k in ("top1", "top5", "loss", "macro_f1") if k in report}
+    kpis: dict[str, float] = {
+        k: v for k, v in report.items() if (k.startswith("top") or k in ("loss", "macro_f1")) and isinstance(v, float)
+    }
     return ActionResult(
         kpis=kpis,
-        artifacts={"results": str(results), "confusion_matrix": str(png)},
+        artifacts={"results": str(results), "result_csv": str(table), "confusion_matrix": str(png)},
         message=f"top-1 {report['top1']:.4f} on {len(dataset)} images",
     )
 
 
 def inference(cfg: ClassificationConfig, ctx: ActionContext) -> ActionResult:
-    """Top-k classes and scores per image -> results.csv, for an image file, a folder or an archive."""
+    """TAO's ``result.csv`` (image, predicted class, score; then Foveal's top-k columns) for an
+    image file, a folder or an archive, and annotated images of every
+    ``inference.vis_after_n_batches``-th batch in ``visualize/``."""
     from foveal.data.files import resolve_image_inputs
+    from foveal.networks.classification.outputs import InferenceWriter
 
     model, trained_cfg, classes = load_classifier(required(cfg.inference.checkpoint, "inference.checkpoint"))
     aug = trained_cfg.dataset.augmentation
-    transform = build_eval_transform(aug.input_size, aug.mean, aug.std)
+    transform = build_tao_eval_transform(trained_cfg.dataset.img_size, aug.mean, aug.std)
     dataset = resolve_image_inputs(
         required(cfg.dataset.test_dataset.images_dir, "dataset.test_dataset.images_dir"),
         ctx.cache_dir,
         transform,
     )
-    batch = cfg.inference.batch_size if cfg.inference.batch_size > 0 else cfg.dataset.batch_size
-    k = min(5, len(classes))
-    out = ctx.results_dir / "results.csv"
-    with out.open("w", newline="") as f, torch.inference_mode():
-        writer = csv.writer(f)
-        writer.writerow(["path"] + [c for i in range(k) for c in (f"class_{i + 1}", f"score_{i + 1}")])
+    batch = _batch(cfg.inference.batch_size, cfg.dataset.batch_size)
+    writer = InferenceWriter(ctx.results_dir, classes, cfg.inference.vis_after_n_batches)
+    with writer, torch.inference_mode():
         for images, paths in make_loader(dataset, batch, cfg.dataset.workers, train=False):
-            scores, idx = model(images).float().softmax(dim=1).topk(k, dim=1)
-            for p, s, i in zip(paths, scores.tolist(), idx.tolist(), strict=True):
-                writer.writerow([p] + [v for j in range(k) for v in (classes[i[j]], f"{s[j]:.6f}")])
+            writer.add(paths, model(images).float().softmax(dim=1))
     return ActionResult(
-        kpis={"num_images": float(len(dataset))},  # type: ignore[arg-type]  # a map-style dataset
-        artifacts={"results": str(out)},
-        message=f"{len(dataset)} images -> {out}",  # type: ignore[arg-type]
+        kpis={"num_images": float(writer.count)},
+        artifacts={"results": str(writer.csv_path), "visualize": str(writer.vis_dir)},
+        message=f"{writer.count} images -> {writer.csv_path}",
     )
+
+
+def _export_size(section: ClassificationExportConfig, trained_size: int) -> tuple[int, int]:
+    height = section.input_height or trained_size
+    width = section.input_width or trained_size
+    if (height, width) != (trained_size, trained_size):
+        logger.info("exporting at %dx%d (trained at %d)", width, height, trained_size)
+    return height, width
 
 
 def export(cfg: ClassificationConfig, ctx: ActionContext) -> ActionResult:
     """ONNX (optionally ending in a softmax) with class names in its metadata, checked against
-    PyTorch with ONNX Runtime."""
-    from foveal.export import export_batch_settings, export_onnx
+    PyTorch with ONNX Runtime; with ``serialize_nvdsinfer``, DeepStream's labels and config too."""
+    from foveal.export import export_batch_settings, export_onnx, note_export_device
+    from foveal.networks.classification.outputs import write_nvdsinfer
 
-    model, trained_cfg, classes = load_classifier(required(cfg.export.checkpoint, "export.checkpoint"))
+    section = cfg.export
+    note_export_device(section.on_cpu, section.gpu_id)
+    model, trained_cfg, classes = load_classifier(required(section.checkpoint, "export.checkpoint"))
     weights = model.weights_kind
     aug = trained_cfg.dataset.augmentation
-    softmax = bool(cfg.export.softmax)
+    softmax = bool(section.softmax)
     output = "probabilities" if softmax else "logits"
     graph = torch.nn.Sequential(model, torch.nn.Softmax(dim=-1)).eval() if softmax else model
-    onnx_file = Path(cfg.export.onnx_file or ctx.results_dir / f"{NETWORK}.onnx")
-    batch, dynamic = export_batch_settings(cfg.export.batch_size)
-    example = torch.randn(batch, cfg.export.input_channel, aug.input_size, aug.input_size)
+    onnx_file = Path(section.onnx_file or ctx.results_dir / f"{NETWORK}.onnx")
+    batch, dynamic = export_batch_settings(section.batch_size)
+    height, width = _export_size(section, trained_cfg.dataset.img_size)
+    example = torch.randn(batch, section.input_channel, height, width)
     metadata = {
         "network": NETWORK,
         "classes": json.dumps(classes),
-        "input_size": str(aug.input_size),
+        "input_size": str(trained_cfg.dataset.img_size),
+        "input_shape": json.dumps([section.input_channel, height, width]),
         "mean": json.dumps(list(aug.mean)),
         "std": json.dumps(list(aug.std)),
         "output": output,
@@ -321,18 +418,40 @@ def export(cfg: ClassificationConfig, ctx: ActionContext) -> ActionResult:
         graph,
         example,
         onnx_file,
-        opset_version=cfg.export.opset_version,
+        opset_version=section.opset_version,
         dynamic_batch=dynamic,
         input_names=("input",),
         output_names=(output,),
         metadata=metadata,
+        verbose=section.verbose,
     )
+    artifacts = {"onnx": str(onnx_file)}
+    if section.serialize_nvdsinfer:
+        artifacts.update(write_nvdsinfer(onnx_file, classes, aug.mean, aug.std, (height, width), output))
     diff = max(report.max_abs_diff.values()) if report.max_abs_diff else float("nan")
     return ActionResult(
         kpis={"onnx_max_abs_diff": diff},
-        artifacts={"onnx": str(onnx_file)},
+        artifacts=artifacts,
         message=f"exported {onnx_file} ({output}, {weights} weights; ONNX Runtime vs PyTorch max |diff| {diff:.2e})",
     )
 
 
-gen_trt_engine = trt_engine_action(NETWORK)
+def calibration_preprocess(cfg: ClassificationConfig, size: tuple[int, int]) -> Any:
+    """INT8 calibration input: evaluation's squash resize to the engine's input, then the
+    spec's normalisation (TAO-Deploy calibrates on the same preprocessing)."""
+    from PIL import Image
+
+    from foveal.data.tao_augment import SquashResize
+    from foveal.data.transforms import Compose, Normalize, ToTensor
+
+    aug = cfg.dataset.augmentation
+    transform = Compose([SquashResize(size), ToTensor(), Normalize(aug.mean, aug.std)])
+
+    def load(path: Path) -> torch.Tensor:
+        with Image.open(path) as image:
+            return transform(image.convert("RGB"))
+
+    return load
+
+
+gen_trt_engine = trt_engine_action(NETWORK, preprocess=calibration_preprocess)
