@@ -177,6 +177,38 @@ def test_export_both_stages_and_overwrite_guard(pretrain, finetune, ws, tmp_path
     assert again.status is JobStatus.DONE
 
 
+def test_export_input_size_and_format(finetune, ws, tmp_path):
+    from foveal.export import OnnxPredictor
+
+    target = tmp_path / "wide.onnx"
+    size = ["export.input_width=48", "export.input_height=32"]
+    run_job(
+        "mae", "export", parent_id=finetune.id, overrides=[f"export.onnx_file={target}", *size], workspace=ws
+    )
+    predictor = OnnxPredictor(target)
+    assert predictor.input_shapes["input"] == ["batch", 3, 32, 48]
+    assert (predictor.metadata["input_height"], predictor.metadata["input_width"]) == ("32", "48")
+    assert predictor.run(torch.randn(2, 3, 32, 48).numpy())["logits"].shape == (2, 2)
+    cases = [
+        (
+            ["export.input_width=40"],
+            r"export\.input_width: 40 is not a multiple of 16, which vit_tiny_patch16 needs \(use 32 or 48\)",
+        ),
+        (["export.format=xdl"], r"export\.format: 'xdl' export is not supported \(use onnx\)"),
+    ]
+    for overrides, message in cases:
+        with pytest.raises(SpecError, match=message) as info:
+            run_job(
+                "mae",
+                "export",
+                parent_id=finetune.id,
+                overrides=[f"export.onnx_file={tmp_path / 'refused.onnx'}", *overrides],
+                workspace=ws,
+            )
+        assert "\n" not in str(info.value)
+    assert not (tmp_path / "refused.onnx").exists()
+
+
 def test_wrong_kinds_and_class_counts_are_one_line(pretrain, finetune, data, ws):
     tuned = Path(finetune.results_dir) / "vit_tiny_patch16_latest.pth"
     labeled = f"dataset.train_data_sources={data['labeled_train']}"

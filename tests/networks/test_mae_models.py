@@ -16,6 +16,7 @@ from foveal.networks.mae.models import (
     build_finetune_model,
     build_pretrain_model,
     is_convnext,
+    is_hiera,
 )
 from foveal.networks.mae.module import optim_settings_from_mae
 
@@ -26,6 +27,8 @@ def _capped(arch: str) -> tuple[int, dict]:
     """(image size, backbone overrides) small enough for a unit test."""
     if is_convnext(arch):
         return 64, {"depths": (1, 1, 1, 1), "dims": (8, 8, 16, 16)}
+    if is_hiera(arch):  # 224 px only; tests/networks/test_mae_hiera.py covers it in depth
+        return 224, {"embed_dim": 8, "depths": (1, 1, 1, 1), "num_heads": (1, 1, 1, 1)}
     patch = 14 if arch.endswith("14") else 16
     return 2 * patch, {"depth": 1, "embed_dim": 32, "num_heads": 2}
 
@@ -58,7 +61,8 @@ def test_every_arch_builds_both_stages(arch):
         _model_cfg(arch), img_size=size, mask_ratio=0.6, norm_pix_loss=True, **overrides
     )
     classifier = build_finetune_model(_model_cfg(arch), 3, size, **overrides)
-    assert type(pretrain).__name__ == ("FCMAE" if is_convnext(arch) else "MaskedAutoencoderViT")
+    family = "FCMAE" if is_convnext(arch) else "MaskedAutoencoderViT"
+    assert type(pretrain).__name__ == ("MaskedAutoencoderHiera" if is_hiera(arch) else family)
     assert pretrain.mask_ratio == 0.6 and classifier.head[-1].out_features == 3
 
 
@@ -153,12 +157,14 @@ def test_optim_adapter_and_no_decay_groups():
         3.0,
         0.65,
     )
-    assert optim_settings_from_mae(OptimConfig()).scheduler == "step"
+    assert optim_settings_from_mae(OptimConfig()).scheduler == "multistep"
     size, overrides = _capped("vit_tiny_patch16")
     model = build_pretrain_model(
         _model_cfg("vit_tiny_patch16"), img_size=size, mask_ratio=0.75, norm_pix_loss=True, **overrides
     )
-    decay, no_decay = sorted(param_groups(model, weight_decay=0.05, backbone=None), key=lambda g: -g["wd_scale"])
+    decay, no_decay = sorted(
+        param_groups(model, weight_decay=0.05, backbone=None), key=lambda g: -g["wd_scale"]
+    )
     names = {id(p): n for n, p in model.named_parameters()}
     skipped = {names[id(p)] for p in no_decay["params"]}
     assert {"encoder.cls_token", "mask_token"} <= skipped and decay["weight_decay"] == 0.05

@@ -1,4 +1,4 @@
-"""MAE: masked autoencoder pretraining and fine-tuning for ViT and ConvNeXt V2 (TAO's ``mae``)."""
+"""MAE: masked autoencoder pretraining and fine-tuning for ViT, ConvNeXt V2 and Hiera (TAO's ``mae``)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ NETWORK = register_network(
     Network(
         name="mae",
         config_cls=MAEConfig,
-        description="Masked autoencoder (MAE / FCMAE) pretraining and fine-tuning for ViT and ConvNeXt V2.",
+        description="Masked autoencoder (MAE / FCMAE / Hiera-MAE) pretraining and fine-tuning for ViT, "
+        "ConvNeXt V2 and Hiera.",
         actions={
             action: f"{_ACTIONS_MODULE}:{action}"
             for action in ("train", "evaluate", "inference", "export", "gen_trt_engine")

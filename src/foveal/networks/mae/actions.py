@@ -29,11 +29,11 @@ from foveal.data import (
     resolve_dataset,
 )
 from foveal.engine import checkpoint_artifacts, fit, load_checkpoint, resolve_resume_checkpoint
-from foveal.engine.trainer import trainer_for
+from foveal.engine.trainer import prepare_training, trainer_for
 from foveal.errors import CheckpointError
 from foveal.networks.mae import checkpoints
-from foveal.networks.mae.config import MAEConfig
-from foveal.networks.mae.models import EncoderFeatures, build_finetune_model, build_pretrain_model
+from foveal.networks.mae.config import DEFAULT_BACKBONE_MULTIPLIER, MAEConfig, input_size_issue
+from foveal.networks.mae.models import EncoderFeatures, build_finetune_model, build_pretrain_model, is_hiera
 from foveal.networks.mae.module import (
     MAEFinetuneModule,
     MAEPretrainModule,
@@ -61,9 +61,7 @@ def _batch(cfg: MAEConfig, section: EvaluateConfig | InferenceConfig) -> int:
 
 def train(cfg: MAEConfig, ctx: ActionContext) -> ActionResult:
     """Pretrain (masked reconstruction on unlabeled images) or fine-tune (classification)."""
-    import lightning as L
-
-    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    prepare_training(cfg.train)
     resume, start = _resume_and_start(cfg, ctx)
     if cfg.train.stage == "pretrain":
         module, train_loader, val_loader, monitor = _pretrain_setup(
@@ -109,6 +107,7 @@ def _trainer(cfg: MAEConfig, ctx: ActionContext, steps_per_epoch: int, monitor: 
         config_dict=to_dict(cfg),
         status=ctx.status_writer,
         progress=ctx.progress,
+        tracking=ctx.tracking,
         monitor=monitor,
         monitor_mode=mode,
         latest_link=f"{cfg.model.arch}_latest.pth",  # <arch>_latest.pth, e.g. vit_base_patch16_latest.pth
@@ -132,6 +131,7 @@ def _pretrain_setup(cfg: MAEConfig, ctx: ActionContext, start: str | None) -> tu
         val_root = resolve_dataset(cfg.dataset.val_data_sources, ctx.cache_dir)
         val_tf = build_eval_transform(aug.input_size, aug.mean, aug.std)
         val_set = ImageFolderDataset(val_root, transform=val_tf, recursive=True)
+    _warn_pretrain_ignores(cfg)
     model = build_pretrain_model(
         cfg.model,
         img_size=aug.input_size,
@@ -146,7 +146,7 @@ def _pretrain_setup(cfg: MAEConfig, ctx: ActionContext, start: str | None) -> tu
     val_loader = make_loader(val_set, batch, workers, train=False) if val_set else None
     module = MAEPretrainModule(
         model,
-        optim_settings_from_mae(cfg.train.optim),
+        optim_settings_from_mae(cfg.train.optim, stage="pretrain"),
         steps_per_epoch=_steps_per_epoch(train_loader, cfg),
         arch=cfg.model.arch,
     )
@@ -155,6 +155,23 @@ def _pretrain_setup(cfg: MAEConfig, ctx: ActionContext, start: str | None) -> tu
         logger.warning("train.optim.monitor_name=val_loss without dataset.val_data_sources; using train_loss")
         monitor = "train_loss"
     return module, train_loader, val_loader, (monitor, "min")
+
+
+def _warn_pretrain_ignores(cfg: MAEConfig) -> None:
+    """One warning line per fine-tuning-only or Hiera-ignored setting the user changed."""
+    multiplier = cfg.train.optim.backbone_multiplier
+    if multiplier != DEFAULT_BACKBONE_MULTIPLIER:
+        logger.warning(
+            "train.optim.backbone_multiplier=%s is not used when pretraining (it scales the backbone's "
+            "learning rate in train.stage=finetune only)",
+            multiplier,
+        )
+    if is_hiera(cfg.model.arch) and not cfg.train.norm_pix_loss:
+        logger.warning(
+            "train.norm_pix_loss=false is not used by %s: Hiera-MAE always regresses per-patch-normalised "
+            "pixels (as in TAO)",
+            cfg.model.arch,
+        )
 
 
 def _finetune_setup(cfg: MAEConfig, ctx: ActionContext, start: str | None) -> tuple:
@@ -357,8 +374,10 @@ def _write_embeddings(loaded: checkpoints.Trained, loader: DataLoader, results_d
 
 def export(cfg: MAEConfig, ctx: ActionContext) -> ActionResult:
     """Finetune: the classifier (output ``logits``). Pretrain: the encoder (outputs ``embedding``,
-    ViT ``cls_token`` + ``patch_tokens``, ConvNeXt ``feature_map``). Checked with ONNX Runtime."""
-    from foveal.export import export_batch_settings, export_onnx
+    ViT ``cls_token`` + ``patch_tokens``, ConvNeXt / Hiera ``feature_map``). Input
+    ``export.input_height`` x ``input_width`` (default: the trained size); ONNX only
+    (``export.format``). Checked with ONNX Runtime."""
+    from foveal.export import export_batch_settings, export_onnx, note_export_device
 
     loaded = checkpoints.load_trained(required(cfg.export.checkpoint, "export.checkpoint"))
     aug = loaded.cfg.dataset.augmentation
@@ -369,13 +388,16 @@ def export(cfg: MAEConfig, ctx: ActionContext) -> ActionResult:
                 "export.onnx_file", f"{onnx_file} already exists", "set export.overwrite=true to replace it"
             )
         )
+    height, width = _export_size(cfg, loaded)
     batch, dynamic = export_batch_settings(cfg.export.batch_size)
-    example = torch.randn(batch, cfg.export.input_channel, aug.input_size, aug.input_size)
+    example = torch.randn(batch, cfg.export.input_channel, height, width)
     metadata = {
         "network": NETWORK,
         "stage": loaded.stage,
         "arch": loaded.cfg.model.arch,
         "input_size": str(aug.input_size),
+        "input_height": str(height),
+        "input_width": str(width),
         "mean": json.dumps(list(aug.mean)),
         "std": json.dumps(list(aug.std)),
     }
@@ -389,11 +411,13 @@ def export(cfg: MAEConfig, ctx: ActionContext) -> ActionResult:
 
         model = EncoderFeatures(encoder_of(loaded.model))
         outputs = model.output_names
+    note_export_device(cfg.export.on_cpu, cfg.export.gpu_id)
     report = export_onnx(
         model,
         example,
         onnx_file,
         opset_version=cfg.export.opset_version,
+        verbose=cfg.export.verbose,
         dynamic_batch=dynamic,
         input_names=("input",),
         output_names=outputs,
@@ -406,6 +430,28 @@ def export(cfg: MAEConfig, ctx: ActionContext) -> ActionResult:
         message=f"exported the {loaded.stage} {'classifier' if loaded.stage == 'finetune' else 'encoder'} "
         f"to {onnx_file} (outputs {', '.join(outputs)}; ONNX Runtime vs PyTorch max |diff| {diff:.2e})",
     )
+
+
+def _export_size(cfg: MAEConfig, loaded: checkpoints.Trained) -> tuple[int, int]:
+    """(height, width) of the exported graph: ``export.input_height`` / ``input_width``, each
+    defaulting to the checkpoint's training ``input_size``, checked against the checkpoint's arch."""
+    trained = loaded.cfg.dataset.augmentation.input_size
+    height = cfg.export.input_height or trained
+    width = cfg.export.input_width or trained
+    arch = loaded.cfg.model.arch
+    issues = [
+        issue
+        for issue in (
+            input_size_issue("export.input_height", height, arch),
+            input_size_issue("export.input_width", width, arch),
+        )
+        if issue is not None
+    ]
+    if issues:
+        raise SpecError(issues)
+    if (height, width) != (trained, trained):
+        logger.info("exporting at %dx%d (trained at %d)", width, height, trained)
+    return height, width
 
 
 gen_trt_engine = trt_engine_action(NETWORK)

@@ -23,7 +23,13 @@ from torch import nn
 from foveal.engine.checkpoint import load_checkpoint
 from foveal.errors import CheckpointError
 from foveal.networks.mae.config import MAEConfig
-from foveal.networks.mae.models import build_finetune_model, build_pretrain_model, encoder_of, is_convnext
+from foveal.networks.mae.models import (
+    build_finetune_model,
+    build_pretrain_model,
+    encoder_of,
+    is_convnext,
+    is_hiera,
+)
 from foveal.spec import SpecError, SpecIssue
 
 logger = logging.getLogger(__name__)
@@ -157,13 +163,18 @@ def load_pretrain_start(model: nn.Module, path: str | Path, arch: str) -> str:
         CheckpointError: wrong kind, or fewer than half of the encoder tensors fit ``arch``.
     """
     from foveal.nn import checkpoint_filter_fn, convnextv2_checkpoint_filter_fn
+    from foveal.nn.hiera import hiera_checkpoint_filter_fn
 
     path = Path(path).expanduser()
     if not path.exists():
         raise CheckpointError(f"train.pretrained_model_path: {path} not found")
     tensors, kind = _read_pretrain_start(path)
     encoder_state = {k.removeprefix("encoder."): v for k, v in tensors.items() if k.startswith("encoder.")}
-    filter_fn = convnextv2_checkpoint_filter_fn if is_convnext(arch) else checkpoint_filter_fn
+    filter_fn: Any = checkpoint_filter_fn
+    if is_convnext(arch):
+        filter_fn = convnextv2_checkpoint_filter_fn
+    elif is_hiera(arch):
+        filter_fn = hiera_checkpoint_filter_fn
     try:
         encoder = filter_fn(encoder_state, encoder_of(model)) if encoder_state else {}
     except ValueError as exc:

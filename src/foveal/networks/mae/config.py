@@ -1,5 +1,5 @@
 """MAE spec: masked autoencoder pretraining and fine-tuning (He et al., 2022, "Masked Autoencoders
-Are Scalable Vision Learners"; ConvNeXt V2's FCMAE, Woo et al., 2023).
+Are Scalable Vision Learners"; ConvNeXt V2's FCMAE, Woo et al., 2023; Hiera-MAE, Ryali et al., 2023).
 
 Keys, nesting and defaults follow TAO's ``mae`` experiment spec so that a TAO user's file loads
 unchanged. ``train.stage`` picks pretraining (reconstruct masked patches, no labels) or
@@ -11,16 +11,19 @@ from __future__ import annotations
 import copy
 import re
 from dataclasses import dataclass
+from typing import ClassVar
 
 from foveal.errors import SpecError, SpecIssue
 from foveal.spec.common import (
     EvaluateConfig,
+    ExperimentConfig,
     ExportConfig,
     GenTrtEngineConfig,
     InferenceConfig,
     TensorRTConfig,
     TrainConfig,
     check_sections,
+    trt_data_type,
 )
 from foveal.spec.fields import field, section
 
@@ -35,9 +38,15 @@ VIT_ARCHS = (
 CONVNEXTV2_ARCHS = tuple(
     f"convnextv2_{size}" for size in ("atto", "femto", "pico", "nano", "tiny", "base", "large", "huge")
 )
-ARCHS = VIT_ARCHS + CONVNEXTV2_ARCHS
+# TAO's MAE list (hiera_base_plus_224 is a registered backbone, but TAO's MAE does not accept it).
+HIERA_ARCHS = tuple(f"hiera_{size}_224" for size in ("tiny", "small", "base", "large", "huge"))
+ARCHS = VIT_ARCHS + CONVNEXTV2_ARCHS + HIERA_ARCHS
 # FCMAE masks on the stride-32 grid of ConvNeXt V2's last stage.
 CONVNEXT_STRIDE = 32
+# Hiera masks 32x32-pixel units; its absolute position table fixes the input at 224 (as in TAO).
+HIERA_UNIT = 32
+HIERA_INPUT_SIZE = 224
+DEFAULT_BACKBONE_MULTIPLIER = 0.1  # TAO's default
 
 
 # ---------------------------------------------------------------------------------------- model
@@ -50,7 +59,7 @@ class ModelConfig:
         valid_options=ARCHS,
         popular=True,
         display_name="Architecture",
-        description="Encoder: a ViT (MAE) or a ConvNeXt V2 (FCMAE).",
+        description="Encoder: a ViT (MAE), a ConvNeXt V2 (FCMAE) or a Hiera (Hiera-MAE; 224x224 input only).",
     )
     num_classes: int | None = field(
         None,
@@ -85,10 +94,20 @@ class AugmentationConfig:
         description="Per-channel normalisation standard deviation (0-1 scale).",
     )
     min_scale: float = field(
-        0.1, valid_min=0.0, valid_max=1.0, description="Random resized crop: smallest kept area fraction."
+        0.1,
+        valid_min=0.0,
+        valid_max=1.0,
+        description="Random resized crop: smallest sampled area, as a fraction of the image area (> 0).",
     )
     max_scale: float = field(
-        1.0, valid_min=0.0, valid_max=1.0, description="Random resized crop: largest kept area fraction."
+        2.0,
+        valid_min=0.0,
+        valid_max=2.0,
+        description="Random resized crop: largest sampled area, as a fraction of the image area (TAO's "
+        "default 2.0). torchvision's sampler: an area uniform in [min_scale, max_scale] and a log-uniform "
+        "aspect ratio are kept only if the crop fits in the image, up to 10 tries, else a centre crop of "
+        "the whole image (aspect ratio clamped to [min_ratio, max_ratio]). Areas above 1 never fit, so "
+        "they are redrawn, not zoomed out: 2.0 behaves like 1.0 with about 1% more whole-image crops.",
     )
     min_ratio: float = field(
         0.75, valid_min=0.0, description="Random resized crop: smallest aspect ratio (w/h)."
@@ -98,7 +117,10 @@ class AugmentationConfig:
     )
     hflip: float = field(0.5, valid_min=0.0, valid_max=1.0, description="Horizontal flip probability.")
     re_prob: float = field(
-        0.0, valid_min=0.0, valid_max=1.0, description="Random erasing probability (finetune)."
+        0.0,
+        valid_min=0.0,
+        valid_max=1.0,
+        description="Random erasing probability (finetune): one rectangle of per-pixel noise, as MAE's recipe.",
     )
     interpolation: str = field(
         "bilinear",
@@ -200,6 +222,14 @@ class OptimConfig:
         automl_enabled=True,
         description="Decoupled weight decay coefficient.",
     )
+    backbone_multiplier: float = field(
+        DEFAULT_BACKBONE_MULTIPLIER,
+        valid_min=0.0,
+        valid_max=1.0,
+        description="Fine-tuning: the backbone's learning rate is lr x backbone_multiplier (times the "
+        "layer decay); the classification head keeps lr. TAO lists this key (default 0.1) but its MAE code "
+        "does not apply it: set 1.0 to train as TAO does. Not used when pretraining.",
+    )
     layer_decay: float = field(
         0.75,
         valid_min=0.4,
@@ -264,7 +294,12 @@ class MAETrainConfig(TrainConfig):
 
 @dataclass
 class MAETensorRTConfig(TensorRTConfig):
-    data_type: str = field("fp32", valid_options=("fp32", "fp16"), description="Engine precision.")
+    data_type: str = field(
+        "fp32",
+        valid_options=("fp32", "fp16"),
+        normalize=trt_data_type,
+        description="Engine precision (any case: TAO-Deploy writes FP32).",
+    )
 
 
 @dataclass
@@ -277,19 +312,29 @@ class MAEExportConfig(ExportConfig):
     overwrite: bool = field(
         False, description="Replace an existing export.onnx_file; false refuses to overwrite it."
     )
+    input_width: int | None = field(  # type: ignore[assignment]  # empty: the trained input_size
+        None,
+        valid_min=16,
+        description="Input width; a multiple of the arch's stride (ViT patch size, 32 for ConvNeXt V2), 224 "
+        "for Hiera. Empty: the dataset.augmentation.input_size the checkpoint was trained with (TAO's "
+        "default 960 is a detection size).",
+    )
+    input_height: int | None = field(  # type: ignore[assignment]  # empty: the trained input_size
+        None,
+        valid_min=16,
+        description="Input height; same rules as input_width. Empty: the trained input_size.",
+    )
+    format: str = field(
+        "onnx", valid_options=("onnx", "xdl"), description="Export format: onnx (TAO's xdl is refused)."
+    )
 
 
 @dataclass
-class MAEConfig:
+class MAEConfig(ExperimentConfig):
     """Top-level MAE spec."""
 
-    results_dir: str | None = field(
-        None,
-        description="Root folder for this job's outputs. Empty: the job's results folder in the workspace.",
-    )
-    encryption_key: str | None = field(
-        None, description="Key for encrypted model files (TAO compatibility); empty = none."
-    )
+    model_names: ClassVar[tuple[str, ...]] = ("mae",)
+
     model: ModelConfig = section(ModelConfig, description="Encoder, decoder and head.")
     dataset: DatasetConfig = section(DatasetConfig, description="Images and augmentation.")
     train: MAETrainConfig = section(MAETrainConfig, description="Training (pretrain or finetune).")
@@ -305,9 +350,34 @@ class MAEConfig:
 
 
 def input_stride(arch: str) -> int:
-    """The side the input must be a multiple of: the ViT patch size, or 32 for ConvNeXt V2."""
+    """The side the input must be a multiple of: the ViT patch size, 32 for ConvNeXt V2 and Hiera
+    (whose input must also be exactly 224: :func:`input_size_issue`)."""
+    if arch.startswith("hiera_"):
+        return HIERA_UNIT
     match = re.search(r"patch(\d+)", arch)
     return int(match.group(1)) if match else CONVNEXT_STRIDE
+
+
+def input_size_issue(key: str, size: int, arch: str) -> SpecIssue | None:
+    """The problem with an input side ``size`` (spec key ``key``) for ``arch``, if any."""
+    if arch.startswith("hiera_"):
+        if size == HIERA_INPUT_SIZE:
+            return None
+        return SpecIssue(
+            key,
+            f"{size}, but {arch} takes {HIERA_INPUT_SIZE}x{HIERA_INPUT_SIZE} images only (its absolute "
+            "position table is not resampled, as in TAO)",
+            f"use {HIERA_INPUT_SIZE}",
+        )
+    stride = input_stride(arch)
+    if size % stride == 0:
+        return None
+    lower = size - size % stride
+    return SpecIssue(
+        key,
+        f"{size} is not a multiple of {stride}, which {arch} needs",
+        f"use {lower or stride} or {lower + stride}",
+    )
 
 
 def _check_pair(issues: list[SpecIssue], low_key: str, low: float, high_key: str, high: float) -> None:
@@ -347,26 +417,17 @@ def resolve(cfg: MAEConfig, action: str | None = None) -> MAEConfig:
     issues: list[SpecIssue] = check_sections(cfg, action)
     aug = cfg.dataset.augmentation
     if action in (None, "train") and cfg.train.stage == "finetune":
-        if aug.re_prob > 0:
-            issues.append(
-                SpecIssue("dataset.augmentation.re_prob", "random erasing is not supported yet", "set 0")
-            )
         if aug.interpolation == "random":
             issues.append(
                 SpecIssue(
                     "dataset.augmentation.interpolation", "'random' is not supported yet", "use bicubic"
                 )
             )
-    stride = input_stride(cfg.model.arch)
-    if aug.input_size % stride:
-        lower = aug.input_size - aug.input_size % stride
-        issues.append(
-            SpecIssue(
-                "dataset.augmentation.input_size",
-                f"{aug.input_size} is not a multiple of {stride}, which {cfg.model.arch} needs",
-                f"use {lower or stride} or {lower + stride}",
-            )
-        )
+    size_issue = input_size_issue("dataset.augmentation.input_size", aug.input_size, cfg.model.arch)
+    if size_issue is not None:
+        issues.append(size_issue)
+    if aug.min_scale <= 0:
+        issues.append(SpecIssue("dataset.augmentation.min_scale", f"must be > 0, got {aug.min_scale}"))
     _check_pair(issues, "dataset.augmentation.min_scale", aug.min_scale, "max_scale", aug.max_scale)
     _check_pair(issues, "dataset.augmentation.min_ratio", aug.min_ratio, "max_ratio", aug.max_ratio)
     if aug.cutmix_minmax is not None and (
@@ -377,6 +438,10 @@ def resolve(cfg: MAEConfig, action: str | None = None) -> MAEConfig:
         )
     _check_norm(issues, aug)
     _check_optim(issues, cfg.train)
+    if action == "export" and cfg.export.format != "onnx":
+        issues.append(
+            SpecIssue("export.format", f"{cfg.export.format!r} export is not supported", "use onnx")
+        )
     if issues:
         raise SpecError(issues)
     return copy.deepcopy(cfg)

@@ -1,16 +1,20 @@
 """Build the mae network's models from a ``model`` spec section.
 
 Pretraining: ViT archs -> :class:`MaskedAutoencoderViT` (MAE, He et al., arXiv:2111.06377);
-ConvNeXt V2 archs -> FCMAE (Woo et al., arXiv:2301.00808). Fine-tuning: the shared
-:class:`~foveal.nn.classifier.Classifier` around the same encoder.
+ConvNeXt V2 archs -> FCMAE (Woo et al., arXiv:2301.00808); Hiera archs ->
+:class:`MaskedAutoencoderHiera` (Ryali et al., arXiv:2306.00989, on ``transformers``' Hiera).
+Fine-tuning: the shared :class:`~foveal.nn.classifier.Classifier` around the same encoder.
 
 Pooling for fine-tuning (``model.global_pool``):
 
 * ViT, ``true``: MAE's fine-tuning head exactly: the mean of the *pre-norm* patch tokens, then a
   fresh LayerNorm (``fc_norm``); the encoder's final norm is removed (MAE deletes it too), so the
   pretrained ``norm`` weights are not used. ``false``: the normalised class token.
-* ConvNeXt V2: always global average pooling then the final LayerNorm (the backbone's
-  ``x_norm_clstoken``), as in the reference fine-tuning; ``global_pool`` is not consulted.
+* ConvNeXt V2 and Hiera: always global average pooling then the final LayerNorm (the
+  backbone's ``x_norm_clstoken``), as in the reference fine-tuning; ``global_pool`` is not consulted.
+
+Hiera's MAE encoder pools queries twice (final grid 14x14), its fine-tuning backbone three times
+(7x7), as in TAO; pooling has no parameters, so the encoder's weights load unchanged.
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ from torch import nn
 
 from foveal.engine.features import has_class_token, pooled
 from foveal.networks.mae.config import ModelConfig
+from foveal.networks.mae.mae_hiera import MaskedAutoencoderHiera
 from foveal.networks.mae.mae_vit import MaskedAutoencoderViT
 from foveal.nn import create_backbone
+from foveal.nn import hiera as _hiera  # noqa: F401  (registers the hiera_*_224 backbones)
 from foveal.nn.classifier import Classifier
 
 FCMAE_MODULE = "foveal.networks.mae.fcmae"
@@ -32,6 +38,10 @@ FCMAE_MODULE = "foveal.networks.mae.fcmae"
 
 def is_convnext(arch: str) -> bool:
     return arch.startswith("convnextv2_")
+
+
+def is_hiera(arch: str) -> bool:
+    return arch.startswith("hiera_")
 
 
 def _fcmae_builder() -> Any:
@@ -51,11 +61,22 @@ def build_pretrain_model(
 
     Args:
         model_cfg: the spec's ``model`` section (arch, drop_path_rate, decoder_depth, decoder_embed_dim).
-        img_size: training image side.
-        mask_ratio, norm_pix_loss: the spec's ``train.mask_ratio`` / ``train.norm_pix_loss``.
+        img_size: training image side (Hiera: 224 only).
+        mask_ratio, norm_pix_loss: the spec's ``train.mask_ratio`` / ``train.norm_pix_loss`` (Hiera
+            always normalises its targets, as TAO's and HF's Hiera-MAE).
         overrides: backbone keyword overrides (tests build tiny encoders, e.g. ``depth=2``).
     """
     arch = model_cfg.arch
+    if is_hiera(arch):
+        hiera = create_backbone(
+            arch, img_size=img_size, num_query_pool=2, drop_path_rate=model_cfg.drop_path_rate, **overrides
+        )
+        return MaskedAutoencoderHiera(
+            hiera,
+            decoder_embed_dim=model_cfg.decoder_embed_dim,
+            decoder_depth=model_cfg.decoder_depth,
+            mask_ratio=mask_ratio,
+        )
     if is_convnext(arch):
         return _fcmae_builder()(
             arch,
@@ -102,14 +123,16 @@ class MAEClassifier(Classifier):
         return self.fc_norm(tokens.mean(dim=1))
 
 
-def build_finetune_model(model_cfg: ModelConfig, num_classes: int, img_size: int, **overrides: Any) -> Classifier:
+def build_finetune_model(
+    model_cfg: ModelConfig, num_classes: int, img_size: int, **overrides: Any
+) -> Classifier:
     """The fine-tuning classifier of ``model.arch`` (no weights loaded; see the module docstring).
 
     The ViT position table is learned here (initialised from the pretrained sin-cos table when
     weights are loaded), as in MAE fine-tuning.
     """
     arch = model_cfg.arch
-    if is_convnext(arch):
+    if is_convnext(arch) or is_hiera(arch):
         backbone = create_backbone(
             arch, img_size=img_size, drop_path_rate=model_cfg.drop_path_rate, **overrides
         )
@@ -137,9 +160,10 @@ class EncoderFeatures(nn.Module):
     """Export view of an encoder: ``(embedding (B, D), tokens)``.
 
     ``embedding`` is :func:`foveal.engine.features.pooled`'s ``avg`` (the mean of the normalised
-    ViT patch tokens, or ConvNeXt V2's globally pooled then normalised feature), the same
-    feature inference writes and kNN scores, so the ONNX file and the embeddings agree. A ViT
-    also returns its normalised class token and patch tokens; ConvNeXt V2 its feature map.
+    ViT patch tokens, or ConvNeXt V2's / Hiera's globally pooled then normalised feature), the
+    same feature inference writes and kNN scores, so the ONNX file and the embeddings agree. A ViT
+    also returns its normalised class token and patch tokens; ConvNeXt V2 and Hiera their final
+    feature map (B, D, h, w).
     """
 
     def __init__(self, encoder: Any) -> None:

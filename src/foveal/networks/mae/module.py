@@ -23,19 +23,25 @@ from foveal.networks.mae.config import AugmentationConfig, OptimConfig
 STAGE_KEY = "stage"  # checkpoint field naming the training stage (pretrain | finetune)
 
 
-def optim_settings_from_mae(optim: OptimConfig) -> OptimSettings:
-    """mae's ``train.optim`` section as the fine-tuning loop's :class:`OptimSettings`."""
+def optim_settings_from_mae(optim: OptimConfig, *, stage: str = "finetune") -> OptimSettings:
+    """mae's ``train.optim`` section as the training loop's :class:`OptimSettings`.
+
+    Fine-tuning: the classifier's ``backbone.*`` parameters get ``lr_multipliers`` of
+    ``backbone_multiplier`` (the head keeps ``lr``). Pretraining has no head: no multiplier.
+    """
+    multipliers = (("backbone.", optim.backbone_multiplier),) if stage == "finetune" else ()
     return OptimSettings(
         optimizer="sgd" if optim.type == "SGD" else "adamw",
         lr=optim.lr,
         weight_decay=optim.weight_decay,
         layer_decay=optim.layer_decay,
         momentum=optim.momentum,
-        scheduler="step" if optim.lr_scheduler == "MultiStep" else "cosine",
+        scheduler="multistep" if optim.lr_scheduler == "MultiStep" else "cosine",
         warmup_epochs=float(optim.warmup_epochs),
         min_lr_ratio=0.0,
         milestones=tuple(optim.milestones),
         gamma=optim.gamma,
+        lr_multipliers=multipliers,
     )
 
 

@@ -19,6 +19,7 @@ from foveal.data import (
     RandomResizedCrop,
     ToTensor,
 )
+from foveal.data.tao_augment import RandomErasing
 from foveal.networks.mae.config import AugmentationConfig
 from foveal.spec import SpecError, SpecIssue
 
@@ -51,4 +52,5 @@ def finetune_transform(aug: AugmentationConfig) -> Compose:
             steps.append(RandAugment(aug.auto_aug))
         except ValueError as exc:
             raise SpecError(SpecIssue("dataset.augmentation.auto_aug", str(exc))) from None
-    return Compose([*steps, ToTensor(), Normalize(aug.mean, aug.std)])
+    erase: list[Any] = [RandomErasing(aug.re_prob, mode="pixel")] if aug.re_prob > 0 else []
+    return Compose([*steps, ToTensor(), Normalize(aug.mean, aug.std), *erase])
