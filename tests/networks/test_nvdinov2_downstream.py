@@ -177,6 +177,15 @@ def test_inference_writes_csv_npy_and_pca(backbone_file, ws, tmp_path) -> None:
     assert right.max() > 0 and len(np.unique(right.reshape(-1, 3), axis=0)) > 1
 
 
+def test_pca_rows_follow_vis_after_n_batches() -> None:
+    from foveal.networks.nvdinov2.inference import pca_picks
+
+    assert pca_picks(6, batch=8, every=1) == [0, 1, 2, 3]  # one batch: its first four images
+    assert pca_picks(100, batch=8, every=2) == [0, 16, 32, 48]  # the first image of every 2nd batch
+    assert pca_picks(20, batch=8, every=2) == [0, 1, 2, 16]  # two drawn batches fill four rows
+    assert pca_picks(2, batch=8, every=16) == [0, 1]
+
+
 def test_pca_colours_split_foreground() -> None:
     from foveal.networks.nvdinov2.inference import pca_colours
 
@@ -374,7 +383,10 @@ def test_gen_trt_engine_takes_the_input_size_from_the_onnx_file(tmp_path, monkey
     cfg.gen_trt_engine.onnx_file = str(tmp_path / "m.onnx")
     ctx = types.SimpleNamespace(results_dir=tmp_path)
     result = gen_trt_engine(cfg, ctx)
-    assert seen["input_shape"] == (3, 32, 48) and result.artifacts["trt_engine"].endswith("nvdinov2.engine")
+    assert result.artifacts["trt_engine"].endswith("nvdinov2.engine")
+    batches = {k: seen[k] for k in ("min_batch", "opt_batch", "max_batch")}
+    profile = tensorrt.plan_profiles(tmp_path / "m.onnx", input_shape=seen["input_shape"], **batches)["input"]
+    assert all(list(shape)[1:] == [3, 32, 48] for shape in profile.values())  # the file's own size
     cfg.gen_trt_engine.input_height, cfg.gen_trt_engine.input_width = 64, 64  # explicit sizes win
     gen_trt_engine(cfg, ctx)
     assert seen["input_shape"] == (3, 64, 64)

@@ -285,3 +285,24 @@ def test_torch_compile_without_a_cpu_compiler_is_one_spec_error(monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(SpecError, match="train.torch_compile.*C\\+\\+ compiler"):
         train.compile_backbones(_method())
+
+
+@pytest.mark.parametrize("custom", [True, False])
+def test_use_custom_attention_switches_the_kernel_not_the_function(custom):
+    from foveal.networks.nvdinov2.backbones import build_backbone
+    from foveal.nn.layers import Attention, set_fused_attention
+
+    cfg = NVDINOv2Config()
+    cfg.model.backbone.student_type = cfg.model.backbone.teacher_type = "vit_t"
+    cfg.model.backbone.img_size, cfg.model.backbone.patch_size = 32, 8
+    cfg.dataset.transform.global_crops_size, cfg.dataset.transform.local_crops_size = 32, 16
+    cfg.train.use_custom_attention = custom
+    torch.manual_seed(0)
+    model = build_backbone(resolve(cfg), "student").eval()
+    assert {m.fused for m in model.modules() if isinstance(m, Attention)} == {custom}
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ours = model.forward_features(x)["x_norm_patchtokens"]
+        set_fused_attention(model, not custom)
+        other = model.forward_features(x)["x_norm_patchtokens"]
+    torch.testing.assert_close(ours, other, rtol=1e-5, atol=1e-5)

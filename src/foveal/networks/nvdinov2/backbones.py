@@ -8,6 +8,7 @@ student gets stochastic depth: the teacher runs without grad and must be determi
 from __future__ import annotations
 
 from foveal.networks.nvdinov2.config import NVDINOv2Config
+from foveal.nn.layers import set_fused_attention
 from foveal.nn.registry import create_backbone
 from foveal.nn.vit import VisionTransformer
 
@@ -30,8 +31,9 @@ def build_backbone(cfg: NVDINOv2Config, which: str) -> VisionTransformer:
             ``train.activation_checkpointing``.
         which: ``"student"`` or ``"teacher"``.
 
-    ``train.use_custom_attention`` needs no switch here: every block already calls PyTorch's
-    ``scaled_dot_product_attention``, which picks the flash / memory-efficient kernel itself.
+    ``train.use_custom_attention`` (TAO: xFormers' memory-efficient kernel, else a written-out
+    fallback): true keeps PyTorch's ``scaled_dot_product_attention``, which picks the flash /
+    memory-efficient kernel itself; false writes the product out (the same function, more memory).
     """
     backbone = cfg.model.backbone
     model = create_backbone(
@@ -41,6 +43,8 @@ def build_backbone(cfg: NVDINOv2Config, which: str) -> VisionTransformer:
         num_register_tokens=backbone.num_register_tokens,
         drop_path_rate=backbone.drop_path_rate if which == "student" else 0.0,
     )
+    if not cfg.train.use_custom_attention:
+        set_fused_attention(model, False)
     if which == "student" and cfg.train.activation_checkpointing:
         model.set_grad_checkpointing(True)
     return model

@@ -10,17 +10,22 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 from foveal.errors import SpecError, SpecIssue
 from foveal.spec.common import (
+    PRECISION_HELP,
     PRECISIONS,
     EvaluateConfig,
+    ExperimentConfig,
     ExportConfig,
     GenTrtEngineConfig,
     InferenceConfig,
     TensorRTConfig,
     TrainConfig,
     check_sections,
+    precision_name,
+    trt_data_type,
 )
 from foveal.spec.fields import field, section
 
@@ -351,11 +356,14 @@ class NVDINOv2TrainConfig(TrainConfig):
     precision: str = field(
         "fp16",
         valid_options=PRECISIONS,
+        normalize=precision_name,
         popular=True,
-        description="Training precision; fp16/bf16 are mixed precision (TAO's '16-mixed' is fp16).",
+        description=f"Training precision: {PRECISION_HELP}. TAO's default 16-mixed is fp16.",
     )
     use_custom_attention: bool = field(
-        True, description="Use a memory-efficient attention kernel when available (else PyTorch SDPA)."
+        True,
+        description="Attention through PyTorch SDPA (flash / memory-efficient kernels where the device has "
+        "them, TAO: xFormers); false: the product written out (same result, more memory).",
     )
     activation_checkpointing: bool = field(
         False, description="Recompute block activations in backward to save memory (slower)."
@@ -381,6 +389,9 @@ class NVDINOv2InferenceConfig(InferenceConfig):
         required=("inference",),
         parent_param=True,
         description="Backbone checkpoint (student_epoch_*.pth or teacher_epoch_*.pth) to embed images with.",
+    )
+    vis_after_n_batches: int = field(
+        1, valid_min=1, description="pca.png draws the first image of every n-th batch (4 images at most)."
     )
 
 
@@ -425,13 +436,13 @@ class NVDINOv2ExportConfig(ExportConfig):
     overwrite: bool = field(
         False, description="Replace an existing export.onnx_file; false refuses to overwrite it."
     )
-    input_width: int | None = field(  # type: ignore[assignment]  # empty here: derived (resolve) or read from the checkpoint
+    input_width: int | None = field(  # type: ignore[assignment]  # empty: from the checkpoint
         None,
         valid_min=14,
         description="Input width; divisible by the checkpoint's patch size. Empty: the img_size the "
         "checkpoint was trained with.",
     )
-    input_height: int | None = field(  # type: ignore[assignment]  # empty here: derived (resolve) or read from the checkpoint
+    input_height: int | None = field(  # type: ignore[assignment]  # empty: from the checkpoint
         None,
         valid_min=14,
         description="Input height; divisible by the checkpoint's patch size. Empty: the img_size the "
@@ -441,15 +452,20 @@ class NVDINOv2ExportConfig(ExportConfig):
 
 @dataclass
 class NVDINOv2TensorRTConfig(TensorRTConfig):
-    data_type: str = field("fp32", valid_options=("fp32", "fp16"), description="Engine precision.")
+    data_type: str = field(
+        "fp32",
+        valid_options=("fp32", "fp16"),
+        normalize=trt_data_type,
+        description="Engine precision (any case: TAO-Deploy writes FP32).",
+    )
 
 
 @dataclass
 class NVDINOv2GenTrtEngineConfig(GenTrtEngineConfig):
-    input_width: int | None = field(  # type: ignore[assignment]  # empty here: derived (resolve) or read from the checkpoint
+    input_width: int | None = field(
         None, valid_min=14, description="Input width. Empty: the ONNX file's own (static) width."
     )
-    input_height: int | None = field(  # type: ignore[assignment]  # empty here: derived (resolve) or read from the checkpoint
+    input_height: int | None = field(
         None, valid_min=14, description="Input height. Empty: the ONNX file's own (static) height."
     )
     tensorrt: NVDINOv2TensorRTConfig = section(
@@ -458,16 +474,11 @@ class NVDINOv2GenTrtEngineConfig(GenTrtEngineConfig):
 
 
 @dataclass
-class NVDINOv2Config:
+class NVDINOv2Config(ExperimentConfig):
     """Top-level NVDINOv2 spec."""
 
-    results_dir: str | None = field(
-        None,
-        description="Root folder for this job's outputs. Empty: the job's results folder in the workspace.",
-    )
-    encryption_key: str | None = field(
-        None, description="Key for encrypted model files (TAO compatibility); empty = none."
-    )
+    model_names: ClassVar[tuple[str, ...]] = ("nvdinov2",)
+
     model: ModelConfig = section(ModelConfig, description="Backbones, heads and distillation.")
     dataset: DatasetConfig = section(DatasetConfig, description="Images and multi-crop augmentation.")
     train: NVDINOv2TrainConfig = section(NVDINOv2TrainConfig, description="Training.")

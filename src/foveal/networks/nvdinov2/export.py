@@ -67,7 +67,7 @@ def export_input_size(cfg: NVDINOv2Config, loaded: LoadedBackbone) -> tuple[int,
 
 def export(cfg: NVDINOv2Config, ctx: ActionContext) -> ActionResult:
     """Export the checkpoint's backbone to ONNX and report ONNX Runtime vs PyTorch."""
-    from foveal.export import export_batch_settings, export_onnx
+    from foveal.export import export_batch_settings, export_onnx, note_export_device
 
     loaded = load_backbone_file(required(cfg.export.checkpoint, "export.checkpoint"), key="export.checkpoint")
     onnx_file = Path(cfg.export.onnx_file or ctx.results_dir / f"{NETWORK}.onnx")
@@ -92,11 +92,13 @@ def export(cfg: NVDINOv2Config, ctx: ActionContext) -> ActionResult:
         "std": json.dumps([0.229, 0.224, 0.225]),
         "checkpoint": str(loaded.path),
     }
+    note_export_device(cfg.export.on_cpu, cfg.export.gpu_id)
     report = export_onnx(
         BackboneTokens(loaded.backbone),
         example,
         onnx_file,
         opset_version=cfg.export.opset_version,
+        verbose=cfg.export.verbose,
         dynamic_batch=dynamic,
         input_names=("input",),
         output_names=OUTPUT_NAMES,
@@ -116,32 +118,6 @@ def export(cfg: NVDINOv2Config, ctx: ActionContext) -> ActionResult:
     )
 
 
-_shared_trt_action = trt_engine_action(NETWORK)
-
-
-def gen_trt_engine(cfg: NVDINOv2Config, ctx: ActionContext) -> ActionResult:
-    """Build a TensorRT engine from the exported ONNX file (needs TensorRT and a GPU).
-
-    The input size defaults to the ONNX file's own (static) height and width, for the same reason
-    as the export's default: this job's spec does not describe the trained model.
-    """
-    import copy
-
-    g = cfg.gen_trt_engine
-    if g.onnx_file and Path(g.onnx_file).is_file() and None in (g.input_height, g.input_width):
-        from foveal.export.onnx_runtime import load_onnx_proto
-
-        dims = load_onnx_proto(g.onnx_file).graph.input[0].type.tensor_type.shape.dim
-        if len(dims) == 4 and all(d.HasField("dim_value") for d in dims[2:]):
-            cfg = copy.deepcopy(cfg)
-            if g.input_height is None:
-                cfg.gen_trt_engine.input_height = dims[2].dim_value
-            if g.input_width is None:
-                cfg.gen_trt_engine.input_width = dims[3].dim_value
-            logger.info(
-                "gen_trt_engine: input %dx%d from %s",
-                cfg.gen_trt_engine.input_height,
-                cfg.gen_trt_engine.input_width,
-                g.onnx_file,
-            )
-    return _shared_trt_action(cfg, ctx)
+# The input size defaults to the ONNX file's own (static) height and width: this job's spec does
+# not describe the trained model.
+gen_trt_engine = trt_engine_action(NETWORK)

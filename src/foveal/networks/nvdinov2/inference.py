@@ -6,7 +6,8 @@ Outputs in the job's results folder:
   ``x_norm_clstoken`` as a JSON list), one row per image;
 - ``features.npy``: the same CLS features as an (N, D) float32 matrix, rows in the order of
   ``features_paths.txt`` (one path per line);
-- ``pca.png``: for a few images, the input beside its patch features mapped to colour as in
+- ``pca.png``: for the first image of every ``inference.vis_after_n_batches``-th batch (4 at
+  most), the input beside its patch features mapped to colour as in
   DINOv2's figures (Oquab et al., arXiv:2304.07193, fig. 1): a first PCA over all their patch
   tokens separates foreground from background, a second PCA over the foreground patches gives
   three components shown as RGB (background black).
@@ -104,6 +105,19 @@ def pca_colours(patch_tokens: torch.Tensor) -> torch.Tensor:
     return colours.reshape(batch, count, 3)
 
 
+def pca_picks(num_images: int, batch: int, every: int) -> list[int]:
+    """Rows of pca.png (TAO's ``vis_after_n_batches``): the first image of every ``every``-th
+    batch, then the next images of those batches while fewer than ``PCA_IMAGES`` are drawn."""
+    starts = list(range(0, num_images, batch * every))
+    picks = starts[:PCA_IMAGES]
+    for start in starts:
+        for i in range(start + 1, min(start + batch, num_images)):
+            if len(picks) >= PCA_IMAGES:
+                return sorted(picks)
+            picks.append(i)
+    return sorted(picks)
+
+
 def save_pca_figure(loaded: LoadedBackbone, images: torch.Tensor, out: Path) -> Path:
     """Write ``out``: each row an input image (B, 3, H, W, normalised) beside its PCA colours."""
     with torch.inference_mode():
@@ -172,7 +186,7 @@ def inference(cfg: NVDINOv2Config, ctx: ActionContext) -> ActionResult:
     )
     loader = make_loader(dataset, batch, cfg.dataset.workers, train=False, persistent=False)
     rows, dim, artifacts = _write_features(loaded, loader, ctx.results_dir)
-    sample = torch.stack([dataset[i][0] for i in range(min(PCA_IMAGES, len(dataset)))])
+    sample = torch.stack([dataset[i][0] for i in pca_picks(len(dataset), batch, cfg.inference.vis_after_n_batches)])
     artifacts["pca"] = str(save_pca_figure(loaded, sample, ctx.results_dir / "pca.png"))
     return ActionResult(
         kpis={"num_images": float(rows), "feature_dim": float(dim)},

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 
 from foveal.data import ImageFolderDataset, make_loader, resolve_dataset
 from foveal.engine import checkpoint_artifacts, fit, load_checkpoint, resolve_resume_checkpoint
-from foveal.engine.trainer import trainer_for
+from foveal.engine.trainer import prepare_training, trainer_for
 from foveal.errors import NonFiniteLossError
 from foveal.networks.nvdinov2.backbones import backbone_type, build_backbone
 from foveal.networks.nvdinov2.config import NVDINOv2Config
@@ -47,9 +47,7 @@ NONFINITE_HINT = (
 
 def train(cfg: NVDINOv2Config, ctx: ActionContext) -> ActionResult:
     """Train student and teacher on ``cfg`` (a resolved ``NVDINOv2Config``); see the module docstring."""
-    import lightning as L
-
-    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    prepare_training(cfg.train)
     resume = resolve_resume_checkpoint(ctx.results_dir, cfg.train.resume_training_checkpoint_path)
     loader = build_loader(cfg, ctx.cache_dir)
     method = build_method(cfg, start=None if resume else cfg.train.pretrained_model_path)
@@ -189,5 +187,6 @@ def _trainer(cfg: NVDINOv2Config, ctx: ActionContext, config_dict: dict, steps_p
         latest_link=LATEST_LINK,
         status=ctx.status_writer,
         progress=ctx.progress,
+        tracking=ctx.tracking,
         steps_per_epoch=steps_per_epoch,
     )
