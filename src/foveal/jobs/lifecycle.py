@@ -11,8 +11,10 @@ Running the same command again after a crash or a SIGKILL picks the interrupted 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
+import re
 import socket
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from foveal import secrets
+from foveal.engine.tracking import Tracking
 from foveal.errors import EncryptionKeyError, SpecError, SpecIssue, UsageError
 from foveal.jobs.handoff import resolve_handoff
 from foveal.jobs.model import Job, JobStatus, new_job_id
@@ -27,7 +30,7 @@ from foveal.jobs.model import spec_hash as compute_spec_hash
 from foveal.jobs.registry import JobRegistry
 from foveal.jobs.workspace import Workspace
 from foveal.networks.registry import ACTIONS, ActionContext, ActionResult, Network, get_network, list_networks
-from foveal.spec import load_spec, parse_overrides, read_yaml, save_spec, to_dict
+from foveal.spec import default_dict, load_spec, parse_overrides, read_yaml, save_spec, to_dict
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +49,15 @@ def find_network(name: str) -> Network:
 
 
 def check_action(network: Network, action: str) -> None:
+    """An action Foveal runs for this network; anything else is one line saying why not."""
+    available = ", ".join(a for a in ACTIONS if a in network.actions) or "none"
+    if action in network.tao_only:
+        raise UsageError(
+            f"{network.name} {action}: TAO's {action} action ({network.tao_only[action]}) is not implemented in "
+            f"Foveal; available actions: {available}"
+        )
     if action not in ACTIONS:
-        raise UsageError(f"unknown action {action!r} for {network.name} (actions: {', '.join(ACTIONS)})")
+        raise UsageError(f"unknown action {action!r} for {network.name} (actions: {available})")
 
 
 @dataclass
@@ -79,12 +89,12 @@ def resolve_spec(
     parsed = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides)
     file_data = read_yaml(spec_file) if spec_file else {}
     explicit = set(parsed) | set(_dotted_keys(file_data))
-    explicit_dir = parsed.get("results_dir") or file_data.get("results_dir")
+    explicit_dir = _explicit_results_dir(network, action, file_data, parsed)
     handoff = resolve_handoff(
         network,
         action,
         parent,
-        job_results_dir=Path(explicit_dir) if explicit_dir else (job_results_dir or Path(".")),
+        job_results_dir=explicit_dir or job_results_dir or Path("."),
         selection=parent_checkpoint,
         explicit_keys=explicit,
     )
@@ -94,7 +104,49 @@ def resolve_spec(
         if key not in explicit and key != "results_dir":
             parsed.setdefault(key, value)
             logger.info("handoff%s: %s=%s", f" from job {parent.id}" if parent else "", key, value)
-    return load_spec(network.config_cls, spec_file, parsed, action=action, resolve=network.resolve)
+    return load_spec(
+        network.config_cls,
+        spec_file,
+        parsed,
+        action=action,
+        resolve=network.resolve,
+        sections=network.action_sections.get(action),
+    )
+
+
+def action_results_dir(cfg: Any, action: str) -> Path | None:
+    """Where an action writes, TAO's way: ``<action>.results_dir`` when set, else
+    ``<results_dir>/<action>``; None when neither is set (the job's folder in the workspace)."""
+    section = getattr(cfg, action, None)
+    own = getattr(section, "results_dir", None)
+    if own:
+        return Path(own).expanduser()
+    top = getattr(cfg, "results_dir", None)
+    return Path(top).expanduser() / action if top else None
+
+
+def _explicit_results_dir(
+    network: Network, action: str, file_data: Mapping[str, Any], overrides: Mapping[str, Any]
+) -> Path | None:
+    """:func:`action_results_dir` of a spec not resolved yet (handoff paths go inside it)."""
+    from foveal.spec.interpolation import Unresolved, interpolate, needs_interpolation
+    from foveal.spec.loader import set_dotted
+
+    data = copy.deepcopy(dict(file_data))
+    for key, value in overrides.items():
+        set_dotted(data, key, value)
+    if needs_interpolation(data):
+        data = interpolate(data, default_dict(network.config_cls))
+
+    def text(value: Any) -> str | None:
+        return str(value) if value not in (None, "") and not isinstance(value, Unresolved) else None
+
+    section = data.get(action)
+    own = text(section.get("results_dir")) if isinstance(section, Mapping) else None
+    if own:
+        return Path(own).expanduser()
+    top = text(data.get("results_dir"))
+    return Path(top).expanduser() / action if top else None
 
 
 @dataclass
@@ -132,7 +184,14 @@ def check_spec(
     network = find_network(network_name)
     check_action(network, action)
     try:
-        cfg = load_spec(network.config_cls, spec_file, overrides, action=action, resolve=network.resolve)
+        cfg = load_spec(
+            network.config_cls,
+            spec_file,
+            overrides,
+            action=action,
+            resolve=network.resolve,
+            sections=network.action_sections.get(action),
+        )
     except SpecError as exc:
         return SpecCheck(False, list(exc.issues), None)
     return SpecCheck(True, [], to_dict(cfg))
@@ -147,19 +206,30 @@ def _dotted_keys(data: Mapping[str, Any], prefix: str = "") -> Iterable[str]:
             yield dotted
 
 
-def _refuse_finished_results(results_dir: Path, action: str) -> None:
-    """Never overwrite a finished job's results silently (DESIGN.md, results dir contract)."""
+def _refuse_finished_results(results_dir: Path, action: str, registry: JobRegistry) -> None:
+    """Never overwrite a finished job's results silently (DESIGN.md, results dir contract); the
+    refusal names the run it protects."""
     status_file = results_dir / "status.json"
     if not status_file.is_file():
         return
     from foveal.engine.status import read_status
 
     lines = read_status(status_file)
-    if lines and lines[-1].get("status") == "SUCCESS":
-        raise UsageError(
-            f"results_dir {results_dir} already holds a finished {action} run; "
-            "set results_dir to a new folder (or remove that one) to run again"
-        )
+    if not lines or lines[-1].get("status") != "SUCCESS":
+        return
+    finished = next(
+        (j for j in registry.list() if Path(j.results_dir).expanduser().resolve() == results_dir.resolve()), None
+    )
+    if finished is not None:
+        what = f"job {finished.id} ({finished.network} {finished.action})"
+    else:  # a run of another workspace: its first status line says what it was
+        started = str(next((ln.get("message") for ln in lines if ln.get("status") == "STARTED"), "") or "")
+        what = f"run ({re.sub(r' (started|resumed) on .*$', '', started) or 'unknown'})"
+    when = f"{lines[-1].get('date', '')} {lines[-1].get('time', '')}".strip()
+    raise UsageError(
+        f"{results_dir} already holds the finished {what}, done {when}; set {action}.results_dir or "
+        f"results_dir to a new folder (or remove that one) to run this {action}"
+    )
 
 
 def prepare_job(
@@ -206,9 +276,9 @@ def prepare_job(
     if interrupted is not None:
         logger.info("resuming interrupted job %s (%s)", interrupted.id, interrupted.results_dir)
         return PreparedJob(network, action, cfg, interrupted, resumed=True, encryption_key=key)
-    results_dir = Path(cfg.results_dir).expanduser() if getattr(cfg, "results_dir", None) else None
+    results_dir = action_results_dir(cfg, action)
     if results_dir is not None:
-        _refuse_finished_results(results_dir, action)
+        _refuse_finished_results(results_dir, action, registry)
     job = registry.create(
         network.name,
         action,
@@ -283,6 +353,15 @@ def execute_job(
     results_dir.mkdir(parents=True, exist_ok=True)
     save_spec(prepared.config, results_dir / "experiment.yaml")
     writer = StatusWriter(results_dir / "status.json")
+    tracking = Tracking.for_config(
+        prepared.config,
+        to_dict(prepared.config),
+        results_dir=results_dir,
+        network=prepared.network.name,
+        action=prepared.action,
+        job_id=job.id,
+        workspace=workspace.root,
+    )
     ctx = ActionContext(
         job_id=job.id,
         network=prepared.network.name,
@@ -294,6 +373,7 @@ def execute_job(
         resumed=prepared.resumed,
         status_writer=writer,
         progress=progress,
+        tracking=tracking,
     )
     registry.mark_running(job.id, os.getpid(), allow_restart=prepared.resumed)
     verb = "resumed" if prepared.resumed else "started"
@@ -306,17 +386,28 @@ def execute_job(
     except KeyboardInterrupt:
         writer.write("FAILURE", "canceled by the user", verbosity="WARNING")
         registry.finish(job.id, JobStatus.CANCELED, message="canceled by the user")
+        _finish_tracking(tracking, None, succeeded=False, message="canceled by the user")
         raise
     except BaseException as exc:
         line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         writer.write("FAILURE", line, verbosity="ERROR")
         registry.finish(job.id, JobStatus.ERROR, message=line)
+        _finish_tracking(tracking, None, succeeded=False, message=line)
         raise
+    _finish_tracking(tracking, result.kpis, succeeded=True, message=result.message)
     writer.write("SUCCESS", result.message or f"{prepared.action} finished", kpi=result.kpis or None)
     registry.finish(
         job.id, JobStatus.DONE, kpis=result.kpis, artifacts=result.artifacts, message=result.message
     )
     return registry.get(job.id)
+
+
+def _finish_tracking(tracking: Tracking, kpis: Any, *, succeeded: bool, message: str = "") -> None:
+    """Close the job's tracker runs; a tracker failing then never changes the job's outcome."""
+    try:
+        tracking.finish(kpis, succeeded=succeeded, message=message or "")
+    except Exception as exc:  # noqa: BLE001 - W&B / MLflow errors are theirs, the job's result stands
+        logger.warning("could not close the experiment tracker runs: %s", str(exc).splitlines()[0] if str(exc) else exc)
 
 
 def run_job(

@@ -198,7 +198,8 @@ class StudyController:
             if job.status is not JobStatus.DONE:
                 return load_prepared(job.id, self.workspace, restart=True)
         overrides = {**self.base_overrides, **values}
-        overrides["results_dir"] = str(self.dir / "trials" / f"trial_{trial.number:03d}")
+        # The trial folder itself (train.results_dir), not <results_dir>/train under it.
+        overrides["train.results_dir"] = str(self.dir / "trials" / f"trial_{trial.number:03d}")
         return prepare_job(
             self.network.name,
             "train",
