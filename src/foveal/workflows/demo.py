@@ -41,6 +41,7 @@ DEMO_COMMON = [
     "model.decoder_depth=2",
     "dataset.augmentation.input_size=32",
     "dataset.augmentation.min_scale=0.5",
+    "dataset.augmentation.max_scale=1.0",  # TAO's default 2.0 falls back to whole-image crops
     "dataset.batch_size=64",
     "dataset.num_workers_per_gpu=1",
     "train.optim.lr_scheduler=cosine",
@@ -52,6 +53,7 @@ DEMO_PRETRAIN = ["train.stage=pretrain", "train.optim.lr=0.0015", "train.mask_ra
 DEMO_FINETUNE = [
     "train.stage=finetune",
     "train.optim.lr=0.001",
+    "train.optim.backbone_multiplier=1.0",  # the whole encoder at the base LR (TAO's default: 0.1)
     "dataset.augmentation.smoothing=0.1",
     # A short schedule: the heavy regularisers of MAE's 100-epoch recipe would dominate it.
     "dataset.augmentation.mixup=0",
