@@ -77,15 +77,17 @@ def test_hyperband_prunes_and_keeps_the_best_checkpoint(tmp_path, tiny_mae, caps
     args = ["automl", "mae", "-w", str(tmp_path), "--algorithm", "hyperband", "--max-trials", "5"]
     args += ["--params", "train.optim.lr", "--range", "train.optim.lr=1e-6:1e-1:log"]
     args += ["--study", "hb", "--delete-intermediate-ckpt", "--format", "json"]
-    # one checkpoint per trial (less disk); no warm-up, so the first epoch already tells the lrs apart
-    args += tiny_mae(3, "train.checkpoint_interval=3", "train.optim.warmup_epochs=0")
+    # one checkpoint per trial (less disk); no warm-up, so the first epoch already tells the lrs apart.
+    # A trial whose process has already ended is not pruned (its compute is spent), so the trials
+    # must outlive the first rungs (epochs 1 and 3): 6 epochs (3 were seen to finish too fast in CI).
+    args += tiny_mae(6, "train.checkpoint_interval=6", "train.optim.warmup_epochs=0")
     assert main(args) == 0
     result = json.loads(capsys.readouterr().out)
     assert (result["metric"], result["direction"]) == ("train_loss", "minimize")
     states = [t["state"] for t in result["trials"]]
     assert len(states) == 5 and "PRUNED" in states
     pruned = [t for t in result["trials"] if t["state"] == "PRUNED"]
-    assert all(t["pruned_at_epoch"] < 3 and t["epochs_reported"] < 3 for t in pruned)
+    assert all(t["pruned_at_epoch"] < 6 and t["epochs_reported"] < 6 for t in pruned)
     complete = [t for t in result["trials"] if t["state"] == "COMPLETE"]
     best = min(complete, key=lambda t: t["value"])  # minimize: the smallest value wins
     assert result["best_trial"] == best["number"] and result["best_value"] == best["value"]
