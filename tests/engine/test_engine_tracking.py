@@ -213,3 +213,20 @@ def test_prepare_training_seeds_unless_minus_one_and_sets_cudnn(monkeypatch):
     train.seed = -1  # TAO: no seeding
     prepare_training(train)
     assert not torch.equal(torch.rand(3), first)
+
+
+def test_tensorboard_switch_off_writes_no_event_files(tmp_path, data, no_credentials):
+    ws = Workspace(tmp_path / "ws")
+    job = run_job(
+        "classification",
+        "train",
+        overrides=[
+            *TINY,
+            "train.num_epochs=1",
+            "train.tensorboard.enabled=false",
+            f"dataset.train_dataset.images_dir={data['labeled_train']}",
+        ],
+        workspace=ws,
+    )
+    assert job.status is JobStatus.DONE
+    assert not list(Path(job.results_dir).rglob("events.out.tfevents.*"))

@@ -3,6 +3,7 @@
 from foveal.errors import EngineBuildError, ExportError, ExportVerificationError, TensorRTUnavailableError
 from foveal.export.onnx import (
     ExportReport,
+    check_input_channels,
     describe_graph,
     export_batch_settings,
     export_onnx,
@@ -14,6 +15,7 @@ from foveal.export.tensorrt import build_trt_engine, plan_profiles
 
 __all__ = [
     "EngineBuildError",
+    "check_input_channels",
     "ExportError",
     "ExportReport",
     "ExportVerificationError",

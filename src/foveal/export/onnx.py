@@ -452,6 +452,24 @@ def describe_graph(onnx_file: str | os.PathLike) -> str:
     return "\n".join([*lines, f"  operators: {ops}"])
 
 
+def check_input_channels(input_channel: int, model_channels: int = 3) -> None:
+    """TAO's ``export.input_channel`` must be what the trained model reads.
+
+    Raises:
+        SpecError: they differ.
+    """
+    if input_channel != model_channels:
+        from foveal.errors import SpecError, SpecIssue
+
+        raise SpecError(
+            SpecIssue(
+                "export.input_channel",
+                f"{input_channel}, but the checkpoint's model reads {model_channels}-channel images",
+                f"use {model_channels}",
+            )
+        )
+
+
 def note_export_device(on_cpu: bool, gpu_id: int) -> None:
     """TAO's ``export.on_cpu`` / ``export.gpu_id``: Foveal traces on the CPU in float32 whatever they
     say (the ONNX graph does not depend on the device); one line says so when they ask otherwise."""

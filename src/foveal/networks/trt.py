@@ -120,9 +120,14 @@ def trt_engine_action(network: str, preprocess: Preprocess | None = None) -> Act
     def gen_trt_engine(cfg: WithEngineSection, ctx: ActionContext) -> ActionResult:
         """Build a TensorRT engine from the exported ONNX file (needs TensorRT and a GPU)."""
         from foveal.export.tensorrt import build_trt_engine
+        from foveal.export.trt_options import parse_layers_precision
 
         g = cfg.gen_trt_engine
         onnx_file = Path(required(g.onnx_file, "gen_trt_engine.onnx_file"))
+        try:
+            parse_layers_precision(g.tensorrt.layers_precision)
+        except ValueError as exc:
+            raise SpecError(SpecIssue("gen_trt_engine.tensorrt.layers_precision", str(exc))) from None
         engine = Path(g.trt_engine or ctx.results_dir / f"{network}.engine")
         shape = input_shape(g)
         low, opt, high = batch_profile(g)

@@ -389,11 +389,12 @@ def _export_size(section: ClassificationExportConfig, trained_size: int) -> tupl
 def export(cfg: ClassificationConfig, ctx: ActionContext) -> ActionResult:
     """ONNX (optionally ending in a softmax) with class names in its metadata, checked against
     PyTorch with ONNX Runtime; with ``serialize_nvdsinfer``, DeepStream's labels and config too."""
-    from foveal.export import export_batch_settings, export_onnx, note_export_device
+    from foveal.export import check_input_channels, export_batch_settings, export_onnx, note_export_device
     from foveal.networks.classification.outputs import write_nvdsinfer
 
     section = cfg.export
     note_export_device(section.on_cpu, section.gpu_id)
+    check_input_channels(section.input_channel)
     model, trained_cfg, classes = load_classifier(required(section.checkpoint, "export.checkpoint"))
     weights = model.weights_kind
     aug = trained_cfg.dataset.augmentation

@@ -377,7 +377,7 @@ def export(cfg: MAEConfig, ctx: ActionContext) -> ActionResult:
     ViT ``cls_token`` + ``patch_tokens``, ConvNeXt / Hiera ``feature_map``). Input
     ``export.input_height`` x ``input_width`` (default: the trained size); ONNX only
     (``export.format``). Checked with ONNX Runtime."""
-    from foveal.export import export_batch_settings, export_onnx, note_export_device
+    from foveal.export import check_input_channels, export_batch_settings, export_onnx, note_export_device
 
     loaded = checkpoints.load_trained(required(cfg.export.checkpoint, "export.checkpoint"))
     aug = loaded.cfg.dataset.augmentation
@@ -412,6 +412,7 @@ def export(cfg: MAEConfig, ctx: ActionContext) -> ActionResult:
         model = EncoderFeatures(encoder_of(loaded.model))
         outputs = model.output_names
     note_export_device(cfg.export.on_cpu, cfg.export.gpu_id)
+    check_input_channels(cfg.export.input_channel)
     report = export_onnx(
         model,
         example,

@@ -67,7 +67,7 @@ def export_input_size(cfg: NVDINOv2Config, loaded: LoadedBackbone) -> tuple[int,
 
 def export(cfg: NVDINOv2Config, ctx: ActionContext) -> ActionResult:
     """Export the checkpoint's backbone to ONNX and report ONNX Runtime vs PyTorch."""
-    from foveal.export import export_batch_settings, export_onnx, note_export_device
+    from foveal.export import check_input_channels, export_batch_settings, export_onnx, note_export_device
 
     loaded = load_backbone_file(required(cfg.export.checkpoint, "export.checkpoint"), key="export.checkpoint")
     onnx_file = Path(cfg.export.onnx_file or ctx.results_dir / f"{NETWORK}.onnx")
@@ -93,6 +93,7 @@ def export(cfg: NVDINOv2Config, ctx: ActionContext) -> ActionResult:
         "checkpoint": str(loaded.path),
     }
     note_export_device(cfg.export.on_cpu, cfg.export.gpu_id)
+    check_input_channels(cfg.export.input_channel)
     report = export_onnx(
         BackboneTokens(loaded.backbone),
         example,
