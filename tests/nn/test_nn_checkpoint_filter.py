@@ -64,7 +64,7 @@ def test_mae_pretraining_checkpoint(caplog: pytest.LogCaptureFixture) -> None:
     source, target = tiny(), tiny()
     state = {k: v for k, v in source.state_dict().items() if k != "mask_token"}
     state.update({"mask_token": torch.zeros(1, 1, 16), "decoder_embed.weight": torch.zeros(16, 48)})
-    with caplog.at_level(logging.DEBUG, logger="foveal.nn.checkpoint_filter"):
+    with caplog.at_level(logging.DEBUG, logger="foveal.nn"):
         filtered = checkpoint_filter_fn({"model": state, "epoch": 3}, target)
     # a key the model lacks (the decoder) is expected: debug; one of another shape is a warning
     (absent,) = [r for r in caplog.records if "does not have" in r.message]

@@ -18,6 +18,7 @@ import torch
 
 from foveal.nn.convert_hf import convert_hf_state_dict
 from foveal.nn.pos_embed import grid_from_num_patches, resample_patch_pos_embed
+from foveal.nn.state_dict import report_unloaded, unwrap_state_dict
 from foveal.nn.vit import VisionTransformer
 
 logger = logging.getLogger(__name__)
@@ -34,12 +35,7 @@ _TIMM_SWIGLU = re.compile(r"^(blocks\.\d+\.mlp\.)fc([12])\.")
 
 
 def _unwrap(checkpoint: Mapping[str, Any]) -> Mapping[str, Any]:
-    while not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-        inner = next((checkpoint[k] for k in _WRAPPER_KEYS if isinstance(checkpoint.get(k), Mapping)), None)
-        if inner is None:
-            break
-        checkpoint = inner
-    return {k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
+    return unwrap_state_dict(checkpoint, _WRAPPER_KEYS)
 
 
 def _find_backbone_prefix(state_dict: Mapping[str, torch.Tensor]) -> tuple[str, str]:
@@ -131,9 +127,4 @@ def _swiglu_name(match: re.Match[str]) -> str:
     return match.group(1) + ("w12." if match.group(2) == "1" else "w3.")
 
 
-def report_unloaded(absent: list[str], mismatched: list[str]) -> None:
-    """Log checkpoint keys a filter did not load: absent ones are normal (debug), misfits are not."""
-    if absent:
-        logger.debug("checkpoint keys the model does not have, not loaded: %s", absent[:20])
-    if mismatched:
-        logger.warning("checkpoint keys of another shape, not loaded: %s", mismatched[:20])
+__all__ = ["checkpoint_filter_fn", "report_unloaded"]

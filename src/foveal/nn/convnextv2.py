@@ -34,9 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from foveal.nn.checkpoint_filter import report_unloaded
 from foveal.nn.layers import DropPath
 from foveal.nn.registry import register_backbone
+from foveal.nn.state_dict import report_unloaded, strip_prefixes, unwrap_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -338,8 +338,6 @@ class ConvNeXtV2(nn.Module):
 
 # --------------------------------------------------------------------------------- converter
 
-_PREFIXES = ("module.", "model.", "encoder.", "backbone.")
-_WRAPPER_KEYS = ("model", "state_dict", "module")
 
 
 def _reference_key(key: str) -> str:
@@ -371,18 +369,12 @@ def convnextv2_checkpoint_filter_fn(state_dict: Mapping[str, Any], model: ConvNe
     parameters into (C,), and drops what the model lacks or cannot take (decoders, other heads),
     logging it. Load the result with ``strict=False`` and check ``missing_keys``.
     """
-    for wrapper in _WRAPPER_KEYS:
-        if isinstance(state_dict.get(wrapper), Mapping):
-            state_dict = state_dict[wrapper]
     expected = model.state_dict()
     out: dict[str, torch.Tensor] = {}
     absent: list[str] = []
     mismatched: list[str] = []
-    for key, value in state_dict.items():
-        if not isinstance(value, torch.Tensor):
-            continue
-        while key.startswith(_PREFIXES) and key not in expected:
-            key = key.split(".", 1)[1]
+    for key, value in unwrap_state_dict(state_dict).items():
+        key = strip_prefixes(key, expected)
         if key.endswith(".kernel"):
             key, value = key[: -len("kernel")] + "weight", _sparse_kernel_to_dense(value)
         key = _reference_key(key)

@@ -41,7 +41,6 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from foveal.nn.checkpoint_filter import report_unloaded
 from foveal.nn.fan_layers import (
     ClassAttentionBlock,
     ConvPatchEmbed,
@@ -51,6 +50,7 @@ from foveal.nn.fan_layers import (
     Size,
 )
 from foveal.nn.registry import register_backbone
+from foveal.nn.state_dict import report_unloaded, strip_prefixes, unwrap_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -281,8 +281,6 @@ class FAN(nn.Module):
 # --------------------------------------------------------------------------------- checkpoints
 
 # TAO 6.0 (``model.backbone.``), 6.25 (``model.``), 5.x (``backbone.``), DDP (``module.``).
-_PREFIXES = ("model.", "backbone.", "module.")
-_WRAPPER_KEYS = ("state_dict", "model")
 # Older TAO classifier heads: 6.0 ``decoder.fc`` (TAOLinearClsHead), 5.x ``head.fc``.
 _OLD_HEAD_RE = re.compile(r"^(?:decoder\.fc|head\.fc)\.")
 
@@ -304,19 +302,12 @@ def fan_checkpoint_filter_fn(state_dict: Mapping[str, Any], model: FAN) -> dict[
         The filtered state dict; ``model.load_state_dict(out)`` then reports as missing only
         what the checkpoint lacked.
     """
-    for wrapper in _WRAPPER_KEYS:
-        inner = state_dict.get(wrapper)
-        if isinstance(inner, Mapping):
-            state_dict = inner
     expected = model.state_dict()
     out: dict[str, torch.Tensor] = {}
     absent: list[str] = []
     mismatched: list[str] = []
-    for key, value in state_dict.items():
-        if not isinstance(value, torch.Tensor):
-            continue
-        while key not in expected and key.startswith(_PREFIXES):
-            key = key.split(".", 1)[1]
+    for key, value in unwrap_state_dict(state_dict).items():
+        key = strip_prefixes(key, expected)
         if key not in expected:
             key = _OLD_HEAD_RE.sub("head.", key)
         if key not in expected:

@@ -34,8 +34,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from foveal.nn.checkpoint_filter import report_unloaded
 from foveal.nn.registry import register_backbone
+from foveal.nn.state_dict import report_unloaded, strip_prefixes, unwrap_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -264,8 +264,6 @@ class Hiera(nn.Module):
 
 # --------------------------------------------------------------------------------- converter
 
-_PREFIXES = ("module.", "model.", "backbone.", "encoder.")
-_WRAPPER_KEYS = ("model", "state_dict", "module", "model_state")
 _TIMM_BLOCK = re.compile(r"^blocks\.(\d+)\.(.*)$")
 _TIMM_BLOCK_PARTS = {"norm1.": "layernorm_before.", "norm2.": "layernorm_after."}
 _TIMM_TOP = (
@@ -308,18 +306,12 @@ def hiera_checkpoint_filter_fn(state_dict: Mapping[str, Any], model: Hiera) -> d
     network) into HF's ``stages.S.layers.L`` and the heads' names, and drops what the model lacks
     or cannot take (MAE decoders, another head), logging it. Load with ``strict=False``.
     """
-    for wrapper in _WRAPPER_KEYS:
-        if isinstance(state_dict.get(wrapper), Mapping):
-            state_dict = state_dict[wrapper]
     expected = model.state_dict()
     out: dict[str, torch.Tensor] = {}
     absent: list[str] = []
     mismatched: list[str] = []
-    for key, value in state_dict.items():
-        if not isinstance(value, torch.Tensor):
-            continue
-        while key.startswith(_PREFIXES) and key not in expected:
-            key = key.split(".", 1)[1]
+    for key, value in unwrap_state_dict(state_dict).items():
+        key = strip_prefixes(key, expected)
         key = _our_key(key, model.depths)
         if key not in expected:
             absent.append(key)  # e.g. MAE decoders, fusion heads, or a head the model lacks

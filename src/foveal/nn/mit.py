@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from foveal.nn.checkpoint_filter import report_unloaded
 from foveal.nn.layers import DropPath
 from foveal.nn.registry import register_backbone
+from foveal.nn.state_dict import report_unloaded, strip_prefixes, unwrap_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -354,16 +354,6 @@ class MixTransformer(nn.Module):
 # --------------------------------------------------------------------------------- checkpoints
 
 # Longest first; TAO 6.25 saves ``model.``, TAO 6.0 ``model.backbone.``, TAO 5.x / mmseg ``backbone.``.
-_PREFIXES = ("model.backbone.", "backbone.", "model.", "module.")
-_WRAPPER_KEYS = ("state_dict", "model")
-
-
-def _unwrap(checkpoint_dict: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    for key in _WRAPPER_KEYS:
-        inner = checkpoint_dict.get(key)
-        if isinstance(inner, Mapping):
-            return _unwrap(inner)
-    return {k: v for k, v in checkpoint_dict.items() if isinstance(v, torch.Tensor)}
 
 
 def mit_checkpoint_filter_fn(state_dict: Mapping[str, Any], model: MixTransformer) -> dict[str, torch.Tensor]:
@@ -386,12 +376,8 @@ def mit_checkpoint_filter_fn(state_dict: Mapping[str, Any], model: MixTransforme
     absent: list[str] = []
     mismatched: list[str] = []
     heads: list[str] = []
-    for key, value in _unwrap(state_dict).items():
-        while key not in expected:
-            prefix = next((p for p in _PREFIXES if key.startswith(p)), None)
-            if prefix is None:
-                break
-            key = key[len(prefix) :]
+    for key, value in unwrap_state_dict(state_dict).items():
+        key = strip_prefixes(key, expected)
         if key not in expected or value.shape != expected[key].shape:
             if key.startswith("head."):
                 heads.append(key)

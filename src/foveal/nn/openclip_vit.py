@@ -34,10 +34,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from foveal.nn.checkpoint_filter import report_unloaded
 from foveal.nn.layers import DropPath
 from foveal.nn.pos_embed import build_2d_sincos_pos_embed, grid_from_num_patches
 from foveal.nn.registry import register_backbone
+from foveal.nn.state_dict import report_unloaded, unwrap_state_dict
 from foveal.nn.tao_vit import resample_pos_embed_scale_factor
 
 logger = logging.getLogger(__name__)
@@ -311,14 +311,7 @@ class SigLIPCLIPAViT(nn.Module):
 
 def _unwrap(checkpoint: Mapping[str, Any]) -> Mapping[str, Any]:
     """The state dict inside a training checkpoint (``{"state_dict": ...}`` or ``{"model": ...}``)."""
-    while not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-        inner = next(
-            (checkpoint[k] for k in ("state_dict", "model") if isinstance(checkpoint.get(k), Mapping)), None
-        )
-        if inner is None:
-            break
-        checkpoint = inner
-    return {k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
+    return unwrap_state_dict(checkpoint)
 
 
 def _tower_prefix(state: Mapping[str, torch.Tensor]) -> str:

@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from foveal.nn.checkpoint_filter import report_unloaded
 from foveal.nn.layers import DropPath
 from foveal.nn.registry import register_backbone
+from foveal.nn.state_dict import report_unloaded, strip_prefixes, unwrap_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -319,28 +319,6 @@ class ResNet(nn.Module):
 
 # --------------------------------------------------------------------------------- checkpoints
 
-# Longest first; TAO 6.25 saves ``model.``, TAO 6.0 ``model.backbone.``, TAO 5.x ``backbone.``.
-_PREFIXES = ("model.backbone.", "backbone.", "model.", "module.")
-_WRAPPER_KEYS = ("state_dict", "model")
-
-
-def _unwrap(checkpoint_dict: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """The tensors of a state dict, looking inside Lightning-style ``{"state_dict": ...}`` wrappers."""
-    for key in _WRAPPER_KEYS:
-        inner = checkpoint_dict.get(key)
-        if isinstance(inner, Mapping):
-            return _unwrap(inner)
-    return {k: v for k, v in checkpoint_dict.items() if isinstance(v, torch.Tensor)}
-
-
-def _strip_prefixes(key: str, expected: Mapping[str, Any]) -> str:
-    while key not in expected:
-        prefix = next((p for p in _PREFIXES if key.startswith(p)), None)
-        if prefix is None:
-            break
-        key = key[len(prefix) :]
-    return key
-
 
 def resnet_checkpoint_filter_fn(state_dict: Mapping[str, Any], model: ResNet) -> dict[str, torch.Tensor]:
     """A TAO, timm or torchvision ResNet checkpoint as ``model``'s state dict.
@@ -363,8 +341,8 @@ def resnet_checkpoint_filter_fn(state_dict: Mapping[str, Any], model: ResNet) ->
     absent: list[str] = []
     mismatched: list[str] = []
     heads: list[str] = []
-    for key, value in _unwrap(state_dict).items():
-        key = _strip_prefixes(key, expected)
+    for key, value in unwrap_state_dict(state_dict).items():
+        key = strip_prefixes(key, expected)
         if key not in expected or value.shape != expected[key].shape:
             if key.startswith("fc."):
                 heads.append(key)
