@@ -147,3 +147,13 @@ def test_corpus_counts(capsys):
             print(f"corpus {source:9} {network:18} {loaded}/{total} load ({as_written} as written)")
     assert table[("all", "all")][2] == 48
     assert table[("all", "all")][0] == 48 - len(TAO_REJECTS) - len(NOT_IN_FOVEAL)
+
+
+def test_another_networks_spec_is_one_line_naming_it():
+    result = api.check("classification", "train", spec=CORPUS / "mae__tpb__pretrain.yaml")
+    (issue,) = result.errors
+    assert "this looks like a mae spec, not a classification one" in issue.message
+    assert issue.suggestion == "run foveal mae train -e ..."
+    # a spec with a stray key or two keeps its per-key lines
+    result = api.check("classification", "train", overrides=["dataset.bogus=1", "dataset.train_dataset.images_dir=/d"])
+    assert [e.key for e in result.errors] == ["dataset.bogus"]

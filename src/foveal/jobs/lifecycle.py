@@ -104,14 +104,54 @@ def resolve_spec(
         if key not in explicit and key != "results_dir":
             parsed.setdefault(key, value)
             logger.info("handoff%s: %s=%s", f" from job {parent.id}" if parent else "", key, value)
-    return load_spec(
-        network.config_cls,
-        spec_file,
-        parsed,
-        action=action,
-        resolve=network.resolve,
-        sections=network.action_sections.get(action),
-    )
+    return load_network_spec(network, action, spec_file, parsed)
+
+
+def load_network_spec(
+    network: Network, action: str, spec_file: str | Path | None, overrides: Iterable[str] | Mapping[str, Any]
+) -> Any:
+    """``network``'s validated config for ``action`` (its resolve hook run).
+
+    Raises:
+        SpecError: every problem; or one line when the file is evidently another network's spec
+            (most of its unknown keys are that network's).
+    """
+    try:
+        return load_spec(
+            network.config_cls,
+            spec_file,
+            overrides,
+            action=action,
+            resolve=network.resolve,
+            sections=network.action_sections.get(action),
+        )
+    except SpecError as exc:
+        raise _other_networks_spec(network, action, exc) or exc from None
+
+
+def _other_networks_spec(network: Network, action: str, error: SpecError) -> SpecError | None:
+    from foveal.spec.loader import leaf_keys
+
+    unknown = [i.key for i in error.issues if i.message.startswith("unknown key")]
+    if len(unknown) < 3:
+        return None
+    for other in list_networks():
+        if other.name == network.name or getattr(other, "ported", False):
+            continue
+        known = set(leaf_keys(other.config_cls))
+        theirs = [k for k in unknown if k in known]
+        if len(theirs) >= 0.75 * len(unknown):
+            shown = ", ".join(theirs[:3])
+            return SpecError(
+                SpecIssue(
+                    "spec",
+                    f"this looks like a {other.name} spec, not a {network.name} one: {len(theirs)} of its "
+                    f"{len(unknown)} unknown keys ({shown}, ...) are {other.name}'s",
+                    f"run foveal {other.name} {action} -e ...",
+                ),
+                source=error.source,
+            )
+    return None
 
 
 def action_results_dir(cfg: Any, action: str) -> Path | None:
@@ -184,14 +224,7 @@ def check_spec(
     network = find_network(network_name)
     check_action(network, action)
     try:
-        cfg = load_spec(
-            network.config_cls,
-            spec_file,
-            overrides,
-            action=action,
-            resolve=network.resolve,
-            sections=network.action_sections.get(action),
-        )
+        cfg = load_network_spec(network, action, spec_file, overrides)
     except SpecError as exc:
         return SpecCheck(False, list(exc.issues), None)
     return SpecCheck(True, [], to_dict(cfg))
