@@ -34,12 +34,38 @@ _NO_DECAY_RE = re.compile(
 _INDEX_RE = re.compile(r"\.(\d+)(?=\.)")
 
 
-def load_hf_model(folder: str | Path, task: str, **config_overrides: Any) -> nn.Module:
-    """``AutoModelForImageClassification`` (task image-classification) or ``AutoModel`` from a
-    local folder, with eager attention, in eval mode. Nothing is downloaded."""
+def _vision_tower_class(folder: str | Path) -> Any:
+    """``CLIPVisionModel``-style class of an image-text model's folder (CLIP, SigLIP, ...), else None.
+
+    The vision model class loads the tower's weights from the full model's file and leaves the
+    text tower out."""
+    import json
+
     import transformers
 
-    auto = (
+    config_file = Path(folder) / "config.json"
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config.get("vision_config"), dict):
+        return None
+    auto_config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    name = type(auto_config).__name__.removesuffix("Config") + "VisionModel"
+    cls = getattr(transformers, name, None)
+    if cls is None:
+        raise ValueError(f"{type(auto_config).__name__} has a vision_config but transformers has no {name}")
+    return cls
+
+
+def load_hf_model(folder: str | Path, task: str, **config_overrides: Any) -> nn.Module:
+    """``AutoModelForImageClassification`` (task image-classification) or ``AutoModel`` from a
+    local folder (an image-text model's vision tower: its ``...VisionModel``), with eager
+    attention, in eval mode. Nothing is downloaded."""
+    import transformers
+
+    tower = _vision_tower_class(folder) if task != "image-classification" else None
+    auto = tower or (
         transformers.AutoModelForImageClassification
         if task == "image-classification"
         else transformers.AutoModel

@@ -111,12 +111,20 @@ def _mapping(name: str) -> dict[str, Any]:
     return dict(getattr(modeling_auto, name, {}))
 
 
+def vision_tower_config(config: dict[str, Any]) -> dict[str, Any] | None:
+    """The nested ``vision_config`` of an image-text model (CLIP, SigLIP, ...), else None."""
+    nested = config.get("vision_config")
+    return nested if isinstance(nested, dict) else None
+
+
 def is_vision(config: dict[str, Any], folder: Path) -> tuple[bool, str]:
     """(is it a vision model?, the reason when not)."""
     model_type = config.get("model_type", "")
     arch = (config.get("architectures") or [""])[0]
     if model_type in _mapping("MODEL_FOR_IMAGE_MAPPING_NAMES") or "image_size" in config:
         return True, ""
+    if vision_tower_config(config) is not None:
+        return True, ""  # an image-text model: its vision tower is ported
     if arch.endswith(_AUDIO_SUFFIXES) or model_type in _mapping(
         "MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES"
     ):
@@ -133,6 +141,10 @@ def decide_task(config: dict[str, Any], tag: str | None) -> str:
     """The task from the architecture class, else the pipeline tag, else transformers' tables."""
     arch = (config.get("architectures") or [""])[0]
     model_type = config.get("model_type", "")
+    if vision_tower_config(config) is not None:
+        # CLIP, SigLIP, ...: the vision tower's pooled feature, classified like any backbone's
+        # (zero-shot classification with text prompts is not ported yet)
+        return "feature-extraction"
     if model_type in _mapping("MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING_NAMES"):
         return "zero-shot"
     for suffix, task in _SUFFIX_TASKS:
@@ -239,11 +251,15 @@ def inspect_folder(folder: Path) -> SourceInfo:
             f"{', '.join(SUPPORTED_TASKS)}); port its backbone (e.g. the matching ...Model) instead"
         )
     preprocessor = read_json(folder / "preprocessor_config.json")
-    size, mean, std = input_geometry(config, preprocessor)
+    tower = vision_tower_config(config)
+    if tower is not None:
+        arch = f"{arch} (vision tower)"
+    image_config = tower or config
+    size, mean, std = input_geometry(image_config, preprocessor)
     sizes: dict[str, Any] = {
-        k: config[k]
+        k: image_config[k]
         for k in ("patch_size", "hidden_size", "hidden_sizes", "embed_dim", "num_hidden_layers", "depths")
-        if k in config
+        if k in image_config
     }
     return SourceInfo(
         folder=str(folder),
@@ -252,7 +268,7 @@ def inspect_folder(folder: Path) -> SourceInfo:
         task=task,
         pipeline_tag=tag,
         image_size=size,
-        num_channels=int(config.get("num_channels", 3)),
+        num_channels=int(image_config.get("num_channels", 3)),
         num_labels=len(config.get("id2label") or {}),
         id2label={str(k): str(v) for k, v in (config.get("id2label") or {}).items()},
         mean=mean,
