@@ -36,7 +36,7 @@ from torch.utils.checkpoint import checkpoint
 
 from foveal.nn.layers import DropPath
 from foveal.nn.registry import register_backbone
-from foveal.nn.state_dict import report_unloaded, strip_prefixes, unwrap_state_dict
+from foveal.nn.state_dict import match_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -369,25 +369,17 @@ def convnextv2_checkpoint_filter_fn(state_dict: Mapping[str, Any], model: ConvNe
     parameters into (C,), and drops what the model lacks or cannot take (decoders, other heads),
     logging it. Load the result with ``strict=False`` and check ``missing_keys``.
     """
-    expected = model.state_dict()
-    out: dict[str, torch.Tensor] = {}
-    absent: list[str] = []
-    mismatched: list[str] = []
-    for key, value in unwrap_state_dict(state_dict).items():
-        key = strip_prefixes(key, expected)
-        if key.endswith(".kernel"):
-            key, value = key[: -len("kernel")] + "weight", _sparse_kernel_to_dense(value)
-        key = _reference_key(key)
-        if ".grn." in key or (key.endswith(".bias") and value.ndim > 1):
-            value = value.reshape(-1)
-        if key not in expected:
-            absent.append(key)  # e.g. heads or decoders: expected
-        elif value.shape != expected[key].shape:
-            mismatched.append(key)
-        else:
-            out[key] = value
-    report_unloaded(absent, mismatched)
-    return out
+    return match_state_dict(state_dict, model.state_dict(), convert=_reference_tensor)
+
+
+def _reference_tensor(key: str, value: torch.Tensor) -> tuple[str, torch.Tensor]:
+    """A reference (FCMAE / official) tensor under Foveal's name and shape."""
+    if key.endswith(".kernel"):
+        key, value = key[: -len("kernel")] + "weight", _sparse_kernel_to_dense(value)
+    key = _reference_key(key)
+    if ".grn." in key or (key.endswith(".bias") and value.ndim > 1):
+        value = value.reshape(-1)
+    return key, value
 
 
 # --------------------------------------------------------------------------------- registry

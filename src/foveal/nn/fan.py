@@ -50,7 +50,7 @@ from foveal.nn.fan_layers import (
     Size,
 )
 from foveal.nn.registry import register_backbone
-from foveal.nn.state_dict import report_unloaded, strip_prefixes, unwrap_state_dict
+from foveal.nn.state_dict import match_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -303,22 +303,11 @@ def fan_checkpoint_filter_fn(state_dict: Mapping[str, Any], model: FAN) -> dict[
         what the checkpoint lacked.
     """
     expected = model.state_dict()
-    out: dict[str, torch.Tensor] = {}
-    absent: list[str] = []
-    mismatched: list[str] = []
-    for key, value in unwrap_state_dict(state_dict).items():
-        key = strip_prefixes(key, expected)
-        if key not in expected:
-            key = _OLD_HEAD_RE.sub("head.", key)
-        if key not in expected:
-            absent.append(key)
-        elif value.shape != expected[key].shape:
-            # A head for another number of classes is normal when fine-tuning.
-            (absent if key.startswith("head.") else mismatched).append(key)
-        else:
-            out[key] = value
-    report_unloaded(absent, mismatched)
-    return out
+
+    def old_head(key: str, value: torch.Tensor) -> tuple[str, torch.Tensor]:
+        return (key if key in expected else _OLD_HEAD_RE.sub("head.", key)), value
+
+    return match_state_dict(state_dict, expected, convert=old_head, head_prefixes=("head.",))
 
 
 # ------------------------------------------------------------------------------------ registry

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from foveal.nn.registry import register_backbone
-from foveal.nn.state_dict import report_unloaded, strip_prefixes, unwrap_state_dict
+from foveal.nn.state_dict import match_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -306,21 +306,10 @@ def hiera_checkpoint_filter_fn(state_dict: Mapping[str, Any], model: Hiera) -> d
     network) into HF's ``stages.S.layers.L`` and the heads' names, and drops what the model lacks
     or cannot take (MAE decoders, another head), logging it. Load with ``strict=False``.
     """
-    expected = model.state_dict()
-    out: dict[str, torch.Tensor] = {}
-    absent: list[str] = []
-    mismatched: list[str] = []
-    for key, value in unwrap_state_dict(state_dict).items():
-        key = strip_prefixes(key, expected)
-        key = _our_key(key, model.depths)
-        if key not in expected:
-            absent.append(key)  # e.g. MAE decoders, fusion heads, or a head the model lacks
-        elif value.shape != expected[key].shape:
-            mismatched.append(key)
-        else:
-            out[key] = value
-    report_unloaded(absent, mismatched)
-    return out
+    # MAE decoders, fusion heads or a head the model lacks are reported as absent
+    return match_state_dict(
+        state_dict, model.state_dict(), convert=lambda key, value: (_our_key(key, model.depths), value)
+    )
 
 
 # --------------------------------------------------------------------------------- registry

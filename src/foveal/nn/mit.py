@@ -33,7 +33,7 @@ from torch.utils.checkpoint import checkpoint
 
 from foveal.nn.layers import DropPath
 from foveal.nn.registry import register_backbone
-from foveal.nn.state_dict import report_unloaded, strip_prefixes, unwrap_state_dict
+from foveal.nn.state_dict import match_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -353,8 +353,6 @@ class MixTransformer(nn.Module):
 
 # --------------------------------------------------------------------------------- checkpoints
 
-# Longest first; TAO 6.25 saves ``model.``, TAO 6.0 ``model.backbone.``, TAO 5.x / mmseg ``backbone.``.
-
 
 def mit_checkpoint_filter_fn(state_dict: Mapping[str, Any], model: MixTransformer) -> dict[str, torch.Tensor]:
     """A TAO, NVlabs/SegFormer or mmseg MiT checkpoint as ``model``'s state dict.
@@ -371,24 +369,7 @@ def mit_checkpoint_filter_fn(state_dict: Mapping[str, Any], model: MixTransforme
     Returns:
         The filtered state dict.
     """
-    expected = model.state_dict()
-    out: dict[str, torch.Tensor] = {}
-    absent: list[str] = []
-    mismatched: list[str] = []
-    heads: list[str] = []
-    for key, value in unwrap_state_dict(state_dict).items():
-        key = strip_prefixes(key, expected)
-        if key not in expected or value.shape != expected[key].shape:
-            if key.startswith("head."):
-                heads.append(key)
-            else:
-                (absent if key not in expected else mismatched).append(key)
-            continue
-        out[key] = value
-    if heads:
-        logger.debug("classifier keys not loaded (no head or another number of classes): %s", heads)
-    report_unloaded(absent, mismatched)
-    return out
+    return match_state_dict(state_dict, model.state_dict(), head_prefixes=("head.",))
 
 
 # --------------------------------------------------------------------------------- registry

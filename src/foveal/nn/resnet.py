@@ -28,7 +28,7 @@ from torch.utils.checkpoint import checkpoint
 
 from foveal.nn.layers import DropPath
 from foveal.nn.registry import register_backbone
-from foveal.nn.state_dict import report_unloaded, strip_prefixes, unwrap_state_dict
+from foveal.nn.state_dict import match_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -337,26 +337,11 @@ def resnet_checkpoint_filter_fn(state_dict: Mapping[str, Any], model: ResNet) ->
         The filtered state dict.
     """
     expected = model.state_dict()
-    out: dict[str, torch.Tensor] = {}
-    absent: list[str] = []
-    mismatched: list[str] = []
-    heads: list[str] = []
-    for key, value in unwrap_state_dict(state_dict).items():
-        key = strip_prefixes(key, expected)
-        if key not in expected or value.shape != expected[key].shape:
-            if key.startswith("fc."):
-                heads.append(key)
-            else:
-                (absent if key not in expected else mismatched).append(key)
-            continue
-        out[key] = value
+    out = match_state_dict(state_dict, expected, head_prefixes=("fc.",))
     for key, value in expected.items():
         stem = key.removesuffix("num_batches_tracked")
         if stem != key and key not in out and stem + "running_mean" in out:
             out[key] = torch.zeros_like(value, device="cpu")
-    if heads:
-        logger.debug("classifier keys not loaded (no head or another number of classes): %s", heads)
-    report_unloaded(absent, mismatched)
     return out
 
 

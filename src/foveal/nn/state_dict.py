@@ -9,7 +9,7 @@ TAO 6.25 saves ``model.<backbone keys>``, TAO 6.0 ``model.backbone.``, TAO 5.x a
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -40,6 +40,38 @@ def strip_prefixes(key: str, expected: Mapping[str, Any], prefixes: tuple[str, .
             break
         key = key[len(prefix) :]
     return key
+
+
+def match_state_dict(
+    checkpoint: Mapping[str, Any],
+    expected: Mapping[str, torch.Tensor],
+    *,
+    convert: Callable[[str, torch.Tensor], tuple[str, torch.Tensor]] | None = None,
+    head_prefixes: tuple[str, ...] = (),
+) -> dict[str, torch.Tensor]:
+    """The tensors of ``checkpoint`` a model with state dict ``expected`` can load.
+
+    Unwraps a training checkpoint, strips the TAO / wrapper prefixes, applies ``convert`` (a
+    family's own renames and reshapes) and keeps the tensors whose key and shape the model has.
+    The rest is reported (:func:`report_unloaded`): keys the model lacks at debug level, keys of
+    another shape as a warning, except a classifier (``head_prefixes``) for another number of
+    classes, which is normal when fine-tuning.
+    """
+    out: dict[str, torch.Tensor] = {}
+    absent: list[str] = []
+    mismatched: list[str] = []
+    for key, value in unwrap_state_dict(checkpoint).items():
+        key = strip_prefixes(key, expected)
+        if convert is not None:
+            key, value = convert(key, value)
+        if key not in expected:
+            absent.append(key)
+        elif value.shape != expected[key].shape:
+            (absent if key.startswith(head_prefixes) else mismatched).append(key)
+        else:
+            out[key] = value
+    report_unloaded(absent, mismatched)
+    return out
 
 
 def report_unloaded(absent: list[str], mismatched: list[str]) -> None:
