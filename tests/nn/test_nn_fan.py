@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 from unittest import mock
 
 import pytest
 import torch
 import torch.nn.functional as F
+from backbone_checks import key_digest, loss_and_grads
 from torch import nn
 
 import foveal.nn.fan  # noqa: F401  (registers the backbones)
@@ -121,11 +121,6 @@ def reference_param_count(name: str, num_classes: int) -> int:
     c = dims[-1]
     total += c + 2 * (2 * c + 4 * (c * c + c) + 2 * c + (8 * c * c + 5 * c) + 2 * c)  # cls token, 2 CA blocks
     return total + 2 * c + (c * num_classes + num_classes if num_classes else 0)
-
-
-def key_digest(state: dict[str, torch.Tensor]) -> tuple[int, str]:
-    lines = sorted(f"{k}:{tuple(v.shape)}" for k, v in state.items())
-    return len(lines), hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
 def randomised(name: str = "fan_tiny_12_p16_224", **overrides) -> FAN:
@@ -444,16 +439,8 @@ def test_grad_checkpointing_gives_the_same_loss_and_gradients() -> None:
     model = create_backbone("fan_tiny_8_p4_hybrid", **SMALL_HYBRID, drop_path_rate=0.2).train()
     x = images()
 
-    def run(enable: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        model.zero_grad(set_to_none=True)
-        model.set_grad_checkpointing(enable)
-        torch.manual_seed(7)  # the same stochastic-depth draws; the checkpoint replays them
-        loss = model.forward_features(x)["x_norm_clstoken"].pow(2).mean()
-        loss.backward()
-        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-    plain_loss, plain = run(False)
-    loss, grads = run(True)
+    plain_loss, plain = loss_and_grads(model, x, False, "x_norm_clstoken")
+    loss, grads = loss_and_grads(model, x, True, "x_norm_clstoken")
     torch.testing.assert_close(loss, plain_loss)
     assert grads.keys() == plain.keys() == {n for n, _ in model.named_parameters()}
     for name, grad in plain.items():

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 
 import pytest
 import torch
+from backbone_checks import key_digest, loss_and_grads
 from torch import nn
 
 import foveal.nn.mit  # noqa: F401  (registers the backbones)
@@ -64,11 +64,6 @@ def reference_param_count(embed_dims: tuple[int, ...], depths: tuple[int, ...], 
         total += depth * (2 * c + attn + 2 * c + mlp) + 2 * c  # blocks (norm1, norm2), stage norm
         c_in = c
     return total + (embed_dims[-1] * num_classes + num_classes if num_classes else 0)
-
-
-def key_digest(state: dict[str, torch.Tensor]) -> tuple[int, str]:
-    lines = sorted(f"{k}:{tuple(v.shape)}" for k, v in state.items())
-    return len(lines), hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
 def randomised(name: str = "mit_b0", **overrides) -> MixTransformer:
@@ -287,17 +282,9 @@ def test_grad_checkpointing_gives_the_same_loss_and_gradients() -> None:
     model = randomised(drop_path_rate=0.2).train()
     x = images()
 
-    def run(enable: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        model.zero_grad(set_to_none=True)
-        model.set_grad_checkpointing(enable)
-        torch.manual_seed(7)  # the same stochastic-depth draws; the checkpoint replays them
-        loss = model.forward_features(x)["x_norm_patchtokens"].pow(2).mean()
-        loss.backward()
-        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
     try:
-        plain_loss, plain = run(False)
-        loss, grads = run(True)
+        plain_loss, plain = loss_and_grads(model, x, False, "x_norm_patchtokens")
+        loss, grads = loss_and_grads(model, x, True, "x_norm_patchtokens")
     finally:
         model.set_grad_checkpointing(False)
         model.zero_grad(set_to_none=True)

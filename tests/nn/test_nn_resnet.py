@@ -6,6 +6,7 @@ import re
 
 import pytest
 import torch
+from backbone_checks import loss_and_grads
 from torch import nn
 
 import foveal.nn.resnet  # noqa: F401  (registers the backbones)
@@ -311,22 +312,15 @@ def test_grad_checkpointing_gives_the_same_loss_and_gradients() -> None:
     model = randomised("resnet_18", drop_path_rate=0.1).train()
     x = images()
 
-    def run(enable: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        model.zero_grad(set_to_none=True)
-        model.set_grad_checkpointing(enable)
-        torch.manual_seed(7)  # the same stochastic-depth draws; checkpoint replays them
-        loss = model.forward_features(x)["x_norm_patchtokens"].pow(2).mean()
-        loss.backward()
-        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
-
     try:
-        plain_loss, plain = run(False)
-        loss, grads = run(True)
+        plain_loss, plain = loss_and_grads(model, x, False)
+        loss, grads = loss_and_grads(model, x, True)
     finally:
         model.set_grad_checkpointing(False)
         model.zero_grad(set_to_none=True)
         model.eval()
     torch.testing.assert_close(loss, plain_loss)
+    assert grads.keys() == plain.keys() == {n for n, _ in model.named_parameters()}
     for name, grad in plain.items():
         torch.testing.assert_close(grads[name], grad, msg=name)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import re
@@ -10,6 +9,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
+from backbone_checks import key_digest, loss_and_grads
 
 import foveal.nn.tao_vit  # noqa: F401  (registers the backbones)
 from foveal.nn.backbone import Backbone
@@ -66,11 +66,6 @@ def to_tao_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         for k, v in state.items()
     }
     return {k: v for k, v in renamed.items() if k != "mask_token"}
-
-
-def key_digest(state: dict[str, torch.Tensor]) -> tuple[int, str]:
-    lines = sorted(f"{k}:{tuple(v.shape)}" for k, v in state.items())
-    return len(lines), hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
 def build(registers: int = 4, seed: int = 0, **overrides) -> TaoDinoV2:
@@ -289,16 +284,8 @@ def test_layer_ids_weight_decay_and_grad_checkpointing() -> None:
     model = build(seed=2, drop_path_rate=0.2).train()
     x = images()
 
-    def run(enable: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        model.zero_grad(set_to_none=True)
-        model.set_grad_checkpointing(enable)
-        torch.manual_seed(7)  # the same stochastic-depth draws; the checkpoint replays them
-        loss = model.forward_features(x)["x_norm_patchtokens"].pow(2).mean()
-        loss.backward()
-        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-    plain_loss, plain = run(False)
-    loss, grads = run(True)
+    plain_loss, plain = loss_and_grads(model, x, False, "x_norm_patchtokens")
+    loss, grads = loss_and_grads(model, x, True, "x_norm_patchtokens")
     torch.testing.assert_close(loss, plain_loss)
     assert grads.keys() == plain.keys() and len(plain) == len(list(model.parameters())) - 1  # not mask_token
     for name, grad in plain.items():
