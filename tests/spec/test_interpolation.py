@@ -141,3 +141,15 @@ def _resolve(cfg, action):
     from foveal.networks.classification.resolve import resolve
 
     return resolve(cfg, action)
+
+
+def test_spec_data_is_what_load_spec_validates_plus_extras_included():
+    from foveal.jobs.lifecycle import _explicit_results_dir
+    from foveal.networks.registry import get_network
+    from foveal.spec.loader import spec_data
+
+    data = spec_data(ClassificationConfig, {"results_dir": "${base}/r"}, ["+base=/x"])
+    assert data["results_dir"] == "/x/r" and "base" not in data
+    # the job's results folder is found from the same data, before validation
+    network = get_network("classification")
+    assert str(_explicit_results_dir(network, "train", {"results_dir": "${base}/r"}, {"+base": "/x"})) == "/x/r/train"

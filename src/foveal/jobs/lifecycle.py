@@ -11,7 +11,6 @@ Running the same command again after a crash or a SIGKILL picks the interrupted 
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import os
 import re
@@ -30,7 +29,7 @@ from foveal.jobs.model import spec_hash as compute_spec_hash
 from foveal.jobs.registry import JobRegistry
 from foveal.jobs.workspace import Workspace
 from foveal.networks.registry import ACTIONS, ActionContext, ActionResult, Network, get_network, list_networks
-from foveal.spec import default_dict, load_spec, parse_overrides, read_yaml, save_spec, to_dict
+from foveal.spec import load_spec, parse_overrides, read_yaml, save_spec, to_dict
 
 logger = logging.getLogger(__name__)
 
@@ -157,11 +156,14 @@ def _other_networks_spec(network: Network, action: str, error: SpecError) -> Spe
 def action_results_dir(cfg: Any, action: str) -> Path | None:
     """Where an action writes, TAO's way: ``<action>.results_dir`` when set, else
     ``<results_dir>/<action>``; None when neither is set (the job's folder in the workspace)."""
-    section = getattr(cfg, action, None)
-    own = getattr(section, "results_dir", None)
+    return _results_dir_rule(
+        action, getattr(getattr(cfg, action, None), "results_dir", None), getattr(cfg, "results_dir", None)
+    )
+
+
+def _results_dir_rule(action: str, own: Any, top: Any) -> Path | None:
     if own:
         return Path(own).expanduser()
-    top = getattr(cfg, "results_dir", None)
     return Path(top).expanduser() / action if top else None
 
 
@@ -169,24 +171,17 @@ def _explicit_results_dir(
     network: Network, action: str, file_data: Mapping[str, Any], overrides: Mapping[str, Any]
 ) -> Path | None:
     """:func:`action_results_dir` of a spec not resolved yet (handoff paths go inside it)."""
-    from foveal.spec.interpolation import Unresolved, interpolate, needs_interpolation
-    from foveal.spec.loader import set_dotted
+    from foveal.spec.interpolation import Unresolved
+    from foveal.spec.loader import spec_data
 
-    data = copy.deepcopy(dict(file_data))
-    for key, value in overrides.items():
-        set_dotted(data, key, value)
-    if needs_interpolation(data):
-        data = interpolate(data, default_dict(network.config_cls))
+    data = spec_data(network.config_cls, file_data, overrides)
 
     def text(value: Any) -> str | None:
         return str(value) if value not in (None, "") and not isinstance(value, Unresolved) else None
 
     section = data.get(action)
     own = text(section.get("results_dir")) if isinstance(section, Mapping) else None
-    if own:
-        return Path(own).expanduser()
-    top = text(data.get("results_dir"))
-    return Path(top).expanduser() / action if top else None
+    return _results_dir_rule(action, own, text(data.get("results_dir")))
 
 
 @dataclass

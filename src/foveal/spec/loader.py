@@ -8,6 +8,7 @@ spec in one pass.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import os
@@ -481,9 +482,21 @@ def load_spec(
         sections: the top-level sections the action reads (None: all). A ``???`` or a failing
             ``${...}`` elsewhere is left at its default, as OmegaConf's lazy resolution does.
     """
+    data = spec_data(cls, read_yaml(spec_file) if spec_file is not None else {}, overrides)
+    source = str(spec_file) if spec_file else None
+    return resolve_config(cls, data, action=action, resolve=resolve, source=source, sections=sections)
+
+
+def spec_data(
+    cls: type, file_data: Mapping[str, Any], overrides: Iterable[str] | Mapping[str, Any] = ()
+) -> dict[str, Any]:
+    """A spec file's data with the overrides applied and every ``${...}`` resolved (a value
+    that cannot resolve is an :class:`Unresolved`), not validated yet: what :func:`load_spec`
+    validates, and what needs a spec's values before validation (a job's results folder).
+    ``+name=value`` outside the schema only feeds ``${name}`` references (Hydra's spelling)."""
     from foveal.spec.schema import default_dict
 
-    data: dict[str, Any] = read_yaml(spec_file) if spec_file is not None else {}
+    data = copy.deepcopy(dict(file_data))
     parsed = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides)
     defaults = default_dict(cls)
     extra: dict[str, Any] = {}
@@ -494,7 +507,4 @@ def load_spec(
                 set_dotted(extra, key, value)
                 continue
         set_dotted(data, key, value)
-    if needs_interpolation(data):
-        data = interpolate(data, defaults, extra)
-    source = str(spec_file) if spec_file else None
-    return resolve_config(cls, data, action=action, resolve=resolve, source=source, sections=sections)
+    return interpolate(data, defaults, extra) if needs_interpolation(data) else data
