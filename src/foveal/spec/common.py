@@ -46,11 +46,6 @@ def trt_data_type(value: object) -> object:
     return value
 
 
-def lower_name(value: object) -> object:
-    """TAO-Deploy writes ``FP32``; the schema's options are lower case."""
-    return value.strip().lower() if isinstance(value, str) else value
-
-
 # ------------------------------------------------------------------------------ experiment
 
 
@@ -229,6 +224,12 @@ class InferenceConfig:
     trt_engine: str | None = field(None, description="TensorRT engine to run instead of the checkpoint.")
     batch_size: int = field(-1, valid_min=-1, description="Batch size (-1: use dataset.batch_size).")
     results_dir: str | None = field(None, description="Where this action writes.")
+
+
+def run_batch_size(section: EvaluateConfig | InferenceConfig, dataset_batch_size: int) -> int:
+    """An evaluate / inference section's batch: its own ``batch_size``, or -1 (TAO's default)
+    for the dataset's."""
+    return section.batch_size if section.batch_size > 0 else dataset_batch_size
 
 
 @dataclass

@@ -35,6 +35,7 @@ from foveal.networks.classification.resolve import monitor_metric
 from foveal.networks.registry import ActionContext, ActionResult
 from foveal.networks.trt import trt_engine_action
 from foveal.spec import build_config, required, to_dict
+from foveal.spec.common import run_batch_size
 
 logger = logging.getLogger(__name__)
 NETWORK = "classification"
@@ -306,10 +307,6 @@ def _predict(model: Classifier, loader: DataLoader) -> tuple[torch.Tensor, torch
     return torch.cat(logits), torch.cat(targets)
 
 
-def _batch(section_batch: int, dataset_batch: int) -> int:
-    return section_batch if section_batch > 0 else dataset_batch
-
-
 def evaluate(cfg: ClassificationConfig, ctx: ActionContext) -> ActionResult:
     """Top-k accuracy, per-class precision/recall/F1, confusion matrix (JSON + PNG), loss, and
     TAO's ``result.csv`` (per-image class probabilities, prediction and truth)."""
@@ -327,7 +324,7 @@ def evaluate(cfg: ClassificationConfig, ctx: ActionContext) -> ActionResult:
         classes,
         "dataset.val_dataset.images_dir",
     )
-    batch = _batch(cfg.evaluate.batch_size, cfg.dataset.batch_size)
+    batch = run_batch_size(cfg.evaluate, cfg.dataset.batch_size)
     loader = make_loader(dataset, batch, cfg.dataset.workers, train=False)
     logits, targets = _predict(model, loader)
     report = classification_report(logits, targets, classes, topk=tuple(cfg.model.head.topk))
@@ -366,7 +363,7 @@ def inference(cfg: ClassificationConfig, ctx: ActionContext) -> ActionResult:
         ctx.cache_dir,
         transform,
     )
-    batch = _batch(cfg.inference.batch_size, cfg.dataset.batch_size)
+    batch = run_batch_size(cfg.inference, cfg.dataset.batch_size)
     writer = InferenceWriter(ctx.results_dir, classes, cfg.inference.vis_after_n_batches)
     with writer, torch.inference_mode():
         for images, paths in make_loader(dataset, batch, cfg.dataset.workers, train=False):

@@ -44,16 +44,12 @@ from foveal.networks.mae.transforms import finetune_transform, pretrain_transfor
 from foveal.networks.registry import ActionContext, ActionResult
 from foveal.networks.trt import trt_engine_action
 from foveal.spec import SpecError, SpecIssue, required, to_dict
-from foveal.spec.common import EvaluateConfig, InferenceConfig
+from foveal.spec.common import run_batch_size
 
 logger = logging.getLogger(__name__)
 NETWORK = "mae"
 _TRAIN_KPIS = ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5")
 GRID_IMAGES = 8  # images in the inference reconstruction grid
-
-
-def _batch(cfg: MAEConfig, section: EvaluateConfig | InferenceConfig) -> int:
-    return section.batch_size if section.batch_size > 0 else cfg.dataset.batch_size
 
 
 # ------------------------------------------------------------------------------------ train
@@ -255,7 +251,7 @@ def _evaluate_finetune(cfg: MAEConfig, loaded: checkpoints.Trained, root: Path) 
     logits, targets = [], []
     with torch.inference_mode():
         for images, target in make_loader(
-            dataset, _batch(cfg, cfg.evaluate), cfg.dataset.num_workers_per_gpu, train=False
+            dataset, run_batch_size(cfg.evaluate, cfg.dataset.batch_size), cfg.dataset.num_workers_per_gpu, train=False
         ):
             logits.append(loaded.model(images).float())
             targets.append(target)
@@ -272,7 +268,7 @@ def _evaluate_pretrain(
 
     aug = loaded.cfg.dataset.augmentation
     tf = build_eval_transform(aug.input_size, aug.mean, aug.std)
-    batch, workers = _batch(cfg, cfg.evaluate), cfg.dataset.num_workers_per_gpu
+    batch, workers = run_batch_size(cfg.evaluate, cfg.dataset.batch_size), cfg.dataset.num_workers_per_gpu
     images = ImageFolderDataset(root, transform=tf, recursive=True)
     report: dict[str, Any] = {
         "num_images": len(images),
@@ -317,7 +313,7 @@ def inference(cfg: MAEConfig, ctx: ActionContext) -> ActionResult:
     )
     tf = build_eval_transform(aug.input_size, aug.mean, aug.std)
     dataset = ImageFolderDataset(root, transform=tf, recursive=True, return_path=True)
-    loader = make_loader(dataset, _batch(cfg, cfg.inference), cfg.dataset.num_workers_per_gpu, train=False)
+    loader = make_loader(dataset, run_batch_size(cfg.inference, cfg.dataset.batch_size), cfg.dataset.num_workers_per_gpu, train=False)
     if loaded.stage == "finetune":
         _check_num_classes(cfg.model.num_classes, len(loaded.classes), f"checkpoint {loaded.path}")
         artifacts = {"results": str(_write_predictions(loaded, loader, ctx.results_dir / "results.csv"))}

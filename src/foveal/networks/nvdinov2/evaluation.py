@@ -18,6 +18,7 @@ from foveal.engine.features import Features, extract_features, knn_top1, linear_
 from foveal.networks.nvdinov2.config import NVDINOv2Config
 from foveal.networks.registry import ActionContext, ActionResult
 from foveal.spec import SpecError, SpecIssue, required
+from foveal.spec.common import run_batch_size
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def _features(
 ) -> tuple[Features, Features, str, list[str]]:
     """(reference, evaluated, how the reference was chosen, class names)."""
     from foveal.data import LabeledImageFolderDataset, make_loader, resolve_dataset
-    from foveal.networks.nvdinov2.inference import batch_size_of, eval_transform
+    from foveal.networks.nvdinov2.inference import eval_transform
 
     e = cfg.evaluate
     transform = eval_transform(loaded)
@@ -84,7 +85,7 @@ def _features(
         ),
         transform,
     )
-    batch, workers = batch_size_of(cfg, e), cfg.dataset.workers
+    batch, workers = run_batch_size(e, cfg.dataset.batch_size), cfg.dataset.workers
 
     def features(dataset: Any) -> Features:  # one ordered pass over the frozen backbone
         loader = make_loader(dataset, batch, workers, train=False, persistent=False)

@@ -44,7 +44,7 @@ from foveal.networks.nvdinov2.checkpoints import LoadedBackbone, load_backbone_f
 from foveal.networks.nvdinov2.config import NVDINOv2Config
 from foveal.networks.registry import ActionContext, ActionResult
 from foveal.spec import required
-from foveal.spec.common import EvaluateConfig, InferenceConfig
+from foveal.spec.common import run_batch_size
 
 logger = logging.getLogger(__name__)
 PCA_IMAGES = 4  # rows of pca.png
@@ -59,10 +59,6 @@ def input_size(loaded: LoadedBackbone) -> int:
 def eval_transform(loaded: LoadedBackbone) -> Any:
     """Resize the shorter side and centre-crop to :func:`input_size`, then ImageNet-normalise."""
     return build_eval_transform(input_size(loaded), IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, crop_pct=1.0)
-
-
-def batch_size_of(cfg: NVDINOv2Config, section: EvaluateConfig | InferenceConfig) -> int:
-    return section.batch_size if section.batch_size > 0 else cfg.dataset.batch_size
 
 
 # ------------------------------------------------------------------------------ PCA picture
@@ -175,7 +171,7 @@ def inference(cfg: NVDINOv2Config, ctx: ActionContext) -> ActionResult:
         required(cfg.dataset.test_dataset.images_dir, "dataset.test_dataset.images_dir"), ctx.cache_dir
     )
     dataset = ImageFolderDataset(root, transform=eval_transform(loaded), recursive=True, return_path=True)
-    batch = batch_size_of(cfg, cfg.inference)
+    batch = run_batch_size(cfg.inference, cfg.dataset.batch_size)
     logger.info(
         "inference: %d images from %s at %d px, batch %d, %d workers",
         len(dataset),
