@@ -339,32 +339,24 @@ class Diagnostics(L.Callback):
     """The slower diagnostics, every ``every`` epochs (TAO's
     ``train.tensorboard.infrequent_logging_frequency``): each optimizer group's learning rate
     (``lr/group<i>``), the global L2 norm of the trainable weights (``weight_norm``) and of the
-    last step's gradients (``grad_norm``), to every logger the run has."""
+    epoch's last gradients (``grad_norm``, still held by the parameters at the epoch's end), to
+    every logger the run has. Nothing runs per step."""
 
     def __init__(self, every: int):
         self.every = max(1, int(every))
-        self._grad_norm: float | None = None
-
-    def _due(self, trainer: L.Trainer) -> bool:
-        return (trainer.current_epoch + 1) % self.every == 0
-
-    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
-        if not self._due(trainer):
-            return
-        grads = [p.grad.detach().float().norm() for p in pl_module.parameters() if p.grad is not None]
-        self._grad_norm = float(torch.stack(grads).norm()) if grads else None
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self._due(trainer) or not trainer.loggers:
+        if (trainer.current_epoch + 1) % self.every or not trainer.loggers:
             return
         metrics: dict[str, float] = {}
         for opt in trainer.optimizers:
             for i, group in enumerate(opt.param_groups):
                 metrics[f"lr/group{i}"] = float(group["lr"])
-        weights = [p.detach().float().norm() for p in pl_module.parameters() if p.requires_grad]
-        if weights:
-            metrics["weight_norm"] = float(torch.stack(weights).norm())
-        if self._grad_norm is not None:
-            metrics["grad_norm"] = self._grad_norm
+        trainable = [p for p in pl_module.parameters() if p.requires_grad]
+        if trainable:
+            metrics["weight_norm"] = float(torch.stack([p.detach().float().norm() for p in trainable]).norm())
+        grads = [p.grad.detach().float().norm() for p in trainable if p.grad is not None]
+        if grads:
+            metrics["grad_norm"] = float(torch.stack(grads).norm())
         for log in trainer.loggers:
             log.log_metrics(metrics, step=trainer.global_step)
