@@ -35,6 +35,18 @@ def test_specs_written_anywhere_carry_the_fingerprint_and_hash_alike():
     assert secrets.redact_overrides(["a=1", f"encryption_key={KEY}"]) == ["a=1", "encryption_key=<encryption key set>"]
 
 
+def test_tracking_uri_credentials_never_reach_a_written_spec(tmp_path):
+    from foveal.spec import save_spec
+
+    cfg = ClassificationConfig()
+    cfg.mlflow.tracking_uri = "postgresql://user:hunter2@db.example:5432/mlflow"
+    assert to_dict(cfg)["mlflow"]["tracking_uri"] == "postgresql://***@db.example:5432/mlflow"
+    assert "hunter2" not in save_spec(cfg, tmp_path / "experiment.yaml").read_text()
+    assert to_dict(cfg, with_secrets=True)["mlflow"]["tracking_uri"].endswith("hunter2@db.example:5432/mlflow")
+    cfg.mlflow.tracking_uri = "http://mlflow.example:5000"  # nothing to mask
+    assert to_dict(cfg)["mlflow"]["tracking_uri"] == "http://mlflow.example:5000"
+
+
 def test_the_key_comes_from_the_spec_else_the_environment_and_must_match_a_fingerprint(monkeypatch):
     monkeypatch.delenv(secrets.ENV_KEY, raising=False)
     assert secrets.key_from(None) is None and secrets.key_from(KEY) == KEY

@@ -21,6 +21,7 @@ import functools
 import hashlib
 import hmac
 import os
+import re
 import secrets as _random
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -30,6 +31,9 @@ from foveal.errors import EncryptionKeyError
 
 ENV_KEY = "FOVEAL_ENCRYPTION_KEY"
 SECRET_KEYS = ("encryption_key",)  # top-level spec keys that hold a secret
+# (section, key) of spec URIs whose user:password part is masked wherever the spec is written
+URI_KEYS = (("mlflow", "tracking_uri"),)
+_URI_CREDENTIALS = re.compile(r"//[^/@]+@")
 MAGIC = b"FOVEAL-ENC1\n"
 _SALT, _NONCE, _TAG = 16, 12, 16
 _FINGERPRINT_PREFIX = "scrypt$"
@@ -86,13 +90,23 @@ def _fingerprint_of(key: str) -> str:
     return fingerprint(key)
 
 
+def mask_uri_credentials(uri: str) -> str:
+    """A URI as files and logs may show it: ``scheme://user:password@host`` -> ``scheme://***@host``."""
+    return _URI_CREDENTIALS.sub("//***@", uri)
+
+
 def redact(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of a spec dict whose secrets are fingerprints (what may be written anywhere)."""
+    """A copy of a spec dict whose secrets are fingerprints and whose URIs carry no credentials
+    (what may be written anywhere)."""
     out = dict(spec)
     for name in SECRET_KEYS:
         value = out.get(name)
         if value and not is_fingerprint(value):
             out[name] = _fingerprint_of(str(value))
+    for section, key in URI_KEYS:
+        node = out.get(section)
+        if isinstance(node, Mapping) and isinstance(node.get(key), str):
+            out[section] = {**node, key: mask_uri_credentials(node[key])}
     return out
 
 
@@ -234,6 +248,7 @@ __all__ = [
     "matches",
     "read_model_bytes",
     "redact",
+    "mask_uri_credentials",
     "redact_overrides",
     "seal",
 ]

@@ -21,12 +21,12 @@ import json
 import logging
 import netrc
 import os
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from foveal import secrets
 from foveal.errors import UsageError
 from foveal.spec.common import MLflowConfig, WandBConfig
 
@@ -72,7 +72,7 @@ def _quiet(*names: str) -> Iterator[None]:
 
 def shown_uri(uri: str) -> str:
     """A URI as logs and files may show it: credentials (``user:password@``) masked."""
-    return re.sub(r"//[^/@]+@", "//***@", uri)
+    return secrets.mask_uri_credentials(uri)
 
 
 def _first_line(exc: BaseException) -> str:

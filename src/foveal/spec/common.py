@@ -86,7 +86,10 @@ class MLflowConfig:
     tracking_uri: str | None = field(
         None,
         description="MLflow tracking URI (http://host:5000, sqlite:///path/mlflow.db, databricks). Empty: "
-        "a local store, sqlite:///<workspace>/mlflow.db ($MLFLOW_TRACKING_URI when set).",
+        "a local store, sqlite:///<workspace>/mlflow.db ($MLFLOW_TRACKING_URI when set). A user:password@ "
+        "in it is masked wherever the spec is written (experiment.yaml, the job record, the run's "
+        "params), so a job started in the background cannot use it: give credentials through "
+        "MLflow's MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD.",
     )
     experiment_name: str = field("foveal", description="MLflow experiment the runs go to.")
     run_name: str | None = field(None, description="Run name; empty: '<network> <action> <job id>'.")
