@@ -153,3 +153,17 @@ def test_spec_data_is_what_load_spec_validates_plus_extras_included():
     # the job's results folder is found from the same data, before validation
     network = get_network("classification")
     assert str(_explicit_results_dir(network, "train", {"results_dir": "${base}/r"}, {"+base": "/x"})) == "/x/r/train"
+
+
+def test_overrides_carry_omegaconf_syntax_as_text():
+    from foveal.spec.loader import parse_overrides
+
+    # "${eval: ...}" holds ": ", which YAML would read as a mapping
+    parsed = parse_overrides(["train.optim.lr=${eval: 2e-4 * ${dataset.batch_size} / 8}", "a.b=???", "c=3"])
+    assert parsed == {"train.optim.lr": "${eval: 2e-4 * ${dataset.batch_size} / 8}", "a.b": "???", "c": 3}
+    cfg = load_spec(ClassificationConfig, None, ["train.optim.lr=${eval: 2e-4 * ${dataset.batch_size} / 8}"])
+    assert cfg.train.optim.lr == pytest.approx(2e-4)
+    with pytest.raises(SpecError, match=r"train.optim.lr: \$\{eval: 1/0\}: it divides by zero"):
+        load_spec(ClassificationConfig, None, ["train.optim.lr=${eval: 1/0}"])
+    with pytest.raises(SpecError, match=r"\+=3: override is not key=value"):
+        parse_overrides(["+=3"])

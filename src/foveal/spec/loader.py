@@ -119,8 +119,11 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
     for item in overrides:
         key, sep, raw = item.partition("=")
         key = key.strip()
-        if not sep or not key:
+        if not sep or not key.lstrip("+"):
             issues.append(SpecIssue(item, "override is not key=value", "write e.g. train.num_epochs=3"))
+            continue
+        if "${" in raw or raw.strip() == "???":  # OmegaConf syntax: text for interpolation, not YAML
+            parsed[key] = raw.strip()
             continue
         try:
             parsed[key] = yaml.safe_load(raw) if raw.strip() else None
