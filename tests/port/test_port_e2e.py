@@ -175,10 +175,9 @@ def test_text_model_is_refused_in_one_line(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("architecture", "model_type", "task"),
     [
-        ("DetrForObjectDetection", "detr", "object-detection"),
-        ("SegformerForSemanticSegmentation", "segformer", "semantic-segmentation"),
-        ("DPTForDepthEstimation", "dpt", "depth-estimation"),
-        ("CLIPModel", "clip", "zero-shot"),
+        ("Mask2FormerForUniversalSegmentation", "mask2former", "universal-segmentation"),
+        ("OneFormerForUniversalSegmentation", "oneformer", "universal-segmentation"),
+        ("GroundingDinoForObjectDetection", "grounding-dino", "zero-shot-object-detection"),
     ],
 )
 def test_recognised_but_unsupported_tasks_are_refused_by_name(

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.unit
         ("DeiTForImageClassificationWithTeacher", "deit", None, "image-classification"),
         ("Dinov2Model", "dinov2", None, "feature-extraction"),
         ("DetrForObjectDetection", "detr", None, "object-detection"),
-        ("Mask2FormerForUniversalSegmentation", "mask2former", None, "semantic-segmentation"),
+        ("Mask2FormerForUniversalSegmentation", "mask2former", None, "universal-segmentation"),
         ("DepthAnythingForDepthEstimation", "depth_anything", None, "depth-estimation"),
         ("SiglipModel", "siglip", None, "zero-shot"),
         ("", "resnet", "image-classification", "image-classification"),
@@ -164,9 +164,9 @@ def test_a_parity_failure_is_diagnosed_before_the_export_is_blamed(
     outputs = {"same": fp32, "off_by_half": fp32 + 0.5, "float64": x.double().numpy().astype(np.float32)}
     calls = []
 
-    def fake_outputs(onnx_file: Path, array: np.ndarray, optimise: bool) -> np.ndarray:
+    def fake_outputs(onnx_file: Path, array: np.ndarray, optimise: bool) -> list[np.ndarray]:
         calls.append(optimise)
-        return outputs[ort_optimised if optimise else ort_plain]
+        return [outputs[ort_optimised if optimise else ort_plain]]  # the session's outputs, in order
 
     monkeypatch.setattr(verify, "_ort_outputs", fake_outputs)
     figures, got = verify.check_graph("features", tmp_path / "m.onnx", module, x)

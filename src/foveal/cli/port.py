@@ -57,9 +57,12 @@ def port_hf_command(
     if report.status == "unchanged":
         typer.echo(f"{name} is already ported from this source; use --force to regenerate it")
     else:
-        typer.echo(
-            f"next: foveal {name} train dataset.train_dataset.images_dir=... (specs: foveal spec {name} train)"
-        )
+        data_key = {
+            "object-detection": "'dataset.train_data_sources=[{image_dir: ..., json_file: ...}]'",
+            "semantic-segmentation": "dataset.segment.root_dir=...",
+            "depth-estimation": "dataset.depth.root_dir=...",
+        }.get(report.task or "", "dataset.train_dataset.images_dir=...")
+        typer.echo(f"next: foveal {name} train {data_key} (specs: foveal spec {name} train)")
 
 
 @port_app.command("remove")

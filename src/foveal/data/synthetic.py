@@ -188,6 +188,13 @@ def _shape_mask(rng: np.random.Generator, shape: str, size: int) -> np.ndarray:
 
 def render_demo_image(seed: int, split: str, index: int, label: int, image_size: int = 64) -> Image.Image:
     """Draw image `index` of `split` showing class `label` (deterministic in all arguments)."""
+    return render_annotated(seed, split, index, label, image_size)[0]
+
+
+def render_annotated(
+    seed: int, split: str, index: int, label: int, image_size: int = 64
+) -> tuple[Image.Image, np.ndarray]:
+    """The image of :func:`render_demo_image` and its shape's coverage (H, W) in [0, 1]."""
     rng = np.random.default_rng([seed, SPLITS.index(split), index])
     background, c1, c2 = _background(rng, image_size)
     color = rng.random(3, dtype=np.float32)
@@ -199,7 +206,7 @@ def render_demo_image(seed: int, split: str, index: int, label: int, image_size:
     image = background + (color - background) * coverage
     noise = rng.standard_normal(image.shape, dtype=np.float32) * np.float32(rng.uniform(0.0, 0.08))
     image = (image + noise) * 255 + 0.5
-    return Image.fromarray(np.clip(image, 0, 255).astype(np.uint8), mode="RGB")
+    return Image.fromarray(np.clip(image, 0, 255).astype(np.uint8), mode="RGB"), coverage[..., 0]
 
 
 def split_labels(seed: int, split: str, count: int, num_classes: int) -> np.ndarray:

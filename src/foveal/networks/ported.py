@@ -71,9 +71,10 @@ class PortedAction:
         self.backbone_name, self.backbone_spec = backbone_name, dict(backbone_spec)
 
     def __call__(self, cfg: Any, ctx: ActionContext) -> ActionResult:  # the base network's config
-        from foveal.nn.ported import register_ported_backbone
+        if self.backbone_spec:
+            from foveal.nn.ported import register_ported_backbone
 
-        register_ported_backbone(self.backbone_name, self.backbone_spec)
+            register_ported_backbone(self.backbone_name, self.backbone_spec)
         return self.base.get_action(self.action)(cfg, ctx)
 
 
@@ -84,9 +85,10 @@ class PortedResolve:
         self.base, self.backbone_name, self.backbone_spec = base, backbone_name, dict(backbone_spec)
 
     def __call__(self, cfg: Any, action: str | None = None) -> Any:  # the base network's config
-        from foveal.nn.ported import register_ported_backbone
+        if self.backbone_spec:
+            from foveal.nn.ported import register_ported_backbone
 
-        register_ported_backbone(self.backbone_name, self.backbone_spec)
+            register_ported_backbone(self.backbone_name, self.backbone_spec)
         return self.base.resolve(cfg, action) if self.base.resolve is not None else cfg
 
 
@@ -113,7 +115,7 @@ def _json_copy(value: Any) -> Any:
 
 def absolute_backbone_spec(entry: Mapping[str, Any], entry_dir: Path) -> dict[str, Any]:
     """The entry's backbone description with its paths made absolute."""
-    spec = dict(entry["backbone"])
+    spec = dict(entry.get("backbone") or {})
     for key in ("weights", "folder"):
         if key in spec:
             spec[key] = str((entry_dir / spec[key]).resolve())
@@ -126,12 +128,17 @@ def ported_network(entry_dir: Path) -> Network:
     Raises:
         ValueError: the entry is unreadable or names an unknown base network or spec key.
     """
+    from foveal.networks.hf_task import BASES, task_network
     from foveal.networks.registry import get_network
 
     entry = read_entry(entry_dir)
-    base = get_network(entry.get("base", "classification"))
+    base_name = entry.get("base", "classification")
+    base = task_network(base_name) if base_name in BASES else get_network(base_name)
+    defaults = dict(entry.get("defaults", {}))
+    if "model.hf_model_dir" in defaults:  # stored relative to the entry, which may have moved
+        defaults["model.hf_model_dir"] = str((entry_dir / defaults["model.hf_model_dir"]).resolve())
     try:
-        config_cls = with_defaults(base.config_cls, entry.get("defaults", {}))
+        config_cls = with_defaults(base.config_cls, defaults)
     except KeyError as exc:
         raise ValueError(f"{entry_dir / ENTRY_FILE}: {exc.args[0]}") from None
     backbone = absolute_backbone_spec(entry, entry_dir)
@@ -163,7 +170,7 @@ def ported_network(entry_dir: Path) -> Network:
     return Network(
         name=name,
         config_cls=config_cls,
-        actions={a: PortedAction(base, a, entry["backbone_name"], backbone) for a in base.actions},
+        actions={a: PortedAction(base, a, entry.get("backbone_name", name), backbone) for a in base.actions},
         metadata=metadata,
         description=description,
         action_sections=dict(base.action_sections),
@@ -171,5 +178,5 @@ def ported_network(entry_dir: Path) -> Network:
         checkpoint_kind=base.checkpoint_kind,
         start_from=start_from,
         start_key=base.start_key,
-        resolve=PortedResolve(base, entry["backbone_name"], backbone),
+        resolve=PortedResolve(base, entry.get("backbone_name", name), backbone),
     )

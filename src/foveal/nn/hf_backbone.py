@@ -58,18 +58,32 @@ def _vision_tower_class(folder: str | Path) -> Any:
     return cls
 
 
-def load_hf_model(folder: str | Path, task: str, **config_overrides: Any) -> nn.Module:
-    """``AutoModelForImageClassification`` (task image-classification) or ``AutoModel`` from a
-    local folder (an image-text model's vision tower: its ``...VisionModel``), with eager
-    attention, in eval mode. Nothing is downloaded."""
+# Task -> the transformers auto class that builds its whole model (head included).
+TASK_AUTO_CLASSES = {
+    "image-classification": "AutoModelForImageClassification",
+    "object-detection": "AutoModelForObjectDetection",
+    "semantic-segmentation": "AutoModelForSemanticSegmentation",
+    "depth-estimation": "AutoModelForDepthEstimation",
+}
+
+
+def task_auto_class(task: str) -> Any:
+    """The ``transformers`` auto class of ``task`` (``AutoModel`` for feature extraction)."""
     import transformers
 
-    tower = _vision_tower_class(folder) if task != "image-classification" else None
-    auto = tower or (
-        transformers.AutoModelForImageClassification
-        if task == "image-classification"
-        else transformers.AutoModel
-    )
+    return getattr(transformers, TASK_AUTO_CLASSES.get(task, "AutoModel"))
+
+
+def load_hf_model(folder: str | Path, task: str, **config_overrides: Any) -> nn.Module:
+    """The task's auto model (``AutoModelForImageClassification``, ``...ObjectDetection``,
+    ``...SemanticSegmentation``, ``...DepthEstimation``) or ``AutoModel`` from a local folder (an
+    image-text model's vision tower: its ``...VisionModel``), with eager attention, in eval mode.
+    Nothing is downloaded. ``config_overrides`` go to ``from_pretrained`` (e.g. ``num_labels``
+    with ``ignore_mismatched_sizes=True`` for a new head)."""
+    import transformers
+
+    tower = _vision_tower_class(folder) if task == "feature-extraction" else None
+    auto = tower or task_auto_class(task)
     kwargs: dict[str, Any] = {"local_files_only": True, **config_overrides}
     # Loading a task folder into a base model reports the head keys it skips: expected here.
     verbosity = transformers.logging.get_verbosity()

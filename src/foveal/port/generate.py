@@ -46,9 +46,25 @@ def fingerprint(folder: Path, options: dict[str, Any]) -> str:
     return digest.hexdigest()
 
 
+# Task -> (base network, metadata task, monitoring metric, mode).
+TASK_BASES = {
+    "object-detection": ("hf_object_detection", "object_detection", "val_mAP50", "max"),
+    "semantic-segmentation": ("hf_semantic_segmentation", "segmentation", "val_mIoU", "max"),
+    "depth-estimation": ("hf_depth_estimation", "depth_estimation", "val_abs_rel", "min"),
+}
+
+
 def schema_defaults(name: str, info: SourceInfo, input_size: int | None) -> dict[str, Any]:
-    """The dotted spec defaults that make the classification schema this model's schema."""
+    """The dotted spec defaults that make the base network's schema this model's schema."""
     size = max(MIN_INPUT, input_size or info.image_size)
+    if info.task in TASK_BASES:
+        return {
+            "model.hf_model_dir": "hf",  # relative to the entry; made absolute when it is loaded
+            "dataset.img_size": size,
+            "dataset.augmentation.mean": info.mean,
+            "dataset.augmentation.std": info.std,
+            "export.input_channel": info.num_channels,
+        }
     return {
         "model.backbone.type": name,
         "dataset.img_size": size,
@@ -63,6 +79,25 @@ def entry_document(
     name: str, info: SourceInfo, mapped: MappingResult, defaults: dict[str, Any], print_: str
 ) -> dict[str, Any]:
     """The ``network.json`` content (unverified until phase 4 passes)."""
+    if info.task in TASK_BASES:
+        base, task, metric, mode = TASK_BASES[info.task]
+        return {
+            "format": ENTRY_FORMAT,
+            "ported": True,
+            "name": name,
+            "base": base,
+            "description": f"Ported {info.architecture}: {info.task}, the whole model trained with its own head.",
+            "task": info.task,
+            "source": {"path": info.folder, "model_type": info.model_type, "architecture": info.architecture,
+                       "image_size": info.image_size, "num_labels": info.num_labels},  # fmt: skip
+            "family": mapped.family,
+            "mapping": mapped.mapping,
+            "defaults": defaults,
+            "metadata": {"task": task, "source_task": info.task, "automl_enabled": True,
+                         "monitoring_metric": metric, "monitoring_mode": mode},  # fmt: skip
+            "verified": False,
+            "fingerprint": print_,
+        }
     how = "native Foveal ViT" if mapped.mapping == "native" else "wrapped Hugging Face model"
     return {
         "format": ENTRY_FORMAT,

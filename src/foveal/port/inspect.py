@@ -4,9 +4,10 @@ Reads ``config.json`` (architectures, model_type, image_size, patch/hidden sizes
 channels), ``preprocessor_config.json`` (input size, mean/std) and the weights' schema (key
 groups, shapes, dtypes: safetensors headers only, no tensor is read). Decides the task from the
 architecture class, the pipeline tag of the model card and ``transformers``' task tables:
-image-classification and feature-extraction are ported; object detection, segmentation, depth
-estimation and zero-shot classification are recognised and refused by name; text and audio
-models are refused with one line.
+image classification, feature extraction, object detection, semantic segmentation and depth
+estimation are ported; zero-shot detection (OWL-ViT, Grounding DINO) and instance/panoptic
+("universal") segmentation are recognised and refused by name; text and audio models are
+refused with one line.
 """
 
 from __future__ import annotations
@@ -23,16 +24,24 @@ from foveal.errors import PortSourceError
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_TASKS = ("image-classification", "feature-extraction")
-UNSUPPORTED_TASKS = ("object-detection", "semantic-segmentation", "depth-estimation", "zero-shot")
+SUPPORTED_TASKS = (
+    "image-classification",
+    "feature-extraction",
+    "object-detection",
+    "semantic-segmentation",
+    "depth-estimation",
+)
+# Whole-model tasks: the port trains the model's own head (foveal.networks.hf_task).
+DENSE_TASKS = ("object-detection", "semantic-segmentation", "depth-estimation")
+UNSUPPORTED_TASKS = ("zero-shot", "zero-shot-object-detection", "universal-segmentation")
 # Architecture class suffix -> task (most specific first).
 _SUFFIX_TASKS = (
     ("ForImageClassificationWithTeacher", "image-classification"),
     ("ForImageClassification", "image-classification"),
     ("ForObjectDetection", "object-detection"),
     ("ForSemanticSegmentation", "semantic-segmentation"),
-    ("ForUniversalSegmentation", "semantic-segmentation"),
-    ("ForInstanceSegmentation", "semantic-segmentation"),
+    ("ForUniversalSegmentation", "universal-segmentation"),
+    ("ForInstanceSegmentation", "universal-segmentation"),
     ("ForDepthEstimation", "depth-estimation"),
     ("ForZeroShotImageClassification", "zero-shot"),
     ("ForMaskedImageModeling", "feature-extraction"),
@@ -60,6 +69,13 @@ _PIPELINE_TASKS = {
     "depth-estimation": "depth-estimation",
     "zero-shot-image-classification": "zero-shot",
 }
+_VISION_TASK_TABLES = (
+    "MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES",
+    "MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES",
+    "MODEL_FOR_DEPTH_ESTIMATION_MAPPING_NAMES",
+    "MODEL_FOR_UNIVERSAL_SEGMENTATION_MAPPING_NAMES",
+    "MODEL_FOR_ZERO_SHOT_OBJECT_DETECTION_MAPPING_NAMES",
+)
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spiece.model", "merges.txt")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -123,6 +139,8 @@ def is_vision(config: dict[str, Any], folder: Path) -> tuple[bool, str]:
     arch = (config.get("architectures") or [""])[0]
     if model_type in _mapping("MODEL_FOR_IMAGE_MAPPING_NAMES") or "image_size" in config:
         return True, ""
+    if any(model_type in _mapping(table) for table in _VISION_TASK_TABLES):
+        return True, ""  # a detection, segmentation or depth model (no image_size of its own)
     if vision_tower_config(config) is not None:
         return True, ""  # an image-text model: its vision tower is ported
     if arch.endswith(_AUDIO_SUFFIXES) or model_type in _mapping(
@@ -147,6 +165,8 @@ def decide_task(config: dict[str, Any], tag: str | None) -> str:
         return "feature-extraction"
     if model_type in _mapping("MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING_NAMES"):
         return "zero-shot"
+    if model_type in _mapping("MODEL_FOR_ZERO_SHOT_OBJECT_DETECTION_MAPPING_NAMES"):
+        return "zero-shot-object-detection"
     for suffix, task in _SUFFIX_TASKS:
         if arch.endswith(suffix):
             return task

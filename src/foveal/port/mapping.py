@@ -63,6 +63,13 @@ class _Logits(nn.Module):
         return pooled if pooled is not None else out.last_hidden_state
 
 
+def _graph(model: nn.Module, task: str) -> nn.Module:
+    """The model as ``x -> outputs``: a task model's named outputs, else logits / pooled features."""
+    from foveal.networks.hf_task.model import TASK_OUTPUTS, TaskGraph
+
+    return TaskGraph(model, task) if task in TASK_OUTPUTS else _Logits(model)
+
+
 def sanity_export(info: SourceInfo) -> dict[str, Any]:
     """Export the untouched HF model to ONNX and run it in ONNX Runtime; never raises.
 
@@ -73,7 +80,7 @@ def sanity_export(info: SourceInfo) -> dict[str, Any]:
     from foveal.nn.hf_backbone import load_hf_model
 
     try:
-        model = _Logits(load_hf_model(info.folder, info.task))
+        model = _graph(load_hf_model(info.folder, info.task), info.task)
         with tempfile.TemporaryDirectory(prefix="foveal-port-") as tmp:
             report = export_onnx(model, example_input(info), Path(tmp) / "source.onnx", dynamic_batch=True)
         diff = max(report.max_abs_diff.values(), default=0.0)
@@ -170,8 +177,41 @@ def map_wrapped(info: SourceInfo, entry_dir: Path) -> MappingResult:
     )
 
 
+@torch.no_grad()
+def map_task(info: SourceInfo, entry_dir: Path) -> MappingResult:
+    """A detection / segmentation / depth model: copied whole (backbone, neck, head) into the entry;
+    check: the copy's task outputs equal the source's."""
+    from foveal.networks.hf_task.model import TASK_OUTPUTS
+    from foveal.nn.hf_backbone import load_hf_model
+
+    copy_hf_folder(Path(info.folder), entry_dir / "hf")
+    x = example_input(info)
+    source = _graph(load_hf_model(info.folder, info.task), info.task)
+    copied = _graph(load_hf_model(entry_dir / "hf", info.task), info.task)
+    expected, ours = source(x), copied(x)
+    parity = {f"copy_vs_source_{name}": _max_diff(a, b) for name, a, b in zip(TASK_OUTPUTS[info.task], expected, ours,
+                                                                               strict=True)}  # fmt: skip
+    for name, value in zip(TASK_OUTPUTS[info.task], ours, strict=True):
+        if not torch.isfinite(value).all():
+            raise RuntimeError(f"{info.architecture}: output {name} is not finite")
+    shapes = ", ".join(f"{n} {tuple(v.shape)}" for n, v in zip(TASK_OUTPUTS[info.task], ours, strict=True))
+    return MappingResult(
+        mapping="whole",
+        family=info.model_type,
+        backbone={},
+        embed_dim=0,
+        parity=parity,
+        note=f"{info.architecture} trained whole with its own head ({shapes})",
+    )
+
+
 def map_source(info: SourceInfo, entry_dir: Path, prefer_native: bool = True) -> MappingResult:
-    """Native where the architecture allows and the conversion works, else wrapped."""
+    """Whole for a detection/segmentation/depth model; else native where the architecture allows
+    and the conversion works, else wrapped."""
+    from foveal.port.inspect import DENSE_TASKS
+
+    if info.task in DENSE_TASKS:
+        return map_task(info, entry_dir)
     if prefer_native and info.model_type in NATIVE_TYPES:
         try:
             return map_native(info, entry_dir)

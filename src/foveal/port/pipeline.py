@@ -136,6 +136,7 @@ def _phase_map(report: PortReport, info: Any, folder: Path, prefer_native: bool)
 
     mapped = map_source(info, folder, prefer_native=prefer_native)
     report.mapping = mapped.mapping
+    report.task = info.task
     worst = max(mapped.parity.values(), default=0.0)
     status = "pass" if worst <= PARITY_ATOL else "fail"
     report.add(
@@ -237,6 +238,8 @@ def _verify_data(ws: Workspace, name: str, data: str | Path | None) -> Path | No
 
     if not data:
         return None
+    if (Path(data).expanduser() / "images").is_dir():  # a detection / segmentation / depth dataset folder
+        return Path(data).expanduser().resolve()
     return subset_data(Path(data).expanduser(), ws.cache_dir / f"port_data_{name}" / "labeled_train")
 
 
@@ -244,10 +247,16 @@ def _phase_verify(report: PortReport, name: str, ws: Workspace, folder: Path, in
                   data_root: Path | None, epochs: int, image_size: int | None) -> None:  # fmt: skip
     from foveal.networks.registry import load_workspace_networks
     from foveal.port.generate import MIN_INPUT, mark_verified
-    from foveal.port.verify import synthetic_data, verify_network
+    from foveal.port.inspect import DENSE_TASKS
+    from foveal.port.verify import synthetic_data, task_synthetic_data, verify_network, verify_task_network
 
-    root = data_root or synthetic_data(ws, max(MIN_INPUT, image_size or info.image_size))
-    result = verify_network(name, ws, root, report.add, epochs=epochs)
+    size = max(MIN_INPUT, image_size or info.image_size)
+    if info.task in DENSE_TASKS:
+        root = data_root or task_synthetic_data(ws, size)
+        result = verify_task_network(name, info.task, ws, root, report.add, epochs=epochs)
+    else:
+        root = data_root or synthetic_data(ws, size)
+        result = verify_network(name, ws, root, report.add, epochs=epochs)
     report.jobs = result["jobs"]
     report.files.append(result["onnx_file"])
     mark_verified(folder, True)

@@ -26,6 +26,7 @@ class PortReport:
     workspace: str
     status: str = "running"
     mapping: str | None = None
+    task: str | None = None
     phases: list[dict[str, Any]] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     jobs: dict[str, str] = field(default_factory=dict)

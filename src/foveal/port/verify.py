@@ -71,7 +71,7 @@ def _batch(root: Path, size: int, mean: list[float], std: list[float], classes: 
     return torch.stack([dataset[i][0] for i in range(min(4, len(dataset)))])
 
 
-def _ort_outputs(onnx_file: Path, x: np.ndarray, optimise: bool) -> np.ndarray:
+def _ort_outputs(onnx_file: Path, x: np.ndarray, optimise: bool) -> list[np.ndarray]:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -80,7 +80,17 @@ def _ort_outputs(onnx_file: Path, x: np.ndarray, optimise: bool) -> np.ndarray:
     from foveal.export.onnx_runtime import session_source
 
     session = ort.InferenceSession(session_source(onnx_file), options, providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: x})[0]
+    return list(session.run(None, {session.get_inputs()[0].name: x}))
+
+
+def _numpy_outputs(module: torch.nn.Module, x: torch.Tensor) -> list[np.ndarray]:
+    with torch.no_grad():
+        out = module(x)
+    return [o.numpy() for o in (out if isinstance(out, (tuple, list)) else (out,))]
+
+
+def _worst(found: list[np.ndarray], expected: list[np.ndarray]) -> float:
+    return max(float(np.abs(a - b).max()) for a, b in zip(found, expected, strict=True))
 
 
 class _Features(torch.nn.Module):
@@ -112,27 +122,29 @@ def check_graph(
        BatchNorm statistics after a few steps on tiny data; the file is right);
     4. else ``export`` (the graph itself computes something else).
     """
-    with torch.no_grad():
-        expected = module(x).numpy()
+    expected = _numpy_outputs(module, x)
     ort = _ort_outputs(onnx_file, x.numpy(), True)
-    diff = float(np.abs(ort - expected).max())
+    diff = _worst(ort, expected)
+    absmax = max(float(np.abs(e).max()) for e in expected)
     figures: dict[str, Any] = {
-        f"{what}_absmax": float(np.abs(expected).max()),
+        f"{what}_absmax": absmax,
         f"ort_{what}_max_abs_diff": diff,
+        # relative to the outputs' scale: a freshly initialised head's outputs are small, and an
+        # absolute 1e-4 alone would hide a wrong graph under them
+        f"ort_{what}_rel_diff": diff / absmax if absmax > 0 else 0.0,
     }
     if diff <= ORT_ATOL:
         return figures, None
-    plain = float(np.abs(_ort_outputs(onnx_file, x.numpy(), False) - expected).max())
+    plain = _worst(_ort_outputs(onnx_file, x.numpy(), False), expected)
     figures[f"ort_{what}_max_abs_diff_no_optimisation"] = plain
     if plain <= ORT_ATOL:
         return figures, "ort_optimiser"
     try:
-        with torch.no_grad():
-            truth = copy.deepcopy(module).double()(x.double()).numpy()
+        truth = _numpy_outputs(copy.deepcopy(module).double(), x.double())
     except (RuntimeError, TypeError) as exc:  # a model that cannot run in float64
         logger.info("no float64 reference for %s: %s", what, exc)
         return figures, "export"
-    torch_err, ort_err = float(np.abs(expected - truth).max()), float(np.abs(ort - truth).max())
+    torch_err, ort_err = _worst(expected, truth), _worst(ort, truth)
     figures[f"torch_{what}_fp64_error"], figures[f"ort_{what}_fp64_error"] = torch_err, ort_err
     return figures, ("fp32_conditioning" if ort_err <= 2 * torch_err + ORT_ATOL else "export")
 
@@ -222,15 +234,7 @@ def verify_network(
     sink("verify.evaluate", "pass", f"job {ev.id}", {k: round(float(v), 6) for k, v in ev.kpis.items()})
     onnx_file = _export(name, ws, train.id, sink)
     figures = ort_parity(checkpoint, onnx_file, val_root)
-    blame = figures["blame"]
-    if blame is None:
-        sink("verify.onnxruntime", "pass", f"PyTorch vs ONNX Runtime <= {ORT_ATOL:g}", figures)
-    elif blame in _WARNINGS:
-        sink("verify.onnxruntime", "warn", _WARNINGS[blame], figures)
-    else:
-        sink("verify.onnxruntime", "fail", "the exported graph computes something else than PyTorch", figures)
-        worst = max(v for k, v in figures.items() if k.endswith("max_abs_diff"))
-        raise RuntimeError(f"ONNX Runtime differs from PyTorch by {worst:.3g}")
+    _judge(figures, sink)
     return {
         "jobs": {"train": train.id, "evaluate": ev.id},
         "onnx_file": str(onnx_file),
@@ -256,3 +260,87 @@ def _export(name: str, ws: Workspace, train_id: str, sink: PhaseSink) -> Path:
         "verify.export", "pass", f"job {job.id}: {onnx_file.name}", {k: float(v) for k, v in job.kpis.items()}
     )
     return onnx_file
+
+
+# ------------------------------------------------------------------------- detection / dense tasks
+
+
+def task_synthetic_data(ws: Workspace, image_size: int) -> Path:
+    """Annotated shapes (3 classes, 8 train and 4 val images) for every dense task, made once."""
+    from foveal.data.synthetic_tasks import make_task_dataset
+
+    root = ws.cache_dir / f"port_tasks_{image_size}"
+    if not (root / "dataset.json").is_file():
+        make_task_dataset(root, num_train=8, num_val=4, image_size=image_size, num_classes=3, overwrite=True)
+        (root / "classes.txt").write_text("background\ncircle\nsquare\ntriangle\n", encoding="utf-8")
+    return root
+
+
+def task_data_overrides(task: str, root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(train overrides, evaluate overrides) pointing a task network at ``root`` (the layout of
+    :mod:`foveal.data.synthetic_tasks`)."""
+    if task == "object-detection":
+        def source(split: str) -> dict[str, str]:
+            return {"image_dir": str(root / "images" / split),
+                    "json_file": str(root / "annotations" / f"instances_{split}.json")}  # fmt: skip
+
+        return ({"dataset.train_data_sources": [source("train")], "dataset.val_data_sources": source("val")},
+                {"dataset.test_data_sources": source("val")})  # fmt: skip
+    key = "dataset.segment.root_dir" if task == "semantic-segmentation" else "dataset.depth.root_dir"
+    return {key: str(root)}, {key: str(root)}
+
+
+def task_parity(checkpoint: Path, onnx_file: Path, root: Path) -> dict[str, Any]:
+    """PyTorch vs ONNX Runtime on a batch of the validation images, every named output compared
+    (diagnosed as :func:`check_graph` does)."""
+    import onnx
+
+    from foveal.data.images import scan_images
+    from foveal.data.tasks import PairedTransform, load_image
+    from foveal.networks.hf_task.actions import NETWORKS, load_task_checkpoint
+    from foveal.networks.hf_task.model import TaskGraph
+
+    network = onnx.load(str(onnx_file), load_external_data=False).metadata_props
+    base = next((p.value for p in network if p.key == "network"), None) or next(iter(NETWORKS.values()))
+    model, cfg, _, task = load_task_checkpoint(checkpoint, base)
+    aug = cfg.dataset.augmentation
+    tf = PairedTransform(cfg.dataset.img_size, aug.mean, aug.std)
+    files = scan_images(root / "images" / "val")[:4]
+    x = torch.stack([tf.image(load_image(f)) for f in files])
+    figures, blame = check_graph("outputs", onnx_file, TaskGraph(model, task).eval(), x)
+    figures["batch"] = int(x.shape[0])
+    figures["blame"] = blame
+    return figures
+
+
+def verify_task_network(name: str, task: str, ws: Workspace, root: Path, sink: PhaseSink, *,
+                        epochs: int = 1) -> dict[str, Any]:  # fmt: skip
+    """Train -> evaluate -> export -> ORT parity for a ported detection / segmentation / depth network."""
+    train_data, eval_data = task_data_overrides(task, root)
+    common = {"dataset.workers": 0, "dataset.batch_size": 4}
+    train_overrides = {**common, **train_data, "train.num_epochs": epochs, "train.precision": "fp32"}
+    train = _run(sink, "verify.train",
+                 lambda: run_job(name, "train", overrides=train_overrides, workspace=ws, new=True))  # fmt: skip
+    checkpoint = Path(train.artifacts.get("checkpoint", ""))
+    sink("verify.train", "pass", f"job {train.id}: {epochs} epoch(s) on {root}",
+         {k: round(float(v), 6) for k, v in train.kpis.items()})  # fmt: skip
+    ev = _run(sink, "verify.evaluate",
+              lambda: run_job(name, "evaluate", parent_id=train.id, workspace=ws, overrides={**common, **eval_data}))  # fmt: skip
+    sink("verify.evaluate", "pass", f"job {ev.id}", {k: round(float(v), 6) for k, v in ev.kpis.items()})
+    onnx_file = _export(name, ws, train.id, sink)
+    figures = task_parity(checkpoint, onnx_file, root)
+    _judge(figures, sink)
+    return {"jobs": {"train": train.id, "evaluate": ev.id}, "onnx_file": str(onnx_file), "checkpoint": str(checkpoint)}
+
+
+def _judge(figures: dict[str, Any], sink: PhaseSink) -> None:
+    """Record the parity verdict; raise when the exported graph itself is wrong."""
+    blame = figures["blame"]
+    if blame is None:
+        sink("verify.onnxruntime", "pass", f"PyTorch vs ONNX Runtime <= {ORT_ATOL:g}", figures)
+    elif blame in _WARNINGS:
+        sink("verify.onnxruntime", "warn", _WARNINGS[blame], figures)
+    else:
+        sink("verify.onnxruntime", "fail", "the exported graph computes something else than PyTorch", figures)
+        worst = max(v for k, v in figures.items() if k.endswith("max_abs_diff"))
+        raise RuntimeError(f"ONNX Runtime differs from PyTorch by {worst:.3g}")

@@ -1,0 +1,67 @@
+"""Hugging Face task networks: the whole model of a detection, semantic segmentation or depth
+estimation checkpoint, trained with its own loss (``foveal port hf`` makes them).
+
+They are the bases of ported networks, as ``classification`` is for ported classifiers, and are
+not registered under their own names: a port's ``network.json`` names its base
+(``hf_object_detection``, ``hf_semantic_segmentation``, ``hf_depth_estimation``) and
+:func:`task_network` builds it.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from foveal.networks.registry import DatasetNeed, Monitoring, Network, NetworkMetadata, StartFrom
+
+_ACTIONS = "foveal.networks.hf_task.actions"
+BASES = {
+    "hf_object_detection": "object-detection",
+    "hf_semantic_segmentation": "semantic-segmentation",
+    "hf_depth_estimation": "depth-estimation",
+}
+_MONITOR = {
+    "object-detection": Monitoring("val_mAP50", "max", fallback="train_loss"),
+    "semantic-segmentation": Monitoring("val_mIoU", "max", fallback="train_loss"),
+    "depth-estimation": Monitoring("val_abs_rel", "min", fallback="train_loss"),
+}
+_FOLDERS = "images/<split>/ and {labels}/<split>/ of the same file names"
+
+
+def _needs(task: str) -> dict[str, tuple[DatasetNeed, ...]]:
+    if task == "object-detection":
+        return {}  # COCO sources are lists of {image_dir, json_file}: set in the spec
+    key = "dataset.segment.root_dir" if task == "semantic-segmentation" else "dataset.depth.root_dir"
+    files = _FOLDERS.format(labels="masks" if task == "semantic-segmentation" else "depth")
+    return {action: (DatasetNeed(key, "train" if action == "train" else "eval", True, True, files),)
+            for action in ("train", "evaluate")}  # fmt: skip
+
+
+@functools.cache
+def task_network(base: str) -> Network:
+    """The base network ``base`` (a key of :data:`BASES`).
+
+    Raises:
+        KeyError: not a task network.
+    """
+    from foveal.networks.hf_task import actions
+    from foveal.networks.hf_task.config import resolve
+
+    task = BASES[base]
+    actions_of = {a: f"{_ACTIONS}:{a}" for a in ("train", "evaluate", "inference", "export")}
+    return Network(
+        name=base,
+        config_cls=actions.CONFIGS[task],
+        actions={**actions_of, "gen_trt_engine": actions.gen_trt_engine[task]},
+        metadata=NetworkMetadata(
+            task=task,
+            automl_enabled=True,
+            monitoring=_MONITOR[task],
+            dataset_requirements=_needs(task),
+        ),
+        description=f"Hugging Face {task} model, trained whole with its own loss.",
+        start_from=(StartFrom(base, "train.pretrained_model_path"),),
+        resolve=resolve,
+    )
+
+
+__all__ = ["BASES", "task_network"]

@@ -1,0 +1,155 @@
+"""The whole Hugging Face model of a task (backbone, neck and head), its loss and its graph.
+
+* Training uses the model's own loss from its labels where the ``transformers`` head computes
+  one (the DETR family's Hungarian-matched loss, SegFormer/UperNet's cross entropy). The depth
+  heads of ``transformers`` do not (DPT, Depth Anything and ZoeDepth raise "Training is not
+  implemented yet"), so depth trains with the scale-invariant log loss (SILog, lambda 0.85)
+  that GLPN and AdaBins use, over the pixels with a measurement.
+* The exported graph returns the task's named outputs (:data:`TASK_OUTPUTS`).
+* A checkpoint keeps the model's ``config.json`` content, so evaluate, inference and export
+  rebuild the model without the original folder.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+TASKS = ("object-detection", "semantic-segmentation", "depth-estimation")
+TASK_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "object-detection": ("logits", "pred_boxes"),
+    "semantic-segmentation": ("logits",),
+    "depth-estimation": ("predicted_depth",),
+}
+IGNORE_INDEX = 255
+
+
+def _labels(classes: Sequence[str] | None) -> dict[str, Any]:
+    if not classes:
+        return {}
+    return {"num_labels": len(classes), "id2label": dict(enumerate(classes)),
+            "label2id": {c: i for i, c in enumerate(classes)}}  # fmt: skip
+
+
+def _quiet_transformers() -> Any:
+    import transformers
+
+    level = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    return level
+
+
+def load_task_model(folder: str, task: str, classes: Sequence[str] | None = None) -> nn.Module:
+    """The folder's model for ``task``, its head resized to ``classes`` when they differ from the
+    model's own labels (the new rows start from the model's initialisation)."""
+    import json
+    from pathlib import Path
+
+    from foveal.nn.hf_backbone import load_hf_model
+
+    config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    own = [str(v) for _, v in sorted((int(k), v) for k, v in (config.get("id2label") or {}).items())]
+    overrides: dict[str, Any] = {}
+    if task != "depth-estimation" and classes and list(classes) != own:
+        overrides = {**_labels(classes), "ignore_mismatched_sizes": True}
+        logger.info("%s: head resized from %d labels to the dataset's %d classes", folder, len(own), len(classes))
+    return load_hf_model(folder, task, **overrides).train()
+
+
+def model_from_config(hf_config: dict[str, Any], task: str) -> nn.Module:
+    """Rebuild a model from the ``config.json`` content a checkpoint keeps (weights loaded after)."""
+    import transformers
+
+    from foveal.nn.hf_backbone import task_auto_class
+
+    data = dict(hf_config)
+    model_type = data.pop("model_type")
+    config = transformers.AutoConfig.for_model(model_type, **data)
+    level = _quiet_transformers()
+    try:
+        try:
+            model = task_auto_class(task).from_config(config, attn_implementation="eager")
+        except (TypeError, ValueError) as exc:
+            if "attn_implementation" not in str(exc):
+                raise
+            model = task_auto_class(task).from_config(config)
+    finally:
+        transformers.logging.set_verbosity(level)
+    return model
+
+
+def config_dict(model: nn.Module) -> dict[str, Any]:
+    """The model's ``config.json`` content (plain JSON types, for a weights-only checkpoint)."""
+    import json
+
+    config: Any = model.config
+    result: dict[str, Any] = json.loads(config.to_json_string(use_diff=False))
+    return result
+
+
+def silog_loss(predicted: torch.Tensor, target: torch.Tensor, lam: float = 0.85) -> torch.Tensor:
+    """Scale-invariant log loss over pixels with target > 0 (``predicted`` resized to the target)."""
+    if predicted.shape[-2:] != target.shape[-2:]:
+        predicted = F.interpolate(predicted.unsqueeze(1), size=target.shape[-2:], mode="bilinear",
+                                  align_corners=False).squeeze(1)  # fmt: skip
+    valid = target > 0
+    if not valid.any():
+        return predicted.sum() * 0.0
+    # log(p + eps), not log(clamp(p)): a prediction near 0 (a ReLU head at initialisation) still
+    # gets a gradient
+    d = torch.log(predicted[valid].float().clamp(min=0) + 1e-3) - torch.log(target[valid].float())
+    return torch.sqrt((d**2).mean() - lam * d.mean() ** 2 + 1e-8)
+
+
+def task_loss(model: nn.Module, task: str, images: torch.Tensor, target: Any) -> torch.Tensor:
+    """The training loss of one batch (see the module docstring)."""
+    if task == "object-detection":
+        labels = [{"class_labels": t["class_labels"], "boxes": t["boxes"]} for t in target]
+        loss: torch.Tensor = model(pixel_values=images, labels=labels).loss
+        return loss
+    if task == "semantic-segmentation":
+        out = model(pixel_values=images, labels=target)
+        if getattr(out, "loss", None) is not None:
+            return out.loss
+        logits = F.interpolate(out.logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+        return F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX)
+    return silog_loss(model(pixel_values=images).predicted_depth, target)
+
+
+def task_outputs(model: nn.Module, task: str, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The task's named outputs of ``model`` on ``x``, in :data:`TASK_OUTPUTS` order."""
+    out = model(pixel_values=x)
+    return tuple(getattr(out, name) for name in TASK_OUTPUTS[task])
+
+
+class TaskGraph(nn.Module):
+    """``pixel_values -> the task's named outputs`` (a tuple in :data:`TASK_OUTPUTS` order)."""
+
+    def __init__(self, model: nn.Module, task: str) -> None:
+        super().__init__()
+        self.model = model
+        self.task = task
+        self.names = TASK_OUTPUTS[task]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return task_outputs(self.model, self.task, x)
+
+
+def backbone_part(model: nn.Module) -> str | None:
+    """The name part of the backbone's parameters (for ``train.optim.lr_backbone``): ``backbone``
+    where the model has such a module (the DETR family), else its base model (``segformer``,
+    ``dpt``, ``glpn``), whose neck and head sit outside."""
+    names = [n for n, _ in model.named_parameters()]
+    if any(".backbone." in f".{n}" for n in names):
+        return "backbone."
+    prefix = getattr(model, "base_model_prefix", "")
+    if prefix and any(n.startswith(prefix + ".") for n in names) and not all(n.startswith(prefix + ".") for n in names):
+        return prefix + "."
+    return None

@@ -1,0 +1,295 @@
+"""What differs per task: which data a spec names, how a batch is scored, what inference writes.
+
+One class per task (:data:`TASKS`), each with the same methods, so the module, the actions and
+the port's verification are written once:
+
+* ``datasets(cfg, ctx, split)``: the split's dataset (training transform for ``train``) and the
+  classes; ``collate``;
+* ``meter(dataset)`` / ``update(meter, outputs, target, dataset)`` / ``scores(meter)``;
+* ``write(outputs, paths, images, writer)``: inference files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+from foveal.data import resolve_dataset
+from foveal.data.tasks import CocoDetection, DepthMaps, PairedTransform, SegmentationMasks, detection_collate
+from foveal.engine.task_metrics import DepthMeter, DetectionMeter, SegmentationMeter
+from foveal.errors import DatasetError
+from foveal.spec import required
+
+logger = logging.getLogger(__name__)
+
+
+def transform(cfg: Any, train: bool, img_size: int | None = None) -> PairedTransform:
+    data, aug = cfg.dataset, cfg.dataset.augmentation
+    return PairedTransform(img_size or data.img_size, aug.mean, aug.std,
+                           hflip=aug.hflip_probability if train else 0.0)  # fmt: skip
+
+
+def _palette(n: int) -> np.ndarray:
+    """n distinct RGB colours (class 0 black)."""
+    rng = np.random.default_rng(7)
+    colours = rng.integers(40, 256, size=(max(n, 1), 3)).astype(np.uint8)
+    colours[0] = 0
+    return colours
+
+
+class Detection:
+    task = "object-detection"
+    monitor = ("val_mAP50", "max")  # TAO's detection networks rank by mAP50
+    kpis = ("mAP", "mAP50", "mAP75")
+
+    @staticmethod
+    def collate(batch: list) -> Any:
+        return detection_collate(batch)
+
+    def datasets(self, cfg: Any, ctx: Any, split: str, classes: list[str] | None = None,
+                 img_size: int | None = None) -> tuple[Any, list[str]]:  # fmt: skip
+        data = cfg.dataset
+        sources = {"train": list(data.train_data_sources), "val": [data.val_data_sources],
+                   "test": [data.test_data_sources]}[split]  # fmt: skip
+        key = {"train": "train_data_sources", "val": "val_data_sources", "test": "test_data_sources"}[split]
+        tf = transform(cfg, split == "train", img_size)
+        parts: list[CocoDetection] = []
+        for i, source in enumerate(sources):
+            where = f"dataset.{key}[{i}]" if split == "train" else f"dataset.{key}"
+            image_dir = resolve_dataset(required(source.image_dir, f"{where}.image_dir"), ctx.cache_dir)
+            json_file = required(source.json_file, f"{where}.json_file")
+            parts.append(CocoDetection(image_dir, json_file, tf, categories=parts[0].categories if parts else None))
+        if classes is not None and parts[0].classes != list(classes):
+            raise DatasetError(parts[0].json_file, f"categories {parts[0].classes} differ from the trained classes "
+                               f"{list(classes)}", "evaluate on data with the training categories")  # fmt: skip
+        if len(parts) == 1:
+            dataset: Any = parts[0]
+        else:
+            dataset = torch.utils.data.ConcatDataset(parts)
+        names = parts[0].classes
+        self._check_num_classes(cfg, names, sources[0].json_file)
+        return dataset, names
+
+    @staticmethod
+    def _check_num_classes(cfg: Any, names: list[str], where: Any) -> None:
+        wanted = cfg.dataset.num_classes
+        if wanted and wanted != len(names):
+            raise DatasetError(str(where), f"{len(names)} categories but dataset.num_classes={wanted}",
+                               f"set dataset.num_classes={len(names)} (or 0)")  # fmt: skip
+
+    def meter(self, dataset: Any) -> DetectionMeter:
+        parts = getattr(dataset, "datasets", [dataset])
+        if len(parts) != 1:
+            raise ValueError("detection is scored on one COCO file")
+        return DetectionMeter(parts[0].coco)
+
+    @staticmethod
+    def boxes(outputs: tuple[torch.Tensor, ...], num_classes: int, top: int = 100) -> list[dict[str, torch.Tensor]]:
+        """Per image: ``scores``, ``labels`` (class index) and ``boxes`` (normalised x0, y0, x1, y1).
+
+        Heads with one extra "no object" logit (DETR, YOLOS) are scored with a softmax without it;
+        sigmoid heads (Deformable/Conditional DETR, RT-DETR, D-FINE) per class."""
+        logits, pred_boxes = outputs[0].float(), outputs[1].float()
+        if logits.shape[-1] == num_classes + 1:
+            probs = logits.softmax(-1)[..., :-1]
+        else:
+            probs = logits.sigmoid()[..., :num_classes]
+        scores, labels = probs.max(-1)
+        cx, cy, w, h = pred_boxes.unbind(-1)
+        corners = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1).clamp(0, 1)
+        result = []
+        for s, lab, box in zip(scores, labels, corners, strict=True):
+            keep = s.argsort(descending=True)[:top]
+            result.append({"scores": s[keep], "labels": lab[keep], "boxes": box[keep]})
+        return result
+
+    def update(self, meter: DetectionMeter, outputs: tuple[torch.Tensor, ...], target: list[dict], dataset: Any) -> None:
+        parts = getattr(dataset, "datasets", [dataset])
+        categories = parts[0].categories
+        for found, t in zip(self.boxes(outputs, len(categories)), target, strict=True):
+            height, width = t["orig_size"]
+            b = found["boxes"] * torch.tensor([width, height, width, height])
+            xywh = torch.stack([b[:, 0], b[:, 1], b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], -1)
+            ids = [categories[int(i)]["id"] for i in found["labels"]]
+            meter.add(t["image_id"], xywh, found["scores"], ids)
+
+    @staticmethod
+    def scores(meter: DetectionMeter) -> dict[str, Any]:
+        return meter.compute()
+
+
+class Segmentation:
+    task = "semantic-segmentation"
+    monitor = ("val_mIoU", "max")
+    kpis = ("mIoU", "pixel_accuracy")
+
+    collate = None
+
+    @staticmethod
+    def class_names(cfg: Any, root: Path, masks_dir: Path) -> list[str]:
+        """``classes.txt`` of the dataset folder (one name per line, id = line number), else
+        ``dataset.num_classes`` ids, else the ids found in the training masks."""
+        listed = root / "classes.txt"
+        if listed.is_file():
+            names = [line.strip() for line in listed.read_text(encoding="utf-8").splitlines() if line.strip()]
+        else:
+            count = cfg.dataset.num_classes
+            if not count:
+                top = 0
+                for mask in sorted(masks_dir.glob("*.png")):
+                    with Image.open(mask) as raw:
+                        ids = np.unique(np.asarray(raw))
+                    top = max(top, int(ids[ids != 255].max(initial=0)))
+                count = top + 1
+            names = [f"class_{i}" for i in range(count)]
+        if cfg.dataset.num_classes and cfg.dataset.num_classes != len(names):
+            raise DatasetError(listed, f"{len(names)} classes but dataset.num_classes={cfg.dataset.num_classes}",
+                               f"set dataset.num_classes={len(names)} (or 0)")  # fmt: skip
+        if len(names) < 2:
+            raise DatasetError(root, "fewer than 2 classes", "semantic segmentation needs background and a class")
+        return names
+
+    def _root(self, cfg: Any, ctx: Any) -> Path:
+        return resolve_dataset(required(cfg.dataset.segment.root_dir, "dataset.segment.root_dir"), ctx.cache_dir)
+
+    def datasets(self, cfg: Any, ctx: Any, split: str, classes: list[str] | None = None,
+                 img_size: int | None = None) -> tuple[Any, list[str]]:  # fmt: skip
+        folders = cfg.dataset.segment
+        root = self._root(cfg, ctx)
+        name = {"train": folders.train_split, "val": folders.validation_split, "test": folders.test_split}[split]
+        names = classes or self.class_names(cfg, root, root / "masks" / folders.train_split)
+        tf = transform(cfg, split == "train", img_size)
+        return SegmentationMasks(root / "images" / name, root / "masks" / name, tf, len(names)), names
+
+    @staticmethod
+    def meter(dataset: Any) -> SegmentationMeter:
+        return SegmentationMeter(dataset.num_classes)
+
+    @staticmethod
+    def predict(outputs: tuple[torch.Tensor, ...], size: tuple[int, int]) -> torch.Tensor:
+        logits = F.interpolate(outputs[0].float(), size=size, mode="bilinear", align_corners=False)
+        return logits.argmax(1)
+
+    def update(self, meter: SegmentationMeter, outputs: tuple[torch.Tensor, ...], target: torch.Tensor,
+               dataset: Any) -> None:  # fmt: skip
+        meter.add(self.predict(outputs, (int(target.shape[-2]), int(target.shape[-1]))), target)
+
+    @staticmethod
+    def scores(meter: SegmentationMeter) -> dict[str, Any]:
+        return meter.compute()
+
+
+class Depth:
+    task = "depth-estimation"
+    monitor = ("val_abs_rel", "min")
+    kpis = ("abs_rel", "rmse", "delta1")
+
+    collate = None
+
+    def datasets(self, cfg: Any, ctx: Any, split: str, classes: list[str] | None = None,
+                 img_size: int | None = None) -> tuple[Any, list[str]]:  # fmt: skip
+        folders = cfg.dataset.depth
+        root = resolve_dataset(required(folders.root_dir, "dataset.depth.root_dir"), ctx.cache_dir)
+        name = {"train": folders.train_split, "val": folders.validation_split, "test": folders.test_split}[split]
+        tf = transform(cfg, split == "train", img_size)
+        return DepthMaps(root / "images" / name, root / "depth" / name, tf, folders.depth_scale), []
+
+    @staticmethod
+    def meter(dataset: Any) -> DepthMeter:
+        return DepthMeter()
+
+    @staticmethod
+    def predict(outputs: tuple[torch.Tensor, ...], size: tuple[int, int]) -> torch.Tensor:
+        depth = outputs[0].float().unsqueeze(1)
+        return F.interpolate(depth, size=size, mode="bilinear", align_corners=False).squeeze(1)
+
+    def update(self, meter: DepthMeter, outputs: tuple[torch.Tensor, ...], target: torch.Tensor, dataset: Any) -> None:
+        meter.add(self.predict(outputs, (int(target.shape[-2]), int(target.shape[-1]))), target)
+
+    @staticmethod
+    def scores(meter: DepthMeter) -> dict[str, Any]:
+        return meter.compute()
+
+
+TASKS: dict[str, Any] = {t.task: t() for t in (Detection, Segmentation, Depth)}
+
+
+# ------------------------------------------------------------------------------------ inference
+
+
+def colour_depth(depth: np.ndarray) -> Image.Image:
+    """A depth map as colours (near: warm, far: cool), normalised to its own range."""
+    low, high = float(np.nanmin(depth)), float(np.nanmax(depth))
+    t = (depth - low) / max(high - low, 1e-6)
+    rgb = np.stack([1.0 - t, 1.0 - np.abs(2 * t - 1), t], -1)
+    return Image.fromarray((rgb * 255).astype(np.uint8), mode="RGB")
+
+
+class InferenceFiles:
+    """Writes one task's inference outputs under ``results_dir`` (see :meth:`add`)."""
+
+    def __init__(self, results_dir: Path, task: str, classes: list[str], conf_threshold: float,
+                 depth_scale: float = 1000.0) -> None:  # fmt: skip
+        self.root, self.task, self.classes = results_dir, task, classes
+        self.threshold, self.depth_scale = conf_threshold, depth_scale
+        self.records: list[dict[str, Any]] = []
+        self.count = 0
+        self.folders = {
+            "object-detection": ("images_annotated",),
+            "semantic-segmentation": ("masks", "overlays"),
+            "depth-estimation": ("depth", "colour"),
+        }[task]
+        for name in self.folders:
+            (results_dir / name).mkdir(parents=True, exist_ok=True)
+
+    def add(self, outputs: tuple[torch.Tensor, ...], paths: list[str]) -> None:
+        for i, path in enumerate(paths):
+            with Image.open(path) as raw:
+                image = raw.convert("RGB")
+            one = tuple(o[i : i + 1] for o in outputs)
+            stem = Path(path).stem
+            if self.task == "object-detection":
+                self._boxes(image, one, path, stem)
+            elif self.task == "semantic-segmentation":
+                mask = Segmentation.predict(one, (image.height, image.width))[0].numpy().astype(np.uint8)
+                Image.fromarray(mask, mode="L").save(self.root / "masks" / f"{stem}.png")
+                colours = Image.fromarray(_palette(len(self.classes))[mask])
+                Image.blend(image, colours, 0.5).save(self.root / "overlays" / f"{stem}.png")
+                self.records.append({"image": path, "mask": str(self.root / "masks" / f"{stem}.png")})
+            else:
+                from foveal.data.tasks import write_depth
+
+                depth = Depth.predict(one, (image.height, image.width))[0].numpy()
+                write_depth(self.root / "depth" / f"{stem}.png", depth, self.depth_scale)
+                colour_depth(depth).save(self.root / "colour" / f"{stem}.png")
+                self.records.append({"image": path, "depth": str(self.root / "depth" / f"{stem}.png"),
+                                     "min_m": float(depth.min()), "max_m": float(depth.max())})  # fmt: skip
+            self.count += 1
+
+    def _boxes(self, image: Image.Image, outputs: tuple[torch.Tensor, ...], path: str, stem: str) -> None:
+        found = Detection.boxes(outputs, len(self.classes))[0]
+        scale = torch.tensor([image.width, image.height, image.width, image.height])
+        draw = ImageDraw.Draw(image)
+        kept = []
+        for score, label, box in zip(found["scores"], found["labels"], found["boxes"] * scale, strict=True):
+            if float(score) < self.threshold:
+                continue
+            x0, y0, x1, y1 = (float(v) for v in box)
+            name = self.classes[int(label)]
+            kept.append({"bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(score), "label": name})
+            draw.rectangle([x0, y0, x1, y1], outline=(255, 0, 0), width=2)
+            draw.text((x0 + 2, y0 + 1), f"{name} {float(score):.2f}", fill=(255, 255, 0))
+        image.save(self.root / "images_annotated" / f"{stem}.png")
+        self.records.append({"image": path, "detections": kept})
+
+    def close(self) -> Path:
+        path = self.root / "results.json"
+        path.write_text(json.dumps(self.records, indent=1), encoding="utf-8")
+        return path

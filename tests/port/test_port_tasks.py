@@ -1,0 +1,114 @@
+"""Detection, semantic segmentation and depth models port whole (backbone, neck, head) and train
+with their own loss: tiny random DETR (ResNet backbone, no timm), SegFormer and DPT each port in
+one command, then train -> evaluate -> export -> ONNX Runtime parity on the annotated synthetic
+shapes, with the task's metric in status.json and the parity figure in port_report.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from tiny_tasks import save_tiny_task_model
+
+import foveal
+from foveal.cli.main import main
+
+pytestmark = pytest.mark.integration
+
+# task model -> (task, status.json KPI of evaluate, the ONNX outputs)
+CASES = {
+    "detr": ("object-detection", "mAP50", ["logits", "pred_boxes"]),
+    "segformer": ("semantic-segmentation", "mIoU", ["logits"]),
+    "dpt": ("depth-estimation", "abs_rel", ["predicted_depth"]),
+}
+
+
+def _kpis(status_file: Path) -> dict[str, float]:
+    found: dict[str, float] = {}
+    for line in status_file.read_text().splitlines():
+        found.update(json.loads(line).get("kpi") or {})
+    return found
+
+
+@pytest.mark.parametrize("kind", list(CASES))
+def test_task_models_port_train_evaluate_export(kind, tmp_path):
+    import onnx
+
+    task, metric, outputs = CASES[kind]
+    source = save_tiny_task_model(kind, tmp_path / kind)
+    ws = tmp_path / "ws"
+    report = foveal.port_hf(source, name=f"tiny_{kind}", workspace=ws)
+    assert report.status == "passed" and report.mapping == "whole" and report.task == task
+    phases = {p["phase"]: p for p in report.phases}
+    assert phases["map"]["figures"]  # copy vs source, per output
+    assert all(v == 0.0 for k, v in phases["map"]["figures"].items() if k.startswith("copy_vs_source"))
+    parity = phases["verify.onnxruntime"]
+    assert parity["status"] == "pass" and parity["figures"]["ort_outputs_max_abs_diff"] <= 1e-4
+    # relative to the outputs' scale too: a re-initialised head's outputs are small
+    assert parity["figures"]["outputs_absmax"] > 0 and parity["figures"]["ort_outputs_rel_diff"] < 1e-4
+    saved = json.loads((ws / "networks" / f"tiny_{kind}" / "port_report.json").read_text())
+    assert saved["task"] == task and any(p["phase"] == "verify.onnxruntime" for p in saved["phases"])
+    evaluate_status = ws / "results" / report.jobs["evaluate"] / "status.json"
+    assert metric in _kpis(evaluate_status)
+    onnx_file = Path(next(f for f in report.files if f.endswith(".onnx")))
+    graph = onnx.load(str(onnx_file), load_external_data=False).graph
+    assert [o.name for o in graph.output] == outputs
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_param  # a dynamic batch
+
+
+def test_ported_detector_infers_and_resumes_from_its_checkpoint(tmp_path):
+    source = save_tiny_task_model("detr", tmp_path / "detr")
+    ws = tmp_path / "ws"
+    report = foveal.port_hf(source, name="det", workspace=ws)
+    data = ws / "cache" / "port_tasks_224"
+    from foveal.jobs.lifecycle import run_job
+
+    job = run_job("det", "inference", parent_id=report.jobs["train"], workspace=ws,
+                  overrides={"dataset.infer_data_sources.image_dir": str(data / "images" / "val"),
+                             "inference.conf_threshold": 0.0, "dataset.workers": 0})  # fmt: skip
+    results = json.loads(Path(job.artifacts["results"]).read_text())
+    assert len(results) == 4 and all(r["detections"] for r in results)
+    first = results[0]["detections"][0]
+    assert first["label"] in ("circle", "square", "triangle") and len(first["bbox"]) == 4
+    assert len(list(Path(job.artifacts["images_annotated"]).glob("*.png"))) == 4
+    # a second train job starts from the first one's checkpoint (same classes: every tensor)
+    train = run_job("det", "train", parent_id=report.jobs["train"], workspace=ws, new=True, overrides={
+        "dataset.train_data_sources": [{"image_dir": str(data / "images" / "train"),
+                                        "json_file": str(data / "annotations" / "instances_train.json")}],
+        "train.num_epochs": 1, "dataset.workers": 0, "dataset.batch_size": 4})  # fmt: skip
+    assert train.status == "Done" and "train_loss" in train.kpis
+
+
+def test_segmentation_and_depth_inference_write_maps(tmp_path):
+    from foveal.jobs.lifecycle import run_job
+
+    ws = tmp_path / "ws"
+    for kind, key, folders in (("segformer", "dataset.segment.root_dir", ("masks", "overlays")),
+                               ("dpt", "dataset.depth.root_dir", ("depth", "colour"))):  # fmt: skip
+        report = foveal.port_hf(save_tiny_task_model(kind, tmp_path / kind), name=kind, workspace=ws)
+        size = 64  # both tiny configs say image_size 64
+        root = ws / "cache" / f"port_tasks_{size}"
+        job = run_job(kind, "inference", parent_id=report.jobs["train"], workspace=ws,
+                      overrides={key: str(root), f"{key.rsplit('.', 1)[0]}.predict_split": "val",
+                                 "dataset.workers": 0})  # fmt: skip
+        for folder in folders:
+            files = sorted(Path(job.artifacts[folder]).glob("*.png"))
+            assert len(files) == 4
+        from PIL import Image
+
+        with Image.open(sorted(Path(job.artifacts[folders[0]]).glob("*.png"))[0]) as image:
+            assert image.size == (size, size)
+            assert image.mode in (("L",) if kind == "segformer" else ("I;16", "I"))
+
+
+def test_a_bad_dataset_path_is_one_line(tmp_path, capsys):
+    source = save_tiny_task_model("segformer", tmp_path / "segformer")
+    ws = tmp_path / "ws"
+    foveal.port_hf(source, name="seg", workspace=ws)
+    capsys.readouterr()
+    code = main(["-w", str(ws), "seg", "train", f"dataset.segment.root_dir={tmp_path / 'nope'}"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = [line for line in err.strip().splitlines() if line.startswith("error")]
+    assert len(lines) == 1 and "nope" in lines[0] and "Traceback" not in err

@@ -1,0 +1,51 @@
+"""Tiny random Hugging Face detection, segmentation and depth models, built locally (no hub).
+
+Weights are re-drawn at a realistic scale (``tiny_models.rerandomise``): freshly initialised
+heads give outputs near 0 (DPT's depth ~1e-8), under which a wrong export would hide.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from tiny_models import rerandomise
+
+LABELS = {"num_labels": 3, "id2label": {0: "a", 1: "b", 2: "c"}, "label2id": {"a": 0, "b": 1, "c": 2}}
+_RESNET = {"embedding_size": 8, "hidden_sizes": [8, 16], "depths": [1, 1], "layer_type": "basic",
+           "out_features": ["stage2"]}  # fmt: skip
+_DETR = {"d_model": 32, "encoder_layers": 1, "decoder_layers": 1, "encoder_attention_heads": 2,
+         "decoder_attention_heads": 2, "encoder_ffn_dim": 32, "decoder_ffn_dim": 32, "num_queries": 10}  # fmt: skip
+
+# name -> (config class, model class, kwargs, whether labels apply)
+TINY_TASK_MODELS: dict[str, tuple[str, str, dict[str, Any], bool]] = {
+    "detr": ("DetrConfig", "DetrForObjectDetection",
+             {**_DETR, "use_timm_backbone": False, "use_pretrained_backbone": False,
+              "backbone_config": {"model_type": "resnet", **_RESNET}}, True),
+    "segformer": ("SegformerConfig", "SegformerForSemanticSegmentation",
+                  {"num_encoder_blocks": 2, "depths": [1, 1], "sr_ratios": [2, 1], "hidden_sizes": [8, 16],
+                   "num_attention_heads": [1, 2], "patch_sizes": [7, 3], "strides": [4, 2], "mlp_ratios": [2, 2],
+                   "decoder_hidden_size": 16, "image_size": 64}, True),
+    "dpt": ("DPTConfig", "DPTForDepthEstimation",
+            {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2, "intermediate_size": 32,
+             "image_size": 64, "patch_size": 8, "backbone_out_indices": [0, 1, 2, 3],
+             "neck_hidden_sizes": [8, 8, 16, 16], "fusion_hidden_size": 16, "head_in_index": -1}, False),
+}  # fmt: skip
+
+
+def save_tiny_task_model(name: str, folder: Path, seed: int = 0) -> Path:
+    import transformers
+
+    config_cls, model_cls, kwargs, labeled = TINY_TASK_MODELS[name]
+    config = getattr(transformers, config_cls)(**kwargs, **(LABELS if labeled else {}))
+    torch.manual_seed(seed)
+    model = getattr(transformers, model_cls)(config).eval()
+    rerandomise(model, seed)
+    if name == "dpt":  # conv -> ReLU ends the head: positive last weights keep the depth off 0
+        with torch.no_grad():
+            for conv in (model.head.head[2], model.head.head[4]):
+                conv.weight.abs_()
+                conv.bias.fill_(0.5)
+    model.save_pretrained(folder)
+    return folder
