@@ -112,3 +112,42 @@ def test_a_bad_dataset_path_is_one_line(tmp_path, capsys):
     assert code == 2, err
     lines = [line for line in err.strip().splitlines() if line.startswith("error")]
     assert len(lines) == 1 and "nope" in lines[0] and "Traceback" not in err
+
+
+def test_clip_with_its_tokenizer_ports_as_zero_shot_and_runs_the_normal_train_workflow(tmp_path, capsys):
+    """TAO's example model by its TAO name: port a CLIP folder as ``clip``, then
+    ``foveal workflow normal-train --model clip`` (AutoML, evaluate, export) like any network."""
+    from tiny_tasks import save_tiny_clip
+
+    ws = tmp_path / "ws"
+    report = foveal.port_hf(save_tiny_clip(tmp_path / "clip_hf"), name="clip", workspace=ws)
+    assert report.task == "zero-shot-image-classification" and report.status == "passed"
+    train_kpis = next(p for p in report.phases if p["phase"] == "verify.train")["figures"]
+    assert {"zero_shot_top1", "val_top1"} <= set(train_kpis)  # before and after fine-tuning
+    entry = json.loads((ws / "networks" / "clip" / "network.json").read_text())
+    assert entry["base"] == "hf_zero_shot_classification"
+    assert (ws / "networks" / "clip" / "hf" / "vocab.json").is_file()  # the tokenizer travels with it
+    data = ws / "cache" / "port_synthetic_32"
+    capsys.readouterr()
+    code = main(["-w", str(ws), "workflow", "normal-train", "--model", "clip", "--train-dataset-uri",
+                 str(data / "labeled_train"), "--eval-dataset-uri", str(data / "labeled_val"), "--max-trials", "2",
+                 "train.num_epochs=1", "dataset.workers=0"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "metric val_top1 (maximize)" in out and "evaluate" in out and "top1=" in out
+
+
+def test_a_zero_shot_spec_without_a_tokenizer_is_one_line(tmp_path, capsys):
+    from tiny_tasks import save_tiny_clip
+
+    ws = tmp_path / "ws"
+    foveal.port_hf(save_tiny_clip(tmp_path / "clip_hf"), name="zs", workspace=ws)
+    data = ws / "cache" / "port_synthetic_32"
+    capsys.readouterr()
+    code = main(["-w", str(ws), "zs", "train", f"dataset.train_dataset.images_dir={data / 'labeled_train'}",
+                 f"model.tokenizer_dir={tmp_path}", "dataset.workers=0"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "model.tokenizer_dir" in err and "Traceback" not in err
+    code = main(["-w", str(ws), "zs", "train", f"dataset.train_dataset.images_dir={data / 'labeled_train'}",
+                 "model.prompt_template=a photo"])  # fmt: skip
+    assert code == 2 and "model.prompt_template" in capsys.readouterr().err

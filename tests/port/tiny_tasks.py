@@ -49,3 +49,41 @@ def save_tiny_task_model(name: str, folder: Path, seed: int = 0) -> Path:
                 conv.bias.fill_(0.5)
     model.save_pretrained(folder)
     return folder
+
+
+def write_tiny_clip_tokenizer(folder: Path) -> Path:
+    """A CLIP BPE tokenizer over single letters (no merges), saved into ``folder``: enough to turn
+    class prompts into distinct token ids, made locally. The end-of-text token has the largest
+    id, as CLIP's pooling of the text tower expects."""
+    import json
+
+    import transformers
+
+    letters = list("abcdefghijklmnopqrstuvwxyz.")
+    vocab = {c: i for i, c in enumerate(letters)}
+    vocab.update({f"{c}</w>": len(letters) + i for i, c in enumerate(letters)})
+    vocab.update({"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1})
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = transformers.CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def save_tiny_clip(folder: Path, seed: int = 0, tokenizer: bool = True) -> Path:
+    """A tiny random CLIPModel (32 px images, 56-token vocabulary) with its tokenizer."""
+    import transformers
+
+    text = {"vocab_size": 56, "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1,
+            "num_attention_heads": 4, "max_position_embeddings": 32, "eos_token_id": 55, "bos_token_id": 54,
+            "pad_token_id": 55}  # fmt: skip
+    vision = {"image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 37,
+              "num_hidden_layers": 2, "num_attention_heads": 4}  # fmt: skip
+    torch.manual_seed(seed)
+    model = transformers.CLIPModel(transformers.CLIPConfig(text_config=text, vision_config=vision)).eval()
+    rerandomise(model, seed)
+    model.save_pretrained(folder)
+    if tokenizer:
+        write_tiny_clip_tokenizer(folder)
+    return folder

@@ -6,6 +6,7 @@
   (ignored pixels, id 255, are left out).
 * :class:`DepthMeter`: AbsRel, RMSE and delta1 (share of pixels with max(p/g, g/p) < 1.25) over
   the pixels with a measurement (depth > 0), as in the KITTI/NYU protocol.
+* :class:`TopKMeter`: top-1 / top-k accuracy (zero-shot and fine-tuned classification).
 """
 
 from __future__ import annotations
@@ -115,3 +116,22 @@ class DepthMeter:
             "delta1": self.delta1 / n if self.count else math.nan,
             "num_pixels": float(self.count),
         }
+
+
+class TopKMeter:
+    """Top-1 (and top-k) accuracy of (B, C) class scores against (B,) labels."""
+
+    def __init__(self, topk: tuple[int, ...] = (1, 5)) -> None:
+        self.topk = topk
+        self.count = 0
+        self.correct: dict[int, int] = {k: 0 for k in topk}
+
+    def add(self, scores: torch.Tensor, labels: torch.Tensor) -> None:
+        ranked = scores.float().argsort(dim=1, descending=True)
+        for k in self.topk:
+            self.correct[k] += int((ranked[:, :k] == labels[:, None]).any(dim=1).sum())
+        self.count += int(labels.numel())
+
+    def compute(self) -> dict[str, float]:
+        n = max(1, self.count)
+        return {f"top{k}": self.correct[k] / n for k in self.topk} | {"num_images": float(self.count)}

@@ -64,6 +64,7 @@ TASK_AUTO_CLASSES = {
     "object-detection": "AutoModelForObjectDetection",
     "semantic-segmentation": "AutoModelForSemanticSegmentation",
     "depth-estimation": "AutoModelForDepthEstimation",
+    "zero-shot-image-classification": "AutoModelForZeroShotImageClassification",
 }
 
 

@@ -51,6 +51,7 @@ TASK_BASES = {
     "object-detection": ("hf_object_detection", "object_detection", "val_mAP50", "max"),
     "semantic-segmentation": ("hf_semantic_segmentation", "segmentation", "val_mIoU", "max"),
     "depth-estimation": ("hf_depth_estimation", "depth_estimation", "val_abs_rel", "min"),
+    "zero-shot-image-classification": ("hf_zero_shot_classification", "classification", "val_top1", "max"),
 }
 
 

@@ -4,8 +4,8 @@ Reads ``config.json`` (architectures, model_type, image_size, patch/hidden sizes
 channels), ``preprocessor_config.json`` (input size, mean/std) and the weights' schema (key
 groups, shapes, dtypes: safetensors headers only, no tensor is read). Decides the task from the
 architecture class, the pipeline tag of the model card and ``transformers``' task tables:
-image classification, feature extraction, object detection, semantic segmentation and depth
-estimation are ported; zero-shot detection (OWL-ViT, Grounding DINO) and instance/panoptic
+image classification, feature extraction, object detection, semantic segmentation, depth
+estimation and zero-shot classification (an image-text model with its tokenizer) are ported; zero-shot detection (OWL-ViT, Grounding DINO) and instance/panoptic
 ("universal") segmentation are recognised and refused by name; text and audio models are
 refused with one line.
 """
@@ -30,9 +30,10 @@ SUPPORTED_TASKS = (
     "object-detection",
     "semantic-segmentation",
     "depth-estimation",
+    "zero-shot-image-classification",
 )
 # Whole-model tasks: the port trains the model's own head (foveal.networks.hf_task).
-DENSE_TASKS = ("object-detection", "semantic-segmentation", "depth-estimation")
+WHOLE_MODEL_TASKS = ("object-detection", "semantic-segmentation", "depth-estimation", "zero-shot-image-classification")
 UNSUPPORTED_TASKS = ("zero-shot", "zero-shot-object-detection", "universal-segmentation")
 # Architecture class suffix -> task (most specific first).
 _SUFFIX_TASKS = (
@@ -265,6 +266,12 @@ def inspect_folder(folder: Path) -> SourceInfo:
         )
     tag = pipeline_tag(folder)
     task = decide_task(config, tag)
+    if (task == "feature-extraction" and vision_tower_config(config) is not None
+            and model_type in _mapping("MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING_NAMES")
+            and any((folder / name).is_file() for name in _TOKENIZER_FILES)):  # fmt: skip
+        # CLIP / SigLIP with its tokenizer: zero-shot classification with class-name prompts
+        # (without one, its vision tower is ported as a backbone)
+        task = "zero-shot-image-classification"
     if task not in SUPPORTED_TASKS:
         raise PortSourceError(
             f"{folder}: {arch} is a {task} model; recognised but not supported yet (supported: "
@@ -272,7 +279,7 @@ def inspect_folder(folder: Path) -> SourceInfo:
         )
     preprocessor = read_json(folder / "preprocessor_config.json")
     tower = vision_tower_config(config)
-    if tower is not None:
+    if tower is not None and task == "feature-extraction":
         arch = f"{arch} (vision tower)"
     image_config = tower or config
     size, mean, std = input_geometry(image_config, preprocessor)

@@ -27,7 +27,9 @@ logger = logging.getLogger(__name__)
 
 PARITY_ATOL = 1e-4
 NATIVE_TYPES = ("vit", "dinov2", "dinov2_with_registers", "vit_mae")
-_COPIED = ("config.json", "preprocessor_config.json", "*.safetensors", "*.safetensors.index.json", "*.bin")
+_COPIED = ("config.json", "preprocessor_config.json", "*.safetensors", "*.safetensors.index.json", "*.bin",
+           # a text-conditioned model's tokenizer
+           "tokenizer*.json", "special_tokens_map.json", "vocab.*", "merges.txt", "*.model")  # fmt: skip
 
 
 @dataclass
@@ -63,6 +65,19 @@ class _Logits(nn.Module):
         return pooled if pooled is not None else out.last_hidden_state
 
 
+PROBE_CLASSES = ("circle", "square", "triangle")  # a text-conditioned model's prompts in the checks
+
+
+def _load(folder: str | Path, task: str) -> nn.Module:
+    """The folder's model for ``task`` (an image-text model with prompts for :data:`PROBE_CLASSES`)."""
+    from foveal.networks.hf_task.model import ZERO_SHOT, load_zero_shot
+    from foveal.nn.hf_backbone import load_hf_model
+
+    if task == ZERO_SHOT:
+        return load_zero_shot(str(folder), None, PROBE_CLASSES, "a photo of a {}.").eval()
+    return load_hf_model(folder, task)
+
+
 def _graph(model: nn.Module, task: str) -> nn.Module:
     """The model as ``x -> outputs``: a task model's named outputs, else logits / pooled features."""
     from foveal.networks.hf_task.model import TASK_OUTPUTS, TaskGraph
@@ -77,10 +92,9 @@ def sanity_export(info: SourceInfo) -> dict[str, Any]:
         ``{"passed": bool, "exporter": ..., "max_abs_diff": ..., "reason": ...}``.
     """
     from foveal.export import ExportVerificationError, export_onnx
-    from foveal.nn.hf_backbone import load_hf_model
 
     try:
-        model = _graph(load_hf_model(info.folder, info.task), info.task)
+        model = _graph(_load(info.folder, info.task), info.task)
         with tempfile.TemporaryDirectory(prefix="foveal-port-") as tmp:
             report = export_onnx(model, example_input(info), Path(tmp) / "source.onnx", dynamic_batch=True)
         diff = max(report.max_abs_diff.values(), default=0.0)
@@ -182,12 +196,11 @@ def map_task(info: SourceInfo, entry_dir: Path) -> MappingResult:
     """A detection / segmentation / depth model: copied whole (backbone, neck, head) into the entry;
     check: the copy's task outputs equal the source's."""
     from foveal.networks.hf_task.model import TASK_OUTPUTS
-    from foveal.nn.hf_backbone import load_hf_model
 
     copy_hf_folder(Path(info.folder), entry_dir / "hf")
     x = example_input(info)
-    source = _graph(load_hf_model(info.folder, info.task), info.task)
-    copied = _graph(load_hf_model(entry_dir / "hf", info.task), info.task)
+    source = _graph(_load(info.folder, info.task), info.task)
+    copied = _graph(_load(entry_dir / "hf", info.task), info.task)
     expected, ours = source(x), copied(x)
     parity = {f"copy_vs_source_{name}": _max_diff(a, b) for name, a, b in zip(TASK_OUTPUTS[info.task], expected, ours,
                                                                                strict=True)}  # fmt: skip
@@ -208,9 +221,9 @@ def map_task(info: SourceInfo, entry_dir: Path) -> MappingResult:
 def map_source(info: SourceInfo, entry_dir: Path, prefer_native: bool = True) -> MappingResult:
     """Whole for a detection/segmentation/depth model; else native where the architecture allows
     and the conversion works, else wrapped."""
-    from foveal.port.inspect import DENSE_TASKS
+    from foveal.port.inspect import WHOLE_MODEL_TASKS
 
-    if info.task in DENSE_TASKS:
+    if info.task in WHOLE_MODEL_TASKS:
         return map_task(info, entry_dir)
     if prefer_native and info.model_type in NATIVE_TYPES:
         try:

@@ -247,11 +247,14 @@ def _phase_verify(report: PortReport, name: str, ws: Workspace, folder: Path, in
                   data_root: Path | None, epochs: int, image_size: int | None) -> None:  # fmt: skip
     from foveal.networks.registry import load_workspace_networks
     from foveal.port.generate import MIN_INPUT, mark_verified
-    from foveal.port.inspect import DENSE_TASKS
+    from foveal.port.inspect import WHOLE_MODEL_TASKS
     from foveal.port.verify import synthetic_data, task_synthetic_data, verify_network, verify_task_network
 
     size = max(MIN_INPUT, image_size or info.image_size)
-    if info.task in DENSE_TASKS:
+    if info.task == "zero-shot-image-classification":  # class folders, as classification's
+        root = data_root or synthetic_data(ws, size)
+        result = verify_task_network(name, info.task, ws, root, report.add, epochs=epochs)
+    elif info.task in WHOLE_MODEL_TASKS:
         root = data_root or task_synthetic_data(ws, size)
         result = verify_task_network(name, info.task, ws, root, report.add, epochs=epochs)
     else:

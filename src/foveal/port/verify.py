@@ -286,8 +286,22 @@ def task_data_overrides(task: str, root: Path) -> tuple[dict[str, Any], dict[str
 
         return ({"dataset.train_data_sources": [source("train")], "dataset.val_data_sources": source("val")},
                 {"dataset.test_data_sources": source("val")})  # fmt: skip
+    if task == "zero-shot-image-classification":  # root: labeled_train/, beside labeled_val/
+        val = _val_root(root)
+        return ({"dataset.train_dataset.images_dir": str(root), "dataset.val_dataset.images_dir": str(val)},
+                {"dataset.val_dataset.images_dir": str(val)})  # fmt: skip
     key = "dataset.segment.root_dir" if task == "semantic-segmentation" else "dataset.depth.root_dir"
     return {key: str(root)}, {key: str(root)}
+
+
+def _val_root(root: Path) -> Path:
+    return root.parent / "labeled_val" if (root.parent / "labeled_val").is_dir() else root
+
+
+def _val_images(task: str, root: Path) -> list[Path]:
+    from foveal.data.images import scan_images
+
+    return scan_images(_val_root(root) if task == "zero-shot-image-classification" else root / "images" / "val")[:4]
 
 
 def task_parity(checkpoint: Path, onnx_file: Path, root: Path) -> dict[str, Any]:
@@ -295,7 +309,6 @@ def task_parity(checkpoint: Path, onnx_file: Path, root: Path) -> dict[str, Any]
     (diagnosed as :func:`check_graph` does)."""
     import onnx
 
-    from foveal.data.images import scan_images
     from foveal.data.tasks import PairedTransform, load_image
     from foveal.networks.hf_task.actions import NETWORKS, load_task_checkpoint
     from foveal.networks.hf_task.model import TaskGraph
@@ -305,7 +318,7 @@ def task_parity(checkpoint: Path, onnx_file: Path, root: Path) -> dict[str, Any]
     model, cfg, _, task = load_task_checkpoint(checkpoint, base)
     aug = cfg.dataset.augmentation
     tf = PairedTransform(cfg.dataset.img_size, aug.mean, aug.std)
-    files = scan_images(root / "images" / "val")[:4]
+    files = _val_images(task, root)
     x = torch.stack([tf.image(load_image(f)) for f in files])
     figures, blame = check_graph("outputs", onnx_file, TaskGraph(model, task).eval(), x)
     figures["batch"] = int(x.shape[0])

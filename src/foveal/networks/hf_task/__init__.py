@@ -1,9 +1,11 @@
-"""Hugging Face task networks: the whole model of a detection, semantic segmentation or depth
-estimation checkpoint, trained with its own loss (``foveal port hf`` makes them).
+"""Hugging Face task networks: the whole model of a detection, semantic segmentation, depth
+estimation or zero-shot classification checkpoint, trained with its own loss (``foveal port hf``
+makes them).
 
 They are the bases of ported networks, as ``classification`` is for ported classifiers, and are
 not registered under their own names: a port's ``network.json`` names its base
-(``hf_object_detection``, ``hf_semantic_segmentation``, ``hf_depth_estimation``) and
+(``hf_object_detection``, ``hf_semantic_segmentation``, ``hf_depth_estimation``,
+``hf_zero_shot_classification``) and
 :func:`task_network` builds it.
 """
 
@@ -18,18 +20,28 @@ BASES = {
     "hf_object_detection": "object-detection",
     "hf_semantic_segmentation": "semantic-segmentation",
     "hf_depth_estimation": "depth-estimation",
+    "hf_zero_shot_classification": "zero-shot-image-classification",
 }
 _MONITOR = {
     "object-detection": Monitoring("val_mAP50", "max", fallback="train_loss"),
     "semantic-segmentation": Monitoring("val_mIoU", "max", fallback="train_loss"),
     "depth-estimation": Monitoring("val_abs_rel", "min", fallback="train_loss"),
+    "zero-shot-image-classification": Monitoring("val_top1", "max", fallback="train_loss"),
 }
+_LABELED = "one subfolder of images per class (<class>/<image>), or an archive of that layout"
 _FOLDERS = "images/<split>/ and {labels}/<split>/ of the same file names"
 
 
 def _needs(task: str) -> dict[str, tuple[DatasetNeed, ...]]:
     if task == "object-detection":
         return {}  # COCO sources are lists of {image_dir, json_file}: set in the spec
+    if task == "zero-shot-image-classification":  # classification's keys and layout
+        return {
+            "train": (DatasetNeed("dataset.train_dataset.images_dir", "train", True, True, _LABELED),
+                      DatasetNeed("dataset.val_dataset.images_dir", "eval", False, True, _LABELED)),
+            "evaluate": (DatasetNeed("dataset.val_dataset.images_dir", "eval", True, True, _LABELED),),
+            "inference": (DatasetNeed("dataset.test_dataset.images_dir", "test", True, False, "images"),),
+        }  # fmt: skip
     key = "dataset.segment.root_dir" if task == "semantic-segmentation" else "dataset.depth.root_dir"
     files = _FOLDERS.format(labels="masks" if task == "semantic-segmentation" else "depth")
     return {action: (DatasetNeed(key, "train" if action == "train" else "eval", True, True, files),)

@@ -18,11 +18,20 @@ from foveal.data import make_loader
 from foveal.engine import checkpoint_artifacts, fit, load_checkpoint, resolve_resume_checkpoint
 from foveal.engine.supervised import OptimSettings
 from foveal.engine.trainer import prepare_training, trainer_for
-from foveal.networks.hf_task.config import DepthConfig, DetectionConfig, SegmentationConfig, TaskOptimConfig
+from foveal.networks.hf_task.config import (
+    DepthConfig,
+    DetectionConfig,
+    SegmentationConfig,
+    TaskOptimConfig,
+    ZeroShotConfig,
+)
 from foveal.networks.hf_task.model import (
     TASK_OUTPUTS,
+    ZERO_SHOT,
     TaskGraph,
+    ZeroShotClassifier,
     load_task_model,
+    load_zero_shot,
     model_from_config,
     task_outputs,
 )
@@ -38,6 +47,7 @@ CONFIGS: dict[str, type] = {
     "object-detection": DetectionConfig,
     "semantic-segmentation": SegmentationConfig,
     "depth-estimation": DepthConfig,
+    ZERO_SHOT: ZeroShotConfig,
 }
 NETWORKS = {task: "hf_" + task.replace("-", "_") for task in CONFIGS}  # checkpoint network names
 
@@ -71,7 +81,11 @@ def train(cfg: Any, ctx: ActionContext) -> ActionResult:
         val_set, _ = adapter.datasets(cfg, ctx, "val", classes=classes or None)
     logger.info("train: %d images%s", len(train_set), f" in {len(classes)} classes" if classes else "")
     ckpt = resolve_resume_checkpoint(ctx.results_dir, cfg.train.resume_training_checkpoint_path)
-    model = load_task_model(required(cfg.model.hf_model_dir, "model.hf_model_dir"), task, classes)
+    folder = required(cfg.model.hf_model_dir, "model.hf_model_dir")
+    if task == ZERO_SHOT:
+        model = load_zero_shot(folder, cfg.model.tokenizer_dir, classes, cfg.model.prompt_template)
+    else:
+        model = load_task_model(folder, task, classes)
     if cfg.train.pretrained_model_path and ckpt is None:
         _start_from(model, cfg.train.pretrained_model_path, task, classes)
     data = cfg.dataset
@@ -87,9 +101,27 @@ def train(cfg: Any, ctx: ActionContext) -> ActionResult:
         status=ctx.status_writer, progress=ctx.progress, tracking=ctx.tracking, monitor=monitor, monitor_mode=mode,
         gradient_clip_val=cfg.train.clip_grad_norm or None, steps_per_epoch=len(train_loader),
     )  # fmt: skip
+    before = _zero_shot_score(model, task, adapter, val_loader, val_set) if ckpt is None else {}
     fit(trainer, module, train_loader, val_loader, ckpt_path=ckpt)
     kpis = {k: float(v) for k, v in trainer.callback_metrics.items() if k in ("train_loss",) or k.startswith("val_")}
+    kpis.update(before)
     return ActionResult(kpis=kpis, artifacts=checkpoint_artifacts(ctx.results_dir))
+
+
+def _zero_shot_score(model: torch.nn.Module, task: str, adapter: Any, loader: Any, dataset: Any) -> dict[str, float]:
+    """An image-text model's validation top-1 before any fine-tuning (``zero_shot_top1``)."""
+    if task != ZERO_SHOT or loader is None:
+        return {}
+    meter = adapter.meter(dataset)
+    training = model.training
+    model.eval()
+    with torch.inference_mode():
+        for images, target in loader:
+            adapter.update(meter, task_outputs(model, task, images), target, dataset)
+    model.train(training)
+    score = float(adapter.scores(meter)["top1"])
+    logger.info("zero-shot top-1 before fine-tuning: %.4f on %d images", score, len(dataset))
+    return {"zero_shot_top1": score}
 
 
 def _start_from(model: torch.nn.Module, path: str, task: str, classes: list[str]) -> None:
@@ -117,6 +149,8 @@ def _has_validation(cfg: Any, task: str) -> bool:
     data = cfg.dataset
     if task == "object-detection":
         return bool(data.val_data_sources.image_dir and data.val_data_sources.json_file)
+    if task == ZERO_SHOT:
+        return bool(data.val_dataset.images_dir)
     folders = data.segment if task == "semantic-segmentation" else data.depth
     return bool(folders.root_dir and folders.validation_split)
 
@@ -128,6 +162,8 @@ def load_task_checkpoint(path: str | Path, network: str) -> tuple[torch.nn.Modul
     cfg = build_config(CONFIGS[task], ckpt["config"])
     model = model_from_config(ckpt["hf_config"], task)
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    if task == ZERO_SHOT:  # the prompts' token ids are buffers of the wrapper
+        model = ZeroShotClassifier(model, state["input_ids"], state["attention_mask"])
     model.load_state_dict(state)
     return model.eval(), cfg, list(ckpt.get("classes") or []), task
 
@@ -165,6 +201,8 @@ def _copy_preprocessing(cfg: Any, trained: Any) -> None:
 
 def _inference_images(cfg: Any, task: str) -> str:
     data = cfg.dataset
+    if task == ZERO_SHOT:
+        return required(data.test_dataset.images_dir, "dataset.test_dataset.images_dir")
     if task == "object-detection":
         return required(data.infer_data_sources.image_dir, "dataset.infer_data_sources.image_dir")
     folders = data.segment if task == "semantic-segmentation" else data.depth

@@ -1,4 +1,5 @@
-"""Specs of the Hugging Face task networks (object detection, semantic segmentation, depth).
+"""Specs of the Hugging Face task networks (object detection, semantic segmentation, depth,
+zero-shot image classification).
 
 The dataset keys are TAO's where TAO has the task: detection reads COCO through
 ``dataset.train_data_sources`` (a list of ``{image_dir, json_file}``), ``val_data_sources``,
@@ -7,7 +8,9 @@ deformable_detr and grounding_dino specs do; semantic segmentation reads TAO seg
 through ``dataset.segment.root_dir`` (``images/<split>`` + ``masks/<split>``) and its split keys.
 Depth, which TAO's vision-foundation workflow does not train, reads the same layout with
 ``depth/<split>`` 16-bit PNGs. ``train.optim`` takes TAO's detection names (``lr``,
-``lr_backbone``, ``lr_scheduler``, ``lr_steps``, ``lr_decay``, ``warmup_epochs``).
+``lr_backbone``, ``lr_scheduler``, ``lr_steps``, ``lr_decay``, ``warmup_epochs``). Zero-shot
+classification (CLIP, SigLIP) reads class subfolders with classification's keys
+(``dataset.train_dataset.images_dir`` ...); the class names become text prompts.
 """
 
 from __future__ import annotations
@@ -36,6 +39,19 @@ class HFModelConfig:
         required=("train",),
         description="The Hugging Face model folder (config.json + weights, as save_pretrained writes it) whose "
         "whole model (backbone, neck and head) is trained; a port fills it in.",
+    )
+
+
+@dataclass
+class ZeroShotModelConfig(HFModelConfig):
+    tokenizer_dir: str | None = field(
+        None,
+        description="Folder of the text model's tokenizer (tokenizer_config.json, vocab ...). Empty: "
+        "model.hf_model_dir.",
+    )
+    prompt_template: str = field(
+        "a photo of a {}.",
+        description="Text prompt per class; {} is replaced by the class name (underscores become spaces).",
     )
 
 
@@ -91,6 +107,18 @@ class DetectionDatasetConfig(TaskDatasetConfig):
 
 
 @dataclass
+class ImagesDir:
+    images_dir: str | None = field(None, description="One subfolder of images per class (or an archive of that).")
+
+
+@dataclass
+class ZeroShotDatasetConfig(TaskDatasetConfig):
+    train_dataset: ImagesDir = section(ImagesDir, description="Training images in class subfolders.")
+    val_dataset: ImagesDir = section(ImagesDir, description="Validation images in class subfolders.")
+    test_dataset: ImagesDir = section(ImagesDir, description="Images to run inference on (any layout).")
+
+
+@dataclass
 class SplitFolders:
     root_dir: str | None = field(None, description="The dataset folder: images/<split>, masks/<split> (or depth/<split>).")
     train_split: str = field("train", description="Training split folder name.")
@@ -120,15 +148,16 @@ class DepthDatasetConfig(TaskDatasetConfig):
 class TaskOptimConfig:
     optimizer: str = field("AdamW", valid_options=("AdamW", "SGD"), description="Optimizer (TAO's names).")
     lr: float = field(
-        1e-4, valid_min=0.0, valid_max=1.0, math_cond="> 0", automl_enabled=True, popular=True,
+        1e-4, valid_min=1e-6, valid_max=0.1, math_cond="> 0", automl_enabled=True, popular=True,
         description="Learning rate of the neck and head.",
     )  # fmt: skip
     lr_backbone: float = field(
-        1e-5, valid_min=0.0, valid_max=1.0, automl_enabled=True,
-        description="Learning rate of the backbone (parameters under the model's backbone/encoder module).",
+        1e-5, valid_min=1e-7, valid_max=0.01, automl_enabled=True,
+        description="Learning rate of the backbone (the model's backbone module, else its base model: SegFormer's "
+        "encoder, DPT's ViT; an image-text model: both towers).",
     )  # fmt: skip
     momentum: float = field(0.9, valid_min=0.0, valid_max=1.0, description="SGD momentum.")
-    weight_decay: float = field(1e-4, valid_min=0.0, valid_max=1.0, automl_enabled=True, description="Weight decay.")
+    weight_decay: float = field(1e-4, valid_min=0.0, valid_max=0.1, automl_enabled=True, description="Weight decay.")
     lr_scheduler: str = field(
         "MultiStep",
         valid_options=("MultiStep", "Cosine", "Linear"),
@@ -183,6 +212,12 @@ class DepthConfig(_TaskConfig):
     dataset: DepthDatasetConfig = section(DepthDatasetConfig, description="Depth data.")
 
 
+@dataclass
+class ZeroShotConfig(_TaskConfig):
+    model: ZeroShotModelConfig = section(ZeroShotModelConfig, description="The image-text model.")
+    dataset: ZeroShotDatasetConfig = section(ZeroShotDatasetConfig, description="Class-folder data.")
+
+
 def resolve(cfg: Any, action: str | None = None) -> Any:
     """Cross-field checks: the shared sections' and the data each action reads."""
     from foveal.spec.common import check_sections
@@ -203,6 +238,13 @@ def resolve(cfg: Any, action: str | None = None) -> Any:
             for key in wanted[1]:
                 if not getattr(getattr(data, wanted[0]), key):
                     issues.append(SpecIssue(f"dataset.{wanted[0]}.{key}", "not set"))
+    elif isinstance(data, ZeroShotDatasetConfig):
+        wanted_key = {"train": "train_dataset", "evaluate": "val_dataset", "inference": "test_dataset"}.get(action or "")
+        if wanted_key and not getattr(data, wanted_key).images_dir:
+            issues.append(SpecIssue(f"dataset.{wanted_key}.images_dir", "not set", "a folder of class subfolders"))
+        if "{}" not in cfg.model.prompt_template:
+            issues.append(SpecIssue("model.prompt_template", f"{cfg.model.prompt_template!r} has no {{}}",
+                                    "write where the class name goes, e.g. 'a photo of a {}.'"))  # fmt: skip
     else:
         folders = getattr(data, "segment", None) or getattr(data, "depth", None)
         name = "segment" if isinstance(data, SegmentationDatasetConfig) else "depth"

@@ -5,6 +5,10 @@
   heads of ``transformers`` do not (DPT, Depth Anything and ZoeDepth raise "Training is not
   implemented yet"), so depth trains with the scale-invariant log loss (SILog, lambda 0.85)
   that GLPN and AdaBins use, over the pixels with a measurement.
+* Zero-shot classification (CLIP, SigLIP): :class:`ZeroShotClassifier` scores an image against
+  one text prompt per class (``logits_per_image``); fine-tuning minimises the cross entropy of
+  those scores, which is the image-to-text half of CLIP's contrastive loss with the class
+  prompts as the texts.
 * The exported graph returns the task's named outputs (:data:`TASK_OUTPUTS`).
 * A checkpoint keeps the model's ``config.json`` content, so evaluate, inference and export
   rebuild the model without the original folder.
@@ -22,11 +26,13 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("object-detection", "semantic-segmentation", "depth-estimation")
+ZERO_SHOT = "zero-shot-image-classification"
+TASKS = ("object-detection", "semantic-segmentation", "depth-estimation", ZERO_SHOT)
 TASK_OUTPUTS: dict[str, tuple[str, ...]] = {
     "object-detection": ("logits", "pred_boxes"),
     "semantic-segmentation": ("logits",),
     "depth-estimation": ("predicted_depth",),
+    ZERO_SHOT: ("logits",),
 }
 IGNORE_INDEX = 255
 
@@ -61,6 +67,63 @@ def load_task_model(folder: str, task: str, classes: Sequence[str] | None = None
         overrides = {**_labels(classes), "ignore_mismatched_sizes": True}
         logger.info("%s: head resized from %d labels to the dataset's %d classes", folder, len(own), len(classes))
     return load_hf_model(folder, task, **overrides).train()
+
+
+class ZeroShotClassifier(nn.Module):
+    """An image-text model and its class prompts as ``pixel_values -> logits`` (B, classes).
+
+    The prompts' token ids are buffers, so a checkpoint holds them and the exported graph is the
+    whole classifier (text tower on constant inputs included)."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+
+    def __init__(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.config = model.config  # type: ignore[assignment]
+        self.register_buffer("input_ids", input_ids.long())
+        self.register_buffer("attention_mask", attention_mask.long())
+
+    def forward(self, pixel_values: torch.Tensor) -> Any:
+        out = self.model(input_ids=self.input_ids, attention_mask=self.attention_mask, pixel_values=pixel_values)
+
+        class _Out:
+            logits = out.logits_per_image
+
+        return _Out()
+
+
+def prompts(classes: Sequence[str], template: str) -> list[str]:
+    return [template.replace("{}", name.replace("_", " ")) for name in classes]
+
+
+def tokenize(tokenizer_dir: str, texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask of ``texts`` with the folder's tokenizer (never downloaded)."""
+    import transformers
+
+    from foveal.errors import UsageError
+
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"model.tokenizer_dir: no tokenizer in {tokenizer_dir} ({line}); point it at the folder "
+                         "holding tokenizer_config.json and the vocabulary") from None  # fmt: skip
+    padding = "max_length" if "siglip" in type(tokenizer).__name__.lower() else True  # SigLIP trains on full length
+    batch = tokenizer(texts, padding=padding, truncation=True, max_length=max_length, return_tensors="pt")
+    mask = batch.get("attention_mask")
+    return batch["input_ids"], mask if mask is not None else torch.ones_like(batch["input_ids"])
+
+
+def load_zero_shot(folder: str, tokenizer_dir: str | None, classes: Sequence[str], template: str) -> nn.Module:
+    from foveal.nn.hf_backbone import load_hf_model
+
+    model = load_hf_model(folder, ZERO_SHOT)
+    text_config: Any = getattr(model.config, "text_config", model.config)
+    max_length = int(getattr(text_config, "max_position_embeddings", 77))
+    ids, mask = tokenize(tokenizer_dir or folder, prompts(classes, template), max_length)
+    return ZeroShotClassifier(model, ids, mask).train()
 
 
 def model_from_config(hf_config: dict[str, Any], task: str) -> nn.Module:
@@ -114,6 +177,8 @@ def task_loss(model: nn.Module, task: str, images: torch.Tensor, target: Any) ->
         labels = [{"class_labels": t["class_labels"], "boxes": t["boxes"]} for t in target]
         loss: torch.Tensor = model(pixel_values=images, labels=labels).loss
         return loss
+    if task == ZERO_SHOT:
+        return F.cross_entropy(model(images).logits.float(), target)
     if task == "semantic-segmentation":
         out = model(pixel_values=images, labels=target)
         if getattr(out, "loss", None) is not None:
@@ -125,7 +190,7 @@ def task_loss(model: nn.Module, task: str, images: torch.Tensor, target: Any) ->
 
 def task_outputs(model: nn.Module, task: str, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """The task's named outputs of ``model`` on ``x``, in :data:`TASK_OUTPUTS` order."""
-    out = model(pixel_values=x)
+    out = model(x) if isinstance(model, ZeroShotClassifier) else model(pixel_values=x)
     return tuple(getattr(out, name) for name in TASK_OUTPUTS[task])
 
 
@@ -146,6 +211,8 @@ def backbone_part(model: nn.Module) -> str | None:
     """The name part of the backbone's parameters (for ``train.optim.lr_backbone``): ``backbone``
     where the model has such a module (the DETR family), else its base model (``segformer``,
     ``dpt``, ``glpn``), whose neck and head sit outside."""
+    if isinstance(model, ZeroShotClassifier):
+        return "model."  # both towers: an image-text model is fine-tuned at its backbone rate throughout
     names = [n for n, _ in model.named_parameters()]
     if any(".backbone." in f".{n}" for n in names):
         return "backbone."

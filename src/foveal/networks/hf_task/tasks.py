@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw
 
 from foveal.data import resolve_dataset
 from foveal.data.tasks import CocoDetection, DepthMaps, PairedTransform, SegmentationMasks, detection_collate
-from foveal.engine.task_metrics import DepthMeter, DetectionMeter, SegmentationMeter
+from foveal.engine.task_metrics import DepthMeter, DetectionMeter, SegmentationMeter, TopKMeter
 from foveal.errors import DatasetError
 from foveal.spec import required
 
@@ -218,7 +218,54 @@ class Depth:
         return meter.compute()
 
 
-TASKS: dict[str, Any] = {t.task: t() for t in (Detection, Segmentation, Depth)}
+class ImageTransform:
+    """Class-folder images: the paired transform's image side, with its flip."""
+
+    def __init__(self, paired: PairedTransform) -> None:
+        self.paired = paired
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        if self.paired.flip():
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return self.paired.image(image)
+
+
+class ZeroShot:
+    task = "zero-shot-image-classification"
+    monitor = ("val_top1", "max")
+    kpis = ("top1",)
+
+    collate = None
+
+    def datasets(self, cfg: Any, ctx: Any, split: str, classes: list[str] | None = None,
+                 img_size: int | None = None) -> tuple[Any, list[str]]:  # fmt: skip
+        from foveal.data import LabeledImageFolderDataset
+
+        key = {"train": "train_dataset", "val": "val_dataset", "test": "val_dataset"}[split]
+        root = resolve_dataset(required(getattr(cfg.dataset, key).images_dir, f"dataset.{key}.images_dir"),
+                               ctx.cache_dir)  # fmt: skip
+        dataset = LabeledImageFolderDataset(root, transform=ImageTransform(transform(cfg, split == "train", img_size)),
+                                            classes=classes)  # fmt: skip
+        wanted = cfg.dataset.num_classes
+        if wanted and wanted != len(dataset.classes):
+            raise DatasetError(root, f"{len(dataset.classes)} classes but dataset.num_classes={wanted}",
+                               f"set dataset.num_classes={len(dataset.classes)} (or 0)")  # fmt: skip
+        return dataset, list(dataset.classes)
+
+    @staticmethod
+    def meter(dataset: Any) -> TopKMeter:
+        return TopKMeter((1, 5) if len(dataset.classes) > 5 else (1,))
+
+    @staticmethod
+    def update(meter: TopKMeter, outputs: tuple[torch.Tensor, ...], target: torch.Tensor, dataset: Any) -> None:
+        meter.add(outputs[0], target)
+
+    @staticmethod
+    def scores(meter: TopKMeter) -> dict[str, Any]:
+        return meter.compute()
+
+
+TASKS: dict[str, Any] = {t.task: t() for t in (Detection, Segmentation, Depth, ZeroShot)}
 
 
 # ------------------------------------------------------------------------------------ inference
@@ -245,11 +292,19 @@ class InferenceFiles:
             "object-detection": ("images_annotated",),
             "semantic-segmentation": ("masks", "overlays"),
             "depth-estimation": ("depth", "colour"),
+            "zero-shot-image-classification": (),
         }[task]
         for name in self.folders:
             (results_dir / name).mkdir(parents=True, exist_ok=True)
 
     def add(self, outputs: tuple[torch.Tensor, ...], paths: list[str]) -> None:
+        if self.task == "zero-shot-image-classification":
+            probs = outputs[0].float().softmax(-1)
+            for path, row in zip(paths, probs, strict=True):
+                score, index = row.max(0)
+                self.records.append({"image": path, "label": self.classes[int(index)], "score": float(score)})
+                self.count += 1
+            return
         for i, path in enumerate(paths):
             with Image.open(path) as raw:
                 image = raw.convert("RGB")
@@ -292,4 +347,12 @@ class InferenceFiles:
     def close(self) -> Path:
         path = self.root / "results.json"
         path.write_text(json.dumps(self.records, indent=1), encoding="utf-8")
+        if self.task == "zero-shot-image-classification":  # TAO classification's result.csv too
+            import csv
+
+            with (self.root / "result.csv").open("w", newline="", encoding="utf-8") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(["img_name", "pred_label", "pred_score"])
+                for record in self.records:
+                    writer.writerow([record["image"], record["label"], f"{record['score']:.6f}"])
         return path
