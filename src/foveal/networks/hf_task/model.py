@@ -81,7 +81,7 @@ class ZeroShotClassifier(nn.Module):
     def __init__(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
         super().__init__()
         self.model = model
-        self.config = model.config  # type: ignore[assignment]
+        self.config = model.config
         self.register_buffer("input_ids", input_ids.long())
         self.register_buffer("attention_mask", attention_mask.long())
 
