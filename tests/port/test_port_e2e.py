@@ -177,7 +177,6 @@ def test_text_model_is_refused_in_one_line(tmp_path, capsys):
     [
         ("Mask2FormerForUniversalSegmentation", "mask2former", "universal-segmentation"),
         ("OneFormerForUniversalSegmentation", "oneformer", "universal-segmentation"),
-        ("GroundingDinoForObjectDetection", "grounding-dino", "zero-shot-object-detection"),
     ],
 )
 def test_recognised_but_unsupported_tasks_are_refused_by_name(
@@ -188,6 +187,13 @@ def test_recognised_but_unsupported_tasks_are_refused_by_name(
     )
     code, _, err = run(capsys, "-w", str(tmp_path / "ws"), "port", "hf", str(folder), "--name", "x1")
     assert code == 2 and f"is a {task} model" in err and "not supported yet" in err
+
+
+def test_a_text_conditioned_detector_without_its_tokenizer_is_refused(tmp_path, capsys):
+    folder = write_config(tmp_path / "gd", {"architectures": ["GroundingDinoForObjectDetection"],
+                                            "model_type": "grounding-dino"})  # fmt: skip
+    code, _, err = run(capsys, "-w", str(tmp_path / "ws"), "port", "hf", str(folder), "--name", "x1")
+    assert code == 2 and "needs its text tokenizer" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize(

@@ -131,10 +131,12 @@ def test_clip_with_its_tokenizer_ports_as_zero_shot_and_runs_the_normal_train_wo
     capsys.readouterr()
     code = main(["-w", str(ws), "workflow", "normal-train", "--model", "clip", "--train-dataset-uri",
                  str(data / "labeled_train"), "--eval-dataset-uri", str(data / "labeled_val"), "--max-trials", "2",
-                 "train.num_epochs=1", "dataset.workers=0"])  # fmt: skip
+                 "--export", "train.num_epochs=1", "dataset.workers=0"])  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "metric val_top1 (maximize)" in out and "evaluate" in out and "top1=" in out
+    stages = {line.split("\t")[0]: line.split("\t")[2] for line in out.splitlines() if line.count("\t") >= 3}
+    assert stages == {"stage": "status", "train": "Done", "evaluate": "Done", "export": "Done"}, out
+    assert "AutoML (bayesian, 2 trials); metric val_top1 (maximize)" in out and "zero_shot_top1=" in out
 
 
 def test_a_zero_shot_spec_without_a_tokenizer_is_one_line(tmp_path, capsys):
@@ -151,3 +153,34 @@ def test_a_zero_shot_spec_without_a_tokenizer_is_one_line(tmp_path, capsys):
     code = main(["-w", str(ws), "zs", "train", f"dataset.train_dataset.images_dir={data / 'labeled_train'}",
                  "model.prompt_template=a photo"])  # fmt: skip
     assert code == 2 and "model.prompt_template" in capsys.readouterr().err
+
+
+def test_grounding_dino_ports_as_an_open_vocabulary_detector_and_runs_the_normal_train_workflow(tmp_path, capsys):
+    """TAO's other example model: a Grounding DINO folder (ResNet image backbone, BERT text
+    encoder, its tokenizer beside it) ports as ``grounding_dino``; the dataset's category names
+    become its caption; the ONNX graph (caption constant) gives per-category logits and boxes;
+    ``foveal workflow normal-train --model grounding_dino`` takes COCO folders as dataset URIs."""
+    import onnx
+    from tiny_tasks import save_tiny_grounding_dino
+
+    ws = tmp_path / "ws"
+    report = foveal.port_hf(save_tiny_grounding_dino(tmp_path / "gd_hf"), name="grounding_dino", workspace=ws)
+    assert report.task == "zero-shot-object-detection" and report.status == "passed"
+    phases = {p["phase"]: p for p in report.phases}
+    assert {"zero_shot_mAP50", "val_mAP50"} <= set(phases["verify.train"]["figures"])
+    parity = phases["verify.onnxruntime"]["figures"]
+    assert parity["ort_outputs_max_abs_diff"] <= 1e-4 and parity["ort_outputs_rel_diff"] < 1e-4
+    onnx_file = next(f for f in report.files if f.endswith(".onnx"))
+    graph = onnx.load(onnx_file, load_external_data=False).graph
+    assert [o.name for o in graph.output] == ["logits", "pred_boxes"]
+    assert [d.dim_value for d in graph.output[0].type.tensor_type.shape.dim][1:] == [10, 3]  # 3 categories
+    data = ws / "cache" / "port_tasks_224"
+    capsys.readouterr()
+    code = main(["-w", str(ws), "workflow", "normal-train", "--model", "grounding_dino", "--train-dataset-uri",
+                 str(data / "coco_train"), "--eval-dataset-uri", str(data / "coco_val"), "--automl-policy", "off",
+                 "--export", "train.num_epochs=1", "dataset.workers=0", "dataset.batch_size=4"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    stages = {line.split("\t")[0]: line.split("\t")[2] for line in out.splitlines() if line.count("\t") >= 3}
+    assert stages == {"stage": "status", "train": "Done", "evaluate": "Done", "export": "Done"}, out
+    assert "zero_shot_mAP50=" in out and "metric val_mAP50 (maximize)" in out

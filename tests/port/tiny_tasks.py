@@ -87,3 +87,40 @@ def save_tiny_clip(folder: Path, seed: int = 0, tokenizer: bool = True) -> Path:
     if tokenizer:
         write_tiny_clip_tokenizer(folder)
     return folder
+
+
+def write_tiny_bert_vocab(folder: Path, words: list[str]) -> Path:
+    """A BERT WordPiece tokenizer whose special tokens sit at BERT's ids ([PAD] 0, [CLS] 101,
+    [SEP] 102, '.' 1012, '?' 1029: Grounding DINO finds its phrases by those ids), with ``words``."""
+    import transformers
+
+    vocab = ["[PAD]", *(f"[unused{i}]" for i in range(99)), "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
+    vocab += [f"[filler{i}]" for i in range(1012 - len(vocab))] + ["."]
+    vocab += [f"[filler_b{i}]" for i in range(1029 - len(vocab))] + ["?"]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    transformers.BertTokenizer(str(folder / "vocab.txt")).save_pretrained(folder)
+    return folder
+
+
+def save_tiny_grounding_dino(folder: Path, seed: int = 0) -> Path:
+    """A tiny random GroundingDinoForObjectDetection (ResNet image backbone, 1-layer BERT text
+    encoder, 64 px) with its tokenizer (the synthetic shapes' names are words of it)."""
+    import transformers
+
+    words = ["a", "photo", "of", "circle", "square", "triangle", "star", "cross", "ring", "ellipse"]
+    backbone = {"model_type": "resnet", "embedding_size": 8, "hidden_sizes": [8, 16, 16, 16], "depths": [1, 1, 1, 1],
+                "layer_type": "basic", "out_features": ["stage2", "stage3", "stage4"]}  # fmt: skip
+    text = {"model_type": "bert", "vocab_size": 1030, "hidden_size": 32, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "intermediate_size": 32, "max_position_embeddings": 64}  # fmt: skip
+    config = transformers.GroundingDinoConfig(
+        backbone_config=backbone, use_timm_backbone=False, use_pretrained_backbone=False, text_config=text,
+        d_model=32, encoder_layers=1, decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
+        encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=10, max_text_len=16, num_feature_levels=3,
+        encoder_n_points=2, decoder_n_points=2,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    model = transformers.GroundingDinoForObjectDetection(config).eval()
+    model.save_pretrained(folder)
+    write_tiny_bert_vocab(folder, words)
+    return folder

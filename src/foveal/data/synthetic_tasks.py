@@ -15,6 +15,10 @@ Layout under ``out_dir``::
     annotations/instances_<split>.json   COCO detection (file_name relative to images/<split>)
     masks/<split>/img_000000.png         class ids (L mode)
     depth/<split>/img_000000.png         16-bit, millimetres (depth_scale 1000)
+    coco_<split>/images/ + annotations.json
+                                         the same images and boxes as one COCO folder per split
+                                         (TAO's dataset layout; hard links where possible)
+    classes.txt                          the segmentation ids' names (background first)
     dataset.json                         the arguments, classes and GENERATOR_VERSION
 """
 
@@ -22,6 +26,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +69,15 @@ def annotate(coverage: np.ndarray, label: int) -> dict[str, Any]:
     return {"box": box, "mask": mask, "depth": depth}
 
 
+def _link(source: Path, target: Path) -> None:
+    if target.exists():
+        target.unlink()
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
 def make_task_dataset(
     out_dir: str | Path,
     *,
@@ -102,7 +117,8 @@ def make_task_dataset(
         folders = {kind: out_dir / kind / split for kind in ("images", "masks", "depth")}
         for folder in folders.values():
             folder.mkdir(parents=True, exist_ok=True)
-        images, annotations = [], []
+        images: list[dict[str, Any]] = []
+        annotations: list[dict[str, Any]] = []
         for index, label in enumerate(split_labels(seed, split, counts[split], num_classes).tolist()):
             image, coverage = render_annotated(seed, split, index, label, image_size)
             name = f"img_{index:06d}.png"
@@ -114,8 +130,16 @@ def make_task_dataset(
             if parts["box"] is not None:
                 annotations.append({"image_id": index + 1, "category_id": label + 1, "bbox": parts["box"]})
         coco = write_coco(out_dir / "annotations" / f"instances_{split}.json", images, annotations, categories)
+        coco_dir = out_dir / f"coco_{split}"
+        (coco_dir / "images").mkdir(parents=True, exist_ok=True)
+        for info in images:
+            _link(folders["images"] / str(info["file_name"]), coco_dir / "images" / str(info["file_name"]))
+        write_coco(coco_dir / "annotations.json", images, annotations, categories)
+        written[f"coco_{split}"] = coco_dir
         written.update({f"images_{split}": folders["images"], f"masks_{split}": folders["masks"],
                         f"depth_{split}": folders["depth"], f"instances_{split}": coco})  # fmt: skip
+    names = ["background", *(str(c["name"]) for c in categories)]
+    (out_dir / "classes.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
     meta = {
         "generator": "foveal.data.synthetic_tasks",
         "generator_version": GENERATOR_VERSION,
@@ -126,7 +150,7 @@ def make_task_dataset(
         "num_classes": num_classes,
         "image_size": image_size,
         "classes": [c["name"] for c in categories],
-        "segmentation_classes": ["background", *(c["name"] for c in categories)],
+        "segmentation_classes": names,
         "depth_scale": DEPTH_SCALE,
     }
     meta_file.parent.mkdir(parents=True, exist_ok=True)

@@ -172,6 +172,10 @@ class DatasetNeed:
     labeled: bool
     expected_files: str
     labeled_if: Mapping[str, Any] = field(default_factory=dict)  # spec values that make it labeled
+    # How the URI fills the key: "folder" (the key is the URI), "coco" (a COCO dataset folder,
+    # <uri>/images + <uri>/annotations.json, as an {image_dir, json_file} mapping, TAO's
+    # dataset layout) or "coco_list" (a one-item list of that mapping).
+    layout: str = "folder"
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,7 @@ TASK_AUTO_CLASSES = {
     "semantic-segmentation": "AutoModelForSemanticSegmentation",
     "depth-estimation": "AutoModelForDepthEstimation",
     "zero-shot-image-classification": "AutoModelForZeroShotImageClassification",
+    "zero-shot-object-detection": "AutoModelForZeroShotObjectDetection",
 }
 
 

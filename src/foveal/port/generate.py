@@ -52,6 +52,7 @@ TASK_BASES = {
     "semantic-segmentation": ("hf_semantic_segmentation", "segmentation", "val_mIoU", "max"),
     "depth-estimation": ("hf_depth_estimation", "depth_estimation", "val_abs_rel", "min"),
     "zero-shot-image-classification": ("hf_zero_shot_classification", "classification", "val_top1", "max"),
+    "zero-shot-object-detection": ("hf_zero_shot_detection", "object_detection", "val_mAP50", "max"),
 }
 
 

@@ -31,10 +31,17 @@ SUPPORTED_TASKS = (
     "semantic-segmentation",
     "depth-estimation",
     "zero-shot-image-classification",
+    "zero-shot-object-detection",
 )
 # Whole-model tasks: the port trains the model's own head (foveal.networks.hf_task).
-WHOLE_MODEL_TASKS = ("object-detection", "semantic-segmentation", "depth-estimation", "zero-shot-image-classification")
-UNSUPPORTED_TASKS = ("zero-shot", "zero-shot-object-detection", "universal-segmentation")
+WHOLE_MODEL_TASKS = (
+    "object-detection",
+    "semantic-segmentation",
+    "depth-estimation",
+    "zero-shot-image-classification",
+    "zero-shot-object-detection",
+)
+UNSUPPORTED_TASKS = ("zero-shot", "universal-segmentation")
 # Architecture class suffix -> task (most specific first).
 _SUFFIX_TASKS = (
     ("ForImageClassificationWithTeacher", "image-classification"),
@@ -272,6 +279,11 @@ def inspect_folder(folder: Path) -> SourceInfo:
         # CLIP / SigLIP with its tokenizer: zero-shot classification with class-name prompts
         # (without one, its vision tower is ported as a backbone)
         task = "zero-shot-image-classification"
+    if task == "zero-shot-object-detection" and not any((folder / n).is_file() for n in _TOKENIZER_FILES):
+        raise PortSourceError(
+            f"{folder}: {arch} is a zero-shot-object-detection model and needs its text tokenizer "
+            "(tokenizer_config.json, vocab.txt ...) in the folder; save it there with tokenizer.save_pretrained"
+        )
     if task not in SUPPORTED_TASKS:
         raise PortSourceError(
             f"{folder}: {arch} is a {task} model; recognised but not supported yet (supported: "

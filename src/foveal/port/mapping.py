@@ -70,11 +70,13 @@ PROBE_CLASSES = ("circle", "square", "triangle")  # a text-conditioned model's p
 
 def _load(folder: str | Path, task: str) -> nn.Module:
     """The folder's model for ``task`` (an image-text model with prompts for :data:`PROBE_CLASSES`)."""
-    from foveal.networks.hf_task.model import ZERO_SHOT, load_zero_shot
+    from foveal.networks.hf_task.model import GROUNDING, ZERO_SHOT, load_grounded, load_zero_shot
     from foveal.nn.hf_backbone import load_hf_model
 
     if task == ZERO_SHOT:
         return load_zero_shot(str(folder), None, PROBE_CLASSES, "a photo of a {}.").eval()
+    if task == GROUNDING:
+        return load_grounded(str(folder), None, PROBE_CLASSES).eval()
     return load_hf_model(folder, task)
 
 

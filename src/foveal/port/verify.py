@@ -272,14 +272,13 @@ def task_synthetic_data(ws: Workspace, image_size: int) -> Path:
     root = ws.cache_dir / f"port_tasks_{image_size}"
     if not (root / "dataset.json").is_file():
         make_task_dataset(root, num_train=8, num_val=4, image_size=image_size, num_classes=3, overwrite=True)
-        (root / "classes.txt").write_text("background\ncircle\nsquare\ntriangle\n", encoding="utf-8")
     return root
 
 
 def task_data_overrides(task: str, root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(train overrides, evaluate overrides) pointing a task network at ``root`` (the layout of
     :mod:`foveal.data.synthetic_tasks`)."""
-    if task == "object-detection":
+    if task in ("object-detection", "zero-shot-object-detection"):
         def source(split: str) -> dict[str, str]:
             return {"image_dir": str(root / "images" / split),
                     "json_file": str(root / "annotations" / f"instances_{split}.json")}  # fmt: skip

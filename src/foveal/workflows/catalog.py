@@ -90,6 +90,7 @@ def dataset_requirements(network: Network) -> dict[str, list[dict[str, Any]]]:
                 "labeled": need.labeled,
                 "labeled_if": dict(need.labeled_if) or None,
                 "expected_files": need.expected_files,
+                "layout": need.layout,
             }
             for need in needs
         ]

@@ -111,6 +111,15 @@ def _check_uri(flag: str, uri: str | None) -> None:
         raise UsageError(f"{flag} {uri}: no such file or folder; pass an existing dataset folder or archive")
 
 
+def _layout_value(uri: str, layout: str) -> str:
+    """The override value of a dataset URI for a key of ``layout`` (see DatasetNeed.layout)."""
+    if layout not in ("coco", "coco_list"):
+        return uri
+    root = uri.rstrip("/")
+    source = f'{{image_dir: "{root}/images", json_file: "{root}/annotations.json"}}'
+    return f"[{source}]" if layout == "coco_list" else source
+
+
 def dataset_overrides(
     network: Network, action: str, train_uri: str | None, eval_uri: str | None, explicit: set[str]
 ) -> list[str]:
@@ -126,7 +135,7 @@ def dataset_overrides(
             continue
         uri = uris.get(source or "")
         if uri:
-            out.append(f"{key}={uri}")
+            out.append(f"{key}={_layout_value(uri, need.get('layout', 'folder'))}")
         elif need["required"]:
             flag = "--eval-dataset-uri" if source in EVAL_SOURCES else "--train-dataset-uri"
             raise UsageError(f"{network.name} {action} needs {key} ({need['expected_files']}); pass {flag}")

@@ -21,20 +21,28 @@ BASES = {
     "hf_semantic_segmentation": "semantic-segmentation",
     "hf_depth_estimation": "depth-estimation",
     "hf_zero_shot_classification": "zero-shot-image-classification",
+    "hf_zero_shot_detection": "zero-shot-object-detection",
 }
 _MONITOR = {
     "object-detection": Monitoring("val_mAP50", "max", fallback="train_loss"),
     "semantic-segmentation": Monitoring("val_mIoU", "max", fallback="train_loss"),
     "depth-estimation": Monitoring("val_abs_rel", "min", fallback="train_loss"),
     "zero-shot-image-classification": Monitoring("val_top1", "max", fallback="train_loss"),
+    "zero-shot-object-detection": Monitoring("val_mAP50", "max", fallback="train_loss"),
 }
+_COCO = "a COCO folder: images/ and annotations.json (file_name relative to images/)"
 _LABELED = "one subfolder of images per class (<class>/<image>), or an archive of that layout"
 _FOLDERS = "images/<split>/ and {labels}/<split>/ of the same file names"
 
 
 def _needs(task: str) -> dict[str, tuple[DatasetNeed, ...]]:
-    if task == "object-detection":
-        return {}  # COCO sources are lists of {image_dir, json_file}: set in the spec
+    if task in ("object-detection", "zero-shot-object-detection"):  # a COCO folder per dataset URI
+        return {
+            "train": (DatasetNeed("dataset.train_data_sources", "train", True, True, _COCO, layout="coco_list"),
+                      DatasetNeed("dataset.val_data_sources", "eval", False, True, _COCO, layout="coco")),
+            "evaluate": (DatasetNeed("dataset.test_data_sources", "eval", True, True, _COCO, layout="coco"),),
+            "inference": (DatasetNeed("dataset.infer_data_sources.image_dir", "test", True, False, "images"),),
+        }  # fmt: skip
     if task == "zero-shot-image-classification":  # classification's keys and layout
         return {
             "train": (DatasetNeed("dataset.train_dataset.images_dir", "train", True, True, _LABELED),

@@ -21,15 +21,19 @@ from foveal.engine.trainer import prepare_training, trainer_for
 from foveal.networks.hf_task.config import (
     DepthConfig,
     DetectionConfig,
+    GroundingConfig,
     SegmentationConfig,
     TaskOptimConfig,
     ZeroShotConfig,
 )
 from foveal.networks.hf_task.model import (
+    GROUNDING,
     TASK_OUTPUTS,
     ZERO_SHOT,
+    GroundedDetector,
     TaskGraph,
     ZeroShotClassifier,
+    load_grounded,
     load_task_model,
     load_zero_shot,
     model_from_config,
@@ -48,12 +52,13 @@ CONFIGS: dict[str, type] = {
     "semantic-segmentation": SegmentationConfig,
     "depth-estimation": DepthConfig,
     ZERO_SHOT: ZeroShotConfig,
+    GROUNDING: GroundingConfig,
 }
 NETWORKS = {task: "hf_" + task.replace("-", "_") for task in CONFIGS}  # checkpoint network names
 
 
 def task_of(cfg: Any) -> str:
-    for task, cls in CONFIGS.items():
+    for task, cls in sorted(CONFIGS.items(), key=lambda item: -len(item[1].__mro__)):  # subclasses first
         if isinstance(cfg, cls):
             return task
     raise TypeError(f"{type(cfg).__name__} is not a task network's spec")
@@ -84,6 +89,8 @@ def train(cfg: Any, ctx: ActionContext) -> ActionResult:
     folder = required(cfg.model.hf_model_dir, "model.hf_model_dir")
     if task == ZERO_SHOT:
         model = load_zero_shot(folder, cfg.model.tokenizer_dir, classes, cfg.model.prompt_template)
+    elif task == GROUNDING:
+        model = load_grounded(folder, cfg.model.tokenizer_dir, classes)
     else:
         model = load_task_model(folder, task, classes)
     if cfg.train.pretrained_model_path and ckpt is None:
@@ -109,8 +116,10 @@ def train(cfg: Any, ctx: ActionContext) -> ActionResult:
 
 
 def _zero_shot_score(model: torch.nn.Module, task: str, adapter: Any, loader: Any, dataset: Any) -> dict[str, float]:
-    """An image-text model's validation top-1 before any fine-tuning (``zero_shot_top1``)."""
-    if task != ZERO_SHOT or loader is None:
+    """A text-conditioned model's validation score before any fine-tuning: ``zero_shot_top1``
+    (zero-shot classification) or ``zero_shot_mAP`` / ``zero_shot_mAP50`` (open-vocabulary
+    detection)."""
+    if task not in (ZERO_SHOT, GROUNDING) or loader is None:
         return {}
     meter = adapter.meter(dataset)
     training = model.training
@@ -119,9 +128,11 @@ def _zero_shot_score(model: torch.nn.Module, task: str, adapter: Any, loader: An
         for images, target in loader:
             adapter.update(meter, task_outputs(model, task, images), target, dataset)
     model.train(training)
-    score = float(adapter.scores(meter)["top1"])
-    logger.info("zero-shot top-1 before fine-tuning: %.4f on %d images", score, len(dataset))
-    return {"zero_shot_top1": score}
+    scores = adapter.scores(meter)
+    found = {f"zero_shot_{name}": float(scores[name]) for name in adapter.kpis}
+    logger.info("before fine-tuning: %s on %d images", ", ".join(f"{k} {v:.4f}" for k, v in found.items()),
+                len(dataset))  # fmt: skip
+    return found
 
 
 def _start_from(model: torch.nn.Module, path: str, task: str, classes: list[str]) -> None:
@@ -147,7 +158,7 @@ def _start_from(model: torch.nn.Module, path: str, task: str, classes: list[str]
 
 def _has_validation(cfg: Any, task: str) -> bool:
     data = cfg.dataset
-    if task == "object-detection":
+    if task in ("object-detection", GROUNDING):
         return bool(data.val_data_sources.image_dir and data.val_data_sources.json_file)
     if task == ZERO_SHOT:
         return bool(data.val_dataset.images_dir)
@@ -164,6 +175,9 @@ def load_task_checkpoint(path: str | Path, network: str) -> tuple[torch.nn.Modul
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     if task == ZERO_SHOT:  # the prompts' token ids are buffers of the wrapper
         model = ZeroShotClassifier(model, state["input_ids"], state["attention_mask"])
+    elif task == GROUNDING:  # so are the caption's and its category map
+        model = GroundedDetector(model, {k: state[k] for k in ("input_ids", "attention_mask", "token_type_ids",
+                                                                "label_map")})  # fmt: skip
     model.load_state_dict(state)
     return model.eval(), cfg, list(ckpt.get("classes") or []), task
 
@@ -203,7 +217,7 @@ def _inference_images(cfg: Any, task: str) -> str:
     data = cfg.dataset
     if task == ZERO_SHOT:
         return required(data.test_dataset.images_dir, "dataset.test_dataset.images_dir")
-    if task == "object-detection":
+    if task in ("object-detection", GROUNDING):
         return required(data.infer_data_sources.image_dir, "dataset.infer_data_sources.image_dir")
     folders = data.segment if task == "semantic-segmentation" else data.depth
     root = required(folders.root_dir, f"dataset.{'segment' if task == 'semantic-segmentation' else 'depth'}.root_dir")

@@ -218,6 +218,21 @@ class ZeroShotConfig(_TaskConfig):
     dataset: ZeroShotDatasetConfig = section(ZeroShotDatasetConfig, description="Class-folder data.")
 
 
+@dataclass
+class GroundingModelConfig(HFModelConfig):
+    tokenizer_dir: str | None = field(
+        None,
+        description="Folder of the text encoder's tokenizer (BERT's vocab.txt ...). Empty: model.hf_model_dir. The "
+        "dataset's category names become the caption 'name1 . name2 . ...'.",
+    )
+
+
+@dataclass
+class GroundingConfig(_TaskConfig):
+    model: GroundingModelConfig = section(GroundingModelConfig, description="The text-conditioned detector.")
+    dataset: DetectionDatasetConfig = section(DetectionDatasetConfig, description="COCO detection data.")
+
+
 def resolve(cfg: Any, action: str | None = None) -> Any:
     """Cross-field checks: the shared sections' and the data each action reads."""
     from foveal.spec.common import check_sections

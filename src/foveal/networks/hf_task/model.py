@@ -9,6 +9,10 @@
   one text prompt per class (``logits_per_image``); fine-tuning minimises the cross entropy of
   those scores, which is the image-to-text half of CLIP's contrastive loss with the class
   prompts as the texts.
+* Open-vocabulary detection (Grounding DINO): :class:`GroundedDetector` asks for the dataset's
+  categories in one caption ("circle . square . triangle ."), trains with the model's own
+  loss (its token label maps, Hungarian matching) and scores each query per category by the
+  largest logit over the category's tokens (``logits`` (B, queries, categories)).
 * The exported graph returns the task's named outputs (:data:`TASK_OUTPUTS`).
 * A checkpoint keeps the model's ``config.json`` content, so evaluate, inference and export
   rebuild the model without the original folder.
@@ -16,8 +20,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -27,12 +32,14 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 ZERO_SHOT = "zero-shot-image-classification"
-TASKS = ("object-detection", "semantic-segmentation", "depth-estimation", ZERO_SHOT)
+GROUNDING = "zero-shot-object-detection"
+TASKS = ("object-detection", "semantic-segmentation", "depth-estimation", ZERO_SHOT, GROUNDING)
 TASK_OUTPUTS: dict[str, tuple[str, ...]] = {
     "object-detection": ("logits", "pred_boxes"),
     "semantic-segmentation": ("logits",),
     "depth-estimation": ("predicted_depth",),
     ZERO_SHOT: ("logits",),
+    GROUNDING: ("logits", "pred_boxes"),
 }
 IGNORE_INDEX = 255
 
@@ -92,6 +99,102 @@ class ZeroShotClassifier(nn.Module):
             logits = out.logits_per_image
 
         return _Out()
+
+
+@contextlib.contextmanager
+def _constant_text_masks(masks: torch.Tensor, positions: torch.Tensor) -> Iterator[None]:
+    """While a graph is traced, Grounding DINO's phrase masks of the (constant) caption are the
+    ones computed eagerly: the model derives them with ``isin`` and ``cummax``, which ONNX lacks."""
+    from transformers.models.grounding_dino import modeling_grounding_dino as gd
+
+    original = gd.generate_masks_with_special_tokens_and_transfer_map
+
+    def precomputed(input_ids: torch.Tensor, **_: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = input_ids.shape[0]
+        return masks.expand(batch, -1, -1), positions.expand(batch, -1)
+
+    gd.generate_masks_with_special_tokens_and_transfer_map = precomputed  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        gd.generate_masks_with_special_tokens_and_transfer_map = original
+
+
+class GroundedDetector(nn.Module):
+    """A text-conditioned detector and its caption of the categories as ``pixel_values -> (logits
+    (B, queries, categories), pred_boxes)``; the caption's token ids and the category-to-token
+    map are buffers."""
+
+    def __init__(self, model: nn.Module, text: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.model = model
+        self.config = model.config
+        for key in ("input_ids", "attention_mask", "token_type_ids", "label_map"):
+            self.register_buffer(key, text[key].long())
+        from transformers.models.grounding_dino import modeling_grounding_dino as gd
+
+        special: Any = getattr(model, "model", model)
+        ids: Any = self.input_ids
+        with torch.no_grad():  # eager, once: the caption never changes (see _constant_text_masks)
+            self._phrase_masks = gd.generate_masks_with_special_tokens_and_transfer_map(
+                ids, special_tokens=special.special_tokens
+            )
+
+    def _text(self, batch: int) -> dict[str, torch.Tensor]:
+        return {k: getattr(self, k).expand(batch, -1) for k in ("input_ids", "attention_mask", "token_type_ids")}
+
+    def forward(self, pixel_values: torch.Tensor) -> Any:
+        exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+        constant = _constant_text_masks(*self._phrase_masks) if exporting else contextlib.nullcontext()
+        with constant:
+            out = self.model(pixel_values=pixel_values, **self._text(pixel_values.shape[0]))
+        label_map: Any = self.label_map  # (categories, text length)
+        tokens = out.logits[..., : label_map.shape[1]]  # (B, Q, text length)
+        masked = tokens.unsqueeze(2).masked_fill(label_map[None, None] == 0, float("-inf"))
+
+        class _Out:
+            logits = masked.amax(-1)  # (B, Q, categories)
+            pred_boxes = out.pred_boxes
+
+        return _Out()
+
+    def loss(self, pixel_values: torch.Tensor, labels: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+        loss: torch.Tensor = self.model(pixel_values=pixel_values, labels=labels, **self._text(pixel_values.shape[0])).loss
+        return loss
+
+
+def caption(tokenizer_dir: str, classes: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
+    """The categories as Grounding DINO's caption ("a . b . c ."): token ids, masks and which tokens
+    belong to which category (the model's own rule: the text between delimiter tokens)."""
+    import transformers
+    from transformers.models.grounding_dino import modeling_grounding_dino as gd
+
+    from foveal.errors import UsageError
+
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"model.tokenizer_dir: no tokenizer in {tokenizer_dir} ({line}); point it at the folder "
+                         "holding tokenizer_config.json and vocab.txt") from None  # fmt: skip
+    text = " . ".join(name.replace("_", " ") for name in classes) + " ."
+    batch = tokenizer([text], truncation=True, max_length=max_length, return_tensors="pt")
+    ids = batch["input_ids"]
+    maps = gd.build_label_maps(torch.zeros(1, 1, ids.shape[1]), ids)[0]
+    if maps.shape[0] != len(classes):
+        raise UsageError(f"model.tokenizer_dir: the caption of {len(classes)} categories gives {maps.shape[0]} "
+                         f"phrases within max_text_len={max_length} tokens; use shorter category names or "
+                         "fewer categories")  # fmt: skip
+    return {"input_ids": ids, "attention_mask": batch["attention_mask"],
+            "token_type_ids": batch.get("token_type_ids", torch.zeros_like(ids)), "label_map": maps}  # fmt: skip
+
+
+def load_grounded(folder: str, tokenizer_dir: str | None, classes: Sequence[str]) -> nn.Module:
+    from foveal.nn.hf_backbone import load_hf_model
+
+    model = load_hf_model(folder, GROUNDING)
+    max_length = int(getattr(model.config, "max_text_len", 256))
+    return GroundedDetector(model, caption(tokenizer_dir or folder, classes, max_length)).train()
 
 
 def prompts(classes: Sequence[str], template: str) -> list[str]:
@@ -179,6 +282,9 @@ def task_loss(model: nn.Module, task: str, images: torch.Tensor, target: Any) ->
         return loss
     if task == ZERO_SHOT:
         return F.cross_entropy(model(images).logits.float(), target)
+    if task == GROUNDING:
+        grounded: Any = model
+        return grounded.loss(images, [{"class_labels": t["class_labels"], "boxes": t["boxes"]} for t in target])
     if task == "semantic-segmentation":
         out = model(pixel_values=images, labels=target)
         if getattr(out, "loss", None) is not None:
@@ -190,7 +296,7 @@ def task_loss(model: nn.Module, task: str, images: torch.Tensor, target: Any) ->
 
 def task_outputs(model: nn.Module, task: str, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """The task's named outputs of ``model`` on ``x``, in :data:`TASK_OUTPUTS` order."""
-    out = model(x) if isinstance(model, ZeroShotClassifier) else model(pixel_values=x)
+    out = model(x) if isinstance(model, (ZeroShotClassifier, GroundedDetector)) else model(pixel_values=x)
     return tuple(getattr(out, name) for name in TASK_OUTPUTS[task])
 
 
@@ -211,6 +317,8 @@ def backbone_part(model: nn.Module) -> str | None:
     """The name part of the backbone's parameters (for ``train.optim.lr_backbone``): ``backbone``
     where the model has such a module (the DETR family), else its base model (``segformer``,
     ``dpt``, ``glpn``), whose neck and head sit outside."""
+    if isinstance(model, GroundedDetector):
+        return "model.backbone."  # the image backbone; the text encoder and fusion train at lr
     if isinstance(model, ZeroShotClassifier):
         return "model."  # both towers: an image-text model is fine-tuned at its backbone rate throughout
     names = [n for n, _ in model.named_parameters()]

@@ -265,7 +265,14 @@ class ZeroShot:
         return meter.compute()
 
 
-TASKS: dict[str, Any] = {t.task: t() for t in (Detection, Segmentation, Depth, ZeroShot)}
+class GroundedDetection(Detection):
+    """Open-vocabulary detection: COCO data and metrics as detection's; the categories are the text."""
+
+    task = "zero-shot-object-detection"
+
+
+TASKS: dict[str, Any] = {t.task: t() for t in (Detection, Segmentation, Depth, ZeroShot, GroundedDetection)}
+DETECTION_TASKS = ("object-detection", "zero-shot-object-detection")
 
 
 # ------------------------------------------------------------------------------------ inference
@@ -290,6 +297,7 @@ class InferenceFiles:
         self.count = 0
         self.folders = {
             "object-detection": ("images_annotated",),
+            "zero-shot-object-detection": ("images_annotated",),
             "semantic-segmentation": ("masks", "overlays"),
             "depth-estimation": ("depth", "colour"),
             "zero-shot-image-classification": (),
@@ -310,7 +318,7 @@ class InferenceFiles:
                 image = raw.convert("RGB")
             one = tuple(o[i : i + 1] for o in outputs)
             stem = Path(path).stem
-            if self.task == "object-detection":
+            if self.task in DETECTION_TASKS:
                 self._boxes(image, one, path, stem)
             elif self.task == "semantic-segmentation":
                 mask = Segmentation.predict(one, (image.height, image.width))[0].numpy().astype(np.uint8)
