@@ -1,48 +1,28 @@
-"""Tiny random Hugging Face detection, segmentation and depth models, built locally (no hub).
-
-Weights are re-drawn at a realistic scale (``tiny_models.rerandomise``): freshly initialised
-heads give outputs near 0 (DPT's depth ~1e-8), under which a wrong export would hide.
-"""
+"""Tiny random Hugging Face detection, segmentation, depth, CLIP and Grounding DINO folders for
+the port tests: :mod:`foveal.port.examples`' models (built locally, no hub), with weights
+re-drawn at a realistic scale (``tiny_models.rerandomise``): freshly initialised heads give
+outputs near 0, under which a wrong export would hide."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import torch
 from tiny_models import rerandomise
 
-LABELS = {"num_labels": 3, "id2label": {0: "a", 1: "b", 2: "c"}, "label2id": {"a": 0, "b": 1, "c": 2}}
-_RESNET = {"embedding_size": 8, "hidden_sizes": [8, 16], "depths": [1, 1], "layer_type": "basic",
-           "out_features": ["stage2"]}  # fmt: skip
-_DETR = {"d_model": 32, "encoder_layers": 1, "decoder_layers": 1, "encoder_attention_heads": 2,
-         "decoder_attention_heads": 2, "encoder_ffn_dim": 32, "decoder_ffn_dim": 32, "num_queries": 10}  # fmt: skip
-
-# name -> (config class, model class, kwargs, whether labels apply)
-TINY_TASK_MODELS: dict[str, tuple[str, str, dict[str, Any], bool]] = {
-    "detr": ("DetrConfig", "DetrForObjectDetection",
-             {**_DETR, "use_timm_backbone": False, "use_pretrained_backbone": False,
-              "backbone_config": {"model_type": "resnet", **_RESNET}}, True),
-    "segformer": ("SegformerConfig", "SegformerForSemanticSegmentation",
-                  {"num_encoder_blocks": 2, "depths": [1, 1], "sr_ratios": [2, 1], "hidden_sizes": [8, 16],
-                   "num_attention_heads": [1, 2], "patch_sizes": [7, 3], "strides": [4, 2], "mlp_ratios": [2, 2],
-                   "decoder_hidden_size": 16, "image_size": 64}, True),
-    "dpt": ("DPTConfig", "DPTForDepthEstimation",
-            {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2, "intermediate_size": 32,
-             "image_size": 64, "patch_size": 8, "backbone_out_indices": [0, 1, 2, 3],
-             "neck_hidden_sizes": [8, 8, 16, 16], "fusion_hidden_size": 16, "head_in_index": -1}, False),
-}  # fmt: skip
+from foveal.port import examples
+from foveal.port.examples import TASK_MODELS as TINY_TASK_MODELS  # noqa: F401 - the names the tests import
 
 
-def save_tiny_task_model(name: str, folder: Path, seed: int = 0) -> Path:
+def _rerandomised(folder: Path, cls_name: str, seed: int, keep_dpt_head: bool = False) -> Path:
+    import torch
     import transformers
 
-    config_cls, model_cls, kwargs, labeled = TINY_TASK_MODELS[name]
-    config = getattr(transformers, config_cls)(**kwargs, **(LABELS if labeled else {}))
-    torch.manual_seed(seed)
-    model = getattr(transformers, model_cls)(config).eval()
+    model = getattr(transformers, cls_name).from_pretrained(folder).eval()
+    head = None
+    if keep_dpt_head:
+        head = {k: v.clone() for k, v in model.head.state_dict().items()}
     rerandomise(model, seed)
-    if name == "dpt":  # conv -> ReLU ends the head: positive last weights keep the depth off 0
+    if head is not None:  # keep the positive depth head of examples.save_task_model
         with torch.no_grad():
             for conv in (model.head.head[2], model.head.head[4]):
                 conv.weight.abs_()
@@ -51,76 +31,15 @@ def save_tiny_task_model(name: str, folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-def write_tiny_clip_tokenizer(folder: Path) -> Path:
-    """A CLIP BPE tokenizer over single letters (no merges), saved into ``folder``: enough to turn
-    class prompts into distinct token ids, made locally. The end-of-text token has the largest
-    id, as CLIP's pooling of the text tower expects."""
-    import json
-
-    import transformers
-
-    letters = list("abcdefghijklmnopqrstuvwxyz.")
-    vocab = {c: i for i, c in enumerate(letters)}
-    vocab.update({f"{c}</w>": len(letters) + i for i, c in enumerate(letters)})
-    vocab.update({"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1})
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = transformers.CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
-    tokenizer.save_pretrained(folder)
-    return folder
+def save_tiny_task_model(name: str, folder: Path, seed: int = 0) -> Path:
+    examples.save_task_model(name, folder, seed)
+    return _rerandomised(folder, TINY_TASK_MODELS[name][1], seed, keep_dpt_head=name == "dpt")
 
 
 def save_tiny_clip(folder: Path, seed: int = 0, tokenizer: bool = True) -> Path:
-    """A tiny random CLIPModel (32 px images, 56-token vocabulary) with its tokenizer."""
-    import transformers
-
-    text = {"vocab_size": 56, "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1,
-            "num_attention_heads": 4, "max_position_embeddings": 32, "eos_token_id": 55, "bos_token_id": 54,
-            "pad_token_id": 55}  # fmt: skip
-    vision = {"image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 37,
-              "num_hidden_layers": 2, "num_attention_heads": 4}  # fmt: skip
-    torch.manual_seed(seed)
-    model = transformers.CLIPModel(transformers.CLIPConfig(text_config=text, vision_config=vision)).eval()
-    rerandomise(model, seed)
-    model.save_pretrained(folder)
-    if tokenizer:
-        write_tiny_clip_tokenizer(folder)
-    return folder
-
-
-def write_tiny_bert_vocab(folder: Path, words: list[str]) -> Path:
-    """A BERT WordPiece tokenizer whose special tokens sit at BERT's ids ([PAD] 0, [CLS] 101,
-    [SEP] 102, '.' 1012, '?' 1029: Grounding DINO finds its phrases by those ids), with ``words``."""
-    import transformers
-
-    vocab = ["[PAD]", *(f"[unused{i}]" for i in range(99)), "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
-    vocab += [f"[filler{i}]" for i in range(1012 - len(vocab))] + ["."]
-    vocab += [f"[filler_b{i}]" for i in range(1029 - len(vocab))] + ["?"]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    transformers.BertTokenizer(str(folder / "vocab.txt")).save_pretrained(folder)
-    return folder
+    examples.save_clip(folder, seed, tokenizer)
+    return _rerandomised(folder, "CLIPModel", seed)
 
 
 def save_tiny_grounding_dino(folder: Path, seed: int = 0) -> Path:
-    """A tiny random GroundingDinoForObjectDetection (ResNet image backbone, 1-layer BERT text
-    encoder, 64 px) with its tokenizer (the synthetic shapes' names are words of it)."""
-    import transformers
-
-    words = ["a", "photo", "of", "circle", "square", "triangle", "star", "cross", "ring", "ellipse"]
-    backbone = {"model_type": "resnet", "embedding_size": 8, "hidden_sizes": [8, 16, 16, 16], "depths": [1, 1, 1, 1],
-                "layer_type": "basic", "out_features": ["stage2", "stage3", "stage4"]}  # fmt: skip
-    text = {"model_type": "bert", "vocab_size": 1030, "hidden_size": 32, "num_hidden_layers": 1,
-            "num_attention_heads": 2, "intermediate_size": 32, "max_position_embeddings": 64}  # fmt: skip
-    config = transformers.GroundingDinoConfig(
-        backbone_config=backbone, use_timm_backbone=False, use_pretrained_backbone=False, text_config=text,
-        d_model=32, encoder_layers=1, decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
-        encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=10, max_text_len=16, num_feature_levels=3,
-        encoder_n_points=2, decoder_n_points=2,
-    )  # fmt: skip
-    torch.manual_seed(seed)
-    model = transformers.GroundingDinoForObjectDetection(config).eval()
-    model.save_pretrained(folder)
-    write_tiny_bert_vocab(folder, words)
-    return folder
+    return examples.save_grounding_dino(folder, seed)

@@ -32,3 +32,34 @@ def test_demo_runs_the_mae_chain_and_prints_the_summary(tmp_path, monkeypatch, c
     assert jobs[stages["export"]["job_id"]].parent_id == stages["finetune"]["job_id"]
     experiment = (tmp_path / "ws" / "results" / stages["finetune"]["job_id"] / "experiment.yaml").read_text()
     assert "stage: finetune" in experiment and "vit_micro_patch4" in experiment
+
+
+@pytest.mark.parametrize(
+    ("task", "kpi", "outputs"),
+    [
+        ("detection", "mAP50", "images_annotated"),
+        ("segmentation", "mIoU", "overlays"),
+        ("depth", "abs_rel", "colour"),
+        ("zero-shot", "top1", None),
+        ("grounding", "mAP50", "images_annotated"),
+    ],
+)
+def test_demo_task_ports_a_local_model_and_runs_its_chain(task, kpi, outputs, tmp_path, monkeypatch, capsys):
+    """``foveal demo --task``: a small Hugging Face model of the task, built locally, is ported, then
+    trained, evaluated, run and exported on the annotated synthetic shapes (one epoch here)."""
+    monkeypatch.setattr(demo, "TASK_DEMO_DATA", {**demo.TASK_DEMO_DATA, "num_train": 32, "num_val": 16})
+    code = main(["-w", str(tmp_path / "ws"), "demo", "--task", task, "--epochs", "1", "--format", "json"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    stages = {s["stage"]: s for s in summary["stages"]}
+    assert list(stages) == ["train", "evaluate", "inference", "export"] and summary["port"] == "passed"
+    assert all(s["status"] == "Done" for s in stages.values())
+    assert kpi in stages["evaluate"]["kpis"] and stages["export"]["kpis"]["onnx_max_abs_diff"] <= 1e-4
+    if outputs:
+        assert list((tmp_path / "ws").glob(f"results/{stages['inference']['job_id']}/{outputs}/*.png"))
+
+
+def test_demo_with_an_unknown_task_is_one_line(tmp_path, capsys):
+    code = main(["-w", str(tmp_path / "ws"), "demo", "--task", "panoptic"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--task 'panoptic'" in err and "detection" in err and "Traceback" not in err

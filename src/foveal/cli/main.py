@@ -221,13 +221,22 @@ def demo(
     workspace: Path = WorkspaceOpt,
     epochs: int = typer.Option(None, help="MAE pretraining epochs (default: the demo's own)."),
     finetune_epochs: int = typer.Option(None, help="Fine-tuning epochs (default: the demo's own)."),
+    task: str = typer.Option(
+        "classification",
+        help="classification (MAE pretrain + finetune), or a ported Hugging Face model's task: detection, "
+        "segmentation, depth, zero-shot, grounding.",
+    ),
     fmt: Format = typer.Option(Format.text, "--format", help="text or json"),
 ) -> None:
-    """Make the synthetic dataset, then MAE pretrain -> finetune -> evaluate -> export on CPU."""
+    """Make the synthetic dataset, then MAE pretrain -> finetune -> evaluate -> export on CPU (or, with
+    --task, port a small local Hugging Face model of that task and train -> evaluate -> infer -> export it)."""
     from foveal.jobs.workspace import Workspace
-    from foveal.workflows.demo import run_demo
+    from foveal.workflows.demo import run_demo, run_task_demo
 
-    summary = run_demo(Workspace.resolve(workspace), epochs=epochs, finetune_epochs=finetune_epochs)
+    if task == "classification":
+        summary = run_demo(Workspace.resolve(workspace), epochs=epochs, finetune_epochs=finetune_epochs)
+    else:
+        summary = run_task_demo(Workspace.resolve(workspace), task, epochs=epochs)
     if fmt is Format.json:
         echo_json(summary)
         return

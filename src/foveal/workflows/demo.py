@@ -147,3 +147,120 @@ def run_demo(
             "See `foveal jobs list`."
         ),
     }
+
+
+# ------------------------------------------------------------------------- foveal demo --task
+
+# task -> the example model (foveal.port.examples), its train epochs and learning rate. Measured on
+# 2 cores (2026-12-03), whole demo including the port: detection 60 epochs ~50 s (150 epochs: 119 s,
+# test mAP50 0.039: DETR learns slowly), segmentation 60 ~40 s (100: 64 s, mIoU 0.29), depth 15:
+# 43 s (AbsRel 0.076), zero-shot 10: 9 s (top-1 0.41 on 3 classes), grounding 15: 34 s.
+TASK_DEMOS: dict[str, dict[str, Any]] = {
+    "detection": {"model": "detr", "epochs": 60, "lr": 1e-3},
+    "segmentation": {"model": "segformer", "epochs": 60, "lr": 3e-3},
+    "depth": {"model": "dpt", "epochs": 15, "lr": 1e-3},
+    "zero-shot": {"model": "clip", "epochs": 10, "lr": 1e-3},
+    "grounding": {"model": "grounding_dino", "epochs": 15, "lr": 1e-3},
+}
+TASK_DEMO_DATA = {"num_train": 256, "num_val": 64, "num_test": 32, "image_size": 64, "num_classes": 3, "seed": 0}
+_KPI = {"detection": "mAP50", "segmentation": "mIoU", "depth": "abs_rel", "zero-shot": "top1", "grounding": "mAP50"}
+
+
+def _task_demo_data(workspace: Workspace, task: str) -> Path:
+    """The annotated shapes (or, for zero-shot, class folders) in the workspace, made once."""
+    from foveal.data.synthetic import make_demo_dataset
+    from foveal.data.synthetic_tasks import make_task_dataset
+
+    if task == "zero-shot":
+        root = workspace.data_dir / "demo_zero_shot"
+        if not (root / "dataset.json").is_file():
+            make_demo_dataset(root, num_train=256, num_val=64, num_test=32, image_size=32, num_classes=3,
+                              archives=False, num_workers=1, overwrite=True)  # fmt: skip
+        return root
+    root = workspace.data_dir / "demo_tasks"
+    if not (root / "dataset.json").is_file():
+        make_task_dataset(root, overwrite=True, **TASK_DEMO_DATA)
+    return root
+
+
+def _task_demo_model(workspace: Workspace, task: str) -> Path:
+    from foveal.port import examples
+
+    name = TASK_DEMOS[task]["model"]
+    folder = workspace.data_dir / "demo_models" / name
+    if not (folder / "config.json").is_file():
+        if name == "clip":
+            examples.save_clip(folder)
+        elif name == "grounding_dino":
+            examples.save_grounding_dino(folder)
+        else:
+            examples.save_task_model(name, folder)
+    return folder
+
+
+def _task_demo_overrides(task: str, root: Path) -> tuple[list[str], list[str], list[str]]:
+    """(train, evaluate, inference) overrides for the demo data of ``task``."""
+    if task == "zero-shot":
+        return ([f"dataset.train_dataset.images_dir={root / 'labeled_train'}",
+                 f"dataset.val_dataset.images_dir={root / 'labeled_val'}"],
+                [f"dataset.val_dataset.images_dir={root / 'labeled_test'}"],
+                [f"dataset.test_dataset.images_dir={root / 'labeled_test'}"])  # fmt: skip
+    if task in ("detection", "grounding"):
+        return ([f"dataset.train_data_sources=[{{image_dir: {root / 'coco_train' / 'images'}, "
+                 f"json_file: {root / 'coco_train' / 'annotations.json'}}}]",
+                 f"dataset.val_data_sources.image_dir={root / 'coco_val' / 'images'}",
+                 f"dataset.val_data_sources.json_file={root / 'coco_val' / 'annotations.json'}"],
+                [f"dataset.test_data_sources.image_dir={root / 'coco_test' / 'images'}",
+                 f"dataset.test_data_sources.json_file={root / 'coco_test' / 'annotations.json'}"],
+                [f"dataset.infer_data_sources.image_dir={root / 'coco_test' / 'images'}"])  # fmt: skip
+    key = "dataset.segment" if task == "segmentation" else "dataset.depth"
+    common = [f"{key}.root_dir={root}"]
+    return common, [*common, f"{key}.test_split=test"], [*common, f"{key}.predict_split=test"]
+
+
+def run_task_demo(workspace: Workspace, task: str, epochs: int | None = None) -> dict[str, Any]:
+    """Port a small random Hugging Face model of ``task`` (built locally), then train -> evaluate ->
+    inference -> export it on the annotated synthetic shapes, each an ordinary job.
+
+    Raises:
+        UsageError: an unknown task.
+    """
+    from foveal.errors import UsageError
+    from foveal.port.pipeline import port_hf
+
+    if task not in TASK_DEMOS:
+        raise UsageError(f"--task {task!r}: expected one of {', '.join(['classification', *TASK_DEMOS])}")
+    workspace.ensure()
+    start = time.perf_counter()
+    root = _task_demo_data(workspace, task)
+    settings = TASK_DEMOS[task]
+    name = f"demo_{settings['model']}"
+    report = port_hf(_task_demo_model(workspace, task), name, workspace=workspace)
+    train_data, eval_data, infer_data = _task_demo_overrides(task, root)
+    common = ["dataset.workers=1", "dataset.batch_size=16", "dataset.img_size=64" if task != "zero-shot" else
+              "dataset.img_size=32"]  # fmt: skip
+    train = run_job(name, "train", workspace=workspace, new=True, overrides=[
+        *common, *train_data, f"train.num_epochs={epochs or settings['epochs']}", f"train.optim.lr={settings['lr']}",
+        f"train.optim.lr_backbone={settings['lr']}", "train.optim.lr_scheduler=Cosine", "train.precision=fp32",
+        "train.checkpoint_interval=5"])  # fmt: skip
+    evaluate = run_job(name, "evaluate", parent_id=train.id, workspace=workspace, overrides=[*common, *eval_data])
+    infer = run_job(name, "inference", parent_id=train.id, workspace=workspace,
+                    overrides=[*common, *infer_data, "inference.conf_threshold=0.3"])  # fmt: skip
+    export = run_job(name, "export", parent_id=train.id, workspace=workspace)
+    stages = [("train", train), ("evaluate", evaluate), ("inference", infer), ("export", export)]
+    seconds = time.perf_counter() - start
+    kpi = _KPI[task]
+    return {
+        "workspace": str(workspace.root),
+        "task": task,
+        "network": name,
+        "port": report.status,
+        "seconds": round(seconds, 1),
+        "stages": [{"stage": s, "job_id": j.id, "status": j.status.value, "kpis": j.kpis, "artifacts": j.artifacts}
+                   for s, j in stages],  # fmt: skip
+        "message": (
+            f"{task} demo finished in {seconds:.0f} s: ported {report.source} as {name}; test {kpi} "
+            f"{evaluate.kpis.get(kpi, float('nan')):.3f}, ONNX Runtime vs PyTorch max |diff| "
+            f"{export.kpis.get('onnx_max_abs_diff', float('nan')):.1e}. See `foveal jobs list`."
+        ),
+    }
