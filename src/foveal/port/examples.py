@@ -113,12 +113,13 @@ def save_grounding_dino(folder: Path, seed: int = 0) -> Path:
                 "out_features": ["stage2", "stage3", "stage4"]}  # fmt: skip
     text = {"model_type": "bert", "vocab_size": 1030, "hidden_size": 32, "num_hidden_layers": 1,
             "num_attention_heads": 2, "intermediate_size": 32, "max_position_embeddings": 64}  # fmt: skip
-    config = transformers.GroundingDinoConfig(
-        backbone_config=backbone, use_timm_backbone=False, use_pretrained_backbone=False, text_config=text,
-        d_model=32, encoder_layers=1, decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
-        encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=10, max_text_len=16, num_feature_levels=3,
-        encoder_n_points=2, decoder_n_points=2,
-    )  # fmt: skip
+    kwargs: dict[str, Any] = {
+        "backbone_config": backbone, "use_timm_backbone": False, "use_pretrained_backbone": False,
+        "text_config": text, "d_model": 32, "encoder_layers": 1, "decoder_layers": 2, "encoder_attention_heads": 2,
+        "decoder_attention_heads": 2, "encoder_ffn_dim": 32, "decoder_ffn_dim": 32, "num_queries": 10,
+        "max_text_len": 16, "num_feature_levels": 3, "encoder_n_points": 2, "decoder_n_points": 2,
+    }  # fmt: skip
+    config = transformers.GroundingDinoConfig(**kwargs)
     torch.manual_seed(seed)
     transformers.GroundingDinoForObjectDetection(config).eval().save_pretrained(folder)
     write_bert_vocab(folder, SHAPE_WORDS)

@@ -235,7 +235,7 @@ def run_task_demo(workspace: Workspace, task: str, epochs: int | None = None) ->
     root = _task_demo_data(workspace, task)
     settings = TASK_DEMOS[task]
     name = f"demo_{settings['model']}"
-    report = port_hf(_task_demo_model(workspace, task), name, workspace=workspace)
+    report = port_hf(str(_task_demo_model(workspace, task)), name, workspace=workspace)
     train_data, eval_data, infer_data = _task_demo_overrides(task, root)
     common = ["dataset.workers=1", "dataset.batch_size=16", "dataset.img_size=64" if task != "zero-shot" else
               "dataset.img_size=32"]  # fmt: skip
