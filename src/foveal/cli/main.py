@@ -216,6 +216,26 @@ def data_demo(
         typer.echo(f"{name}: {path}")
 
 
+@data_app.command("tasks")
+def data_tasks(
+    out_dir: Path = typer.Argument(..., help="Folder to write the annotated dataset into."),
+    num_train: int = typer.Option(256, help="Training images."),
+    num_val: int = typer.Option(64, help="Validation images."),
+    num_test: int = typer.Option(32, help="Test images."),
+    image_size: int = typer.Option(64, help="Image side in pixels."),
+    num_classes: int = typer.Option(3, help="Shape classes (1 to 12)."),
+    seed: int = typer.Option(0, help="Random seed (same seed, same bytes)."),
+) -> None:
+    """Write the synthetic shapes with detection, segmentation and depth annotations (COCO JSON and
+    per-split COCO folders, class-id masks, 16-bit depth maps)."""
+    from foveal.data.synthetic_tasks import make_task_dataset
+
+    paths = make_task_dataset(out_dir, num_train=num_train, num_val=num_val, num_test=num_test,
+                              image_size=image_size, num_classes=num_classes, seed=seed)  # fmt: skip
+    for name, path in paths.items():
+        typer.echo(f"{name}: {path}")
+
+
 @app.command("demo")
 def demo(
     workspace: Path = WorkspaceOpt,

@@ -107,7 +107,7 @@ def make_task_dataset(
         raise DatasetError(out_dir, f"image_size={image_size}", "expected at least 16 pixels")
     meta_file = out_dir / "dataset.json"
     if meta_file.exists() and not overwrite:
-        raise DatasetError(out_dir, "already holds a dataset", "pass overwrite=True or another folder")
+        raise DatasetError(out_dir, "already holds a dataset", "choose another folder, or remove this one first")
     categories = [{"id": i + 1, "name": name} for i, name in enumerate(SHAPE_CLASSES[:num_classes])]
     counts = {"train": num_train, "val": num_val, "test": num_test}
     written: dict[str, Path] = {}

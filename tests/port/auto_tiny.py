@@ -1,0 +1,389 @@
+"""Tiny random models for every architecture of a transformers auto-mapping (no hub, no timm).
+
+For a coverage test that tries to port each architecture the installed ``transformers`` knows for
+a task: :func:`architectures` lists ``(model_type, class name)`` for the whole auto-mapping,
+:func:`build_tiny` builds a small randomly initialised model of that class on CPU (or raises
+:class:`NotBuildable`), :func:`save_tiny` re-draws its weights at a realistic scale and saves it.
+
+How a config is made tiny
+-------------------------
+Start from the config class's defaults (``CONFIG_MAPPING[model_type]()``), take its ``to_dict()``
+and shrink it with generic rules, recursively into nested sub-configs (``backbone_config``,
+``vision_config``, ``text_config``, ...), then build the config class from the shrunk dict:
+
+* Widths (hidden sizes, channel lists, ffn/intermediate dims, decoder/neck/fusion sizes, ...,
+  see ``_WIDTH_KEYS``) go through one function of the value alone, :func:`_width`: about 1/16,
+  rounded up to a multiple of 8, at least 8; values of at most 8 (kernel sizes, strides, input
+  channels inside channel lists) stay. Because the same value always maps to the same value,
+  the equalities between configs survive (a detector's ``encoder_in_channels`` still match its
+  backbone's stage widths, a DPT neck still matches its ViT), and every width stays divisible
+  by the (at most 2) attention heads.
+* Attention heads (``_HEAD_KEYS``) become at most 2, per-stage head lists element-wise.
+* Layers: ``num_hidden_layers``-like counts at most 2 (a ViT backbone that hands k feature maps
+  to a head keeps k layers), encoder/decoder layer counts at most 2 (1 for ``decoder_layers``
+  of query-based detectors), per-stage ``depths``-like lists 1 per stage (length kept).
+  Layer-indexed values follow: ``out_indices`` / ``backbone_out_indices`` are moved to the last
+  layers, ``out_features`` / ``stage_names`` are dropped (recomputed), per-layer lists are cut.
+* ``image_size`` 64 (same int/list form as the default); when the patch size does not divide 64
+  (DINOv2's 14) the size becomes the nearest multiple, 4 patches a side. The top-level config
+  always holds ``image_size``; :func:`input_size` reads it back (also from ``config.json``).
+* Detectors: ``num_queries`` 10, no denoising queries; a ``timm_backbone`` sub-config (the DETR
+  family default) becomes a transformers ResNet with the same ``out_indices``.
+* Vocabularies (text towers of CLIP-like models) shrink to 128 tokens, token ids inside.
+* Labels: 3 (``a``, ``b``, ``c``) for classification, detection and segmentation; depth models
+  have none.
+
+Only where these rules do not fit, ``_OVERRIDES`` holds per-model_type keyword arguments that
+are applied after the generic shrinking (nested dicts merge into the sub-config), and
+``_NOT_BUILDABLE`` names architectures that cannot be built on CPU without a hub download or
+an optional package.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+MAPPINGS = {
+    "image-classification": "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES",
+    "object-detection": "MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES",
+    "semantic-segmentation": "MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES",
+    "depth-estimation": "MODEL_FOR_DEPTH_ESTIMATION_MAPPING_NAMES",
+}
+IMAGE_SIZE = 64
+LABELS = {"id2label": {0: "a", 1: "b", 2: "c"}, "label2id": {"a": 0, "b": 1, "c": 2}}
+
+
+class NotBuildable(Exception):
+    """This architecture cannot be built as a tiny random model on CPU (the message says why)."""
+
+
+# --------------------------------------------------------------------------- generic shrinking
+
+_WIDTH_KEYS = frozenset(
+    {
+        # transformer widths
+        "hidden_size", "d_model", "n_embd", "embed_dim", "embed_dims", "d_latents", "head_dim",
+        "intermediate_size", "n_inner", "encoder_ffn_dim", "decoder_ffn_dim", "hidden_dim",
+        "projection_dim", "projection_size", "qk_channels", "v_channels", "key_dim",
+        "encoder_hidden_dim", "decoder_hidden_size", "reassemble_hidden_size",
+        "patch_transformer_hidden_size", "patch_transformer_intermediate_size",
+        # convolutional widths
+        "hidden_sizes", "embedding_size", "stem_channels", "stem_out_channels", "groups_width",
+        "stage_in_channels", "stage_mid_channels", "stage_out_channels", "in_channels",
+        "out_channels", "base_attn_unit_dims", "class_expand", "block_configs",
+        # necks and heads
+        "encoder_in_channels", "decoder_in_channels", "neck_hidden_sizes", "fusion_hidden_size",
+        "head_hidden_size", "auxiliary_channels", "auxiliary_in_channels", "aspp_out_channels",
+        "post_process_channels", "number_output_channels", "bottleneck_features",
+        "bin_embedding_dim", "scaled_images_feature_dims", "intermediate_feature_dims",
+        "neck_out_channels", "layer_list_out_channels", "mask_feature_channels", "x4_feat_dim",
+        "global_pointer_head_size", "deform_conv_width", "projector_in_channels",
+        "projector_out_channels", "output_num_channels", "_label_trainable_num_channels",
+        "upsample_out_channels", "conv_out_channels", "scale_conv_out_channels",
+        "scale_final_hidden_sizes",
+    }
+)
+_HEAD_KEYS = frozenset(
+    {
+        "num_attention_heads", "num_heads", "n_head", "encoder_attention_heads",
+        "decoder_attention_heads", "num_self_attention_heads", "num_cross_attention_heads",
+        "decoder_self_attention_heads", "decoder_cross_attention_heads", "num_key_value_heads",
+        "num_key_value_attention_heads", "patch_transformer_num_attention_heads",
+        "decoder_num_heads",
+    }
+)
+_LAYER_KEYS = {  # scalar layer counts -> at most this
+    "num_hidden_layers": 2, "n_layer": 2, "encoder_layers": 1, "decoder_layers": 2,
+    "num_self_attends_per_block": 2, "num_patch_transformer_layers": 1, "decoder_depth": 1,
+    "c2f_num_blocks": 1, "intraclass_block_number": 1, "auxiliary_num_convs": 1,
+    "num_fov_head_layers": 1,
+}
+_STAGE_DEPTH_KEYS = frozenset(  # per-stage block counts -> 1 each, length kept
+    {"depths", "depth", "n_attn_blocks", "num_block_repeats", "stage_num_blocks"}
+)
+_LAYER_INDEX_KEYS = ("out_indices", "backbone_out_indices")
+_PER_LAYER_KEYS = ("layer_types", "num_key_value_heads_per_layer")
+_VOCAB_TOKEN_KEYS = ("pad_token_id", "bos_token_id", "eos_token_id")
+
+
+def _width(value: Any) -> Any:
+    """A width about 1/16 as large, a multiple of 8 (ints above 8 only; lists element-wise)."""
+    if isinstance(value, (list, tuple)):
+        return [_width(v) for v in value]
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 8:
+        return value
+    return max(8, math.ceil(value / 128) * 8)
+
+
+def _heads(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_heads(v) for v in value]
+    return min(value, 2) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _stage_depths(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_stage_depths(v) for v in value]
+    return 1 if isinstance(value, int) and not isinstance(value, bool) and value > 0 else value
+
+
+def _is_config(value: Any) -> bool:
+    return isinstance(value, dict) and "model_type" in value
+
+
+def _image_size(old: Any, patch: Any) -> Any:
+    """64, or 4 patches a side when the patch size does not divide 64; same form as ``old``."""
+    size = IMAGE_SIZE
+    if isinstance(patch, (list, tuple)) and patch:
+        patch = patch[0]
+    if isinstance(patch, int) and 1 < patch <= IMAGE_SIZE and IMAGE_SIZE % patch:
+        size = 4 * patch
+    if isinstance(old, (list, tuple)):
+        return [size] * len(old)
+    return size
+
+
+def _shrink(d: dict[str, Any]) -> dict[str, Any]:
+    """Apply the generic rules to one config dict (and, recursively, its sub-configs)."""
+    d = dict(d)
+    for key in ("architectures", "transformers_version", "_name_or_path", "stage_names"):
+        d.pop(key, None)
+    for key, value in list(d.items()):
+        if _is_config(value):
+            if value["model_type"] == "timm_backbone":  # DETR family default: use a HF ResNet
+                value = {"model_type": "resnet", "out_indices": value.get("out_indices") or [1, 2, 3, 4]}
+            d[key] = _shrink(value)
+        elif key in _WIDTH_KEYS:
+            d[key] = _width(value)
+        elif key in _HEAD_KEYS:
+            d[key] = _heads(value)
+        elif key in _STAGE_DEPTH_KEYS:
+            d[key] = _stage_depths(value)
+        elif key in _LAYER_KEYS and isinstance(value, int):
+            d[key] = min(value, _LAYER_KEYS[key])
+
+    # Layer-indexed values follow a shrunk ViT-like stack.
+    old_layers = _config_layers(d)
+    if old_layers is not None:
+        wanted = max((len(d[k]) for k in _LAYER_INDEX_KEYS if isinstance(d.get(k), list)), default=0)
+        new_layers = max(_LAYER_KEYS["num_hidden_layers"], wanted)
+        if new_layers < old_layers:
+            d["num_hidden_layers"] = new_layers
+            for key in _LAYER_INDEX_KEYS:
+                if isinstance(d.get(key), list) and d[key] and min(d[key]) >= 0:
+                    d[key] = _move_indices(d[key], old_layers, new_layers)
+            for key in _PER_LAYER_KEYS:
+                if isinstance(d.get(key), list) and len(d[key]) == old_layers:
+                    d[key] = d[key][:new_layers]
+            for key in [k for k in d if "block_ind" in k and isinstance(d[k], list)]:
+                d[key] = [i for i in d[key] if i < new_layers]
+    if "out_indices" in d:
+        d.pop("out_features", None)
+
+    if "image_size" in d and not isinstance(d["image_size"], dict):
+        d["image_size"] = _image_size(d["image_size"], d.get("patch_size"))
+    for key in ("pretrain_image_size",):
+        if isinstance(d.get(key), int):
+            d[key] = _image_size(d[key], d.get("patch_size"))
+    if isinstance(d.get("num_queries"), int):
+        d["num_queries"] = min(d["num_queries"], 10)
+    if isinstance(d.get("two_stage_num_proposals"), int):
+        d["two_stage_num_proposals"] = min(d["two_stage_num_proposals"], 10)
+    if isinstance(d.get("num_denoising"), int):
+        d["num_denoising"] = 0
+    if isinstance(d.get("num_detection_tokens"), int):
+        d["num_detection_tokens"] = min(d["num_detection_tokens"], 10)
+    if isinstance(d.get("vocab_size"), int) and d["vocab_size"] > 1024:
+        d["vocab_size"] = 128
+        for key in _VOCAB_TOKEN_KEYS:
+            if isinstance(d.get(key), int) and d[key] >= 128:
+                d[key] = 127 - _VOCAB_TOKEN_KEYS.index(key)
+    if isinstance(d.get("max_position_embeddings"), int) and d["max_position_embeddings"] > 512:
+        d["max_position_embeddings"] = 512
+    for key in ("drop_path_rate",):
+        if isinstance(d.get(key), float):
+            d[key] = 0.0
+    return d
+
+
+def _config_layers(d: dict[str, Any]) -> int | None:
+    value = d.get("num_hidden_layers")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _move_indices(indices: list[int], old_layers: int, new_layers: int) -> list[int]:
+    """The same number of layer indices, ending at the stack's end as they did (0- or 1-based)."""
+    offset = max(indices) - old_layers  # 0 for 1-based stage indices ending at the top, -1 0-based
+    offset = min(offset, 0)
+    k = len(indices)
+    return [new_layers + offset - k + 1 + j for j in range(k)]
+
+
+def _merge(d: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(d)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("id2label", "label2id"):
+            out[key] = _merge(out[key], value)
+        elif value is _DROP:
+            out.pop(key, None)
+        else:
+            out[key] = value
+    return out
+
+
+_DROP = object()
+
+# ------------------------------------------------------------------- per-model_type exceptions
+
+_OVERRIDES: dict[str, dict[str, Any]] = {}
+
+_NOT_BUILDABLE: dict[str, str] = {
+    "timm_wrapper": "wraps a timm model (timm is not used here)",
+}
+
+# ------------------------------------------------------------------------------------- API
+
+
+def architectures(task: str) -> list[tuple[str, str]]:
+    """(model_type, model class name) for every entry of the installed transformers' auto-mapping
+    ``MAPPINGS[task]``, sorted by model_type (the first class where an entry lists several)."""
+    from transformers.models.auto import modeling_auto
+
+    mapping = getattr(modeling_auto, MAPPINGS[task])
+    out = []
+    for model_type, names in mapping.items():
+        out.append((model_type, names[0] if isinstance(names, (list, tuple)) else names))
+    return sorted(out)
+
+
+def tiny_config(task: str, model_type: str):
+    """The shrunk config of ``model_type`` for ``task`` (labels set unless depth estimation)."""
+    from transformers import CONFIG_MAPPING
+
+    if model_type in _NOT_BUILDABLE:
+        raise NotBuildable(_NOT_BUILDABLE[model_type])
+    try:
+        config_cls = CONFIG_MAPPING[model_type]
+    except KeyError as exc:
+        raise NotBuildable(f"no config class for model_type {model_type!r}") from exc
+    d = _shrink(config_cls().to_dict())
+    d.pop("model_type", None)
+    d = _merge(d, _OVERRIDES.get(model_type, {}))
+    if task != "depth-estimation":
+        d.update(LABELS)
+    size = _find_image_size(d)
+    d.setdefault("image_size", size if size is not None else IMAGE_SIZE)
+    return config_cls(**d)
+
+
+def _find_image_size(d: dict[str, Any]) -> Any:
+    if "image_size" in d:
+        return d["image_size"]
+    for value in d.values():
+        if _is_config(value):
+            found = _find_image_size(value)
+            if found is not None:
+                return found
+    return None
+
+
+def input_size(config: Any) -> int:
+    """The side S of the square input a tiny model takes (its config's ``image_size``, or 64);
+    ``config`` is a config object or a ``config.json`` dict."""
+    size = config.get("image_size") if isinstance(config, dict) else getattr(config, "image_size", None)
+    if isinstance(size, (list, tuple)):
+        size = size[0]
+    return int(size) if size else IMAGE_SIZE
+
+
+def build_tiny(task: str, model_type: str, seed: int = 0) -> torch.nn.Module:
+    """A tiny randomly initialised model of ``architectures(task)``'s class for ``model_type``,
+    in eval mode; :class:`NotBuildable` when it cannot be built from a tiny config on CPU."""
+    import transformers
+
+    names = dict(architectures(task))
+    if model_type not in names:
+        raise KeyError(f"{model_type!r} is not in {MAPPINGS[task]}")
+    config = tiny_config(task, model_type)
+    try:
+        model_cls = getattr(transformers, names[model_type])
+    except (AttributeError, ImportError) as exc:
+        raise NotBuildable(f"{names[model_type]} cannot be imported: {_first_line(exc)}") from exc
+    torch.manual_seed(seed)
+    try:
+        model = model_cls(config)
+    except ImportError as exc:
+        raise NotBuildable(f"needs an optional package: {_first_line(exc)}") from exc
+    return model.eval()
+
+
+def save_tiny(task: str, model_type: str, folder: Path, seed: int = 0) -> Path:
+    """:func:`build_tiny`, weights re-drawn at a realistic scale (``tiny_models.rerandomise``),
+    ``save_pretrained`` into ``folder``; returns ``folder``."""
+    from tiny_models import rerandomise
+
+    model = build_tiny(task, model_type, seed)
+    rerandomise(model, seed)
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    return folder
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else ""
+
+
+# ------------------------------------------------------------------------------- self-check
+
+_OUTPUTS = {
+    "image-classification": ("logits",),
+    "object-detection": ("logits", "pred_boxes"),
+    "semantic-segmentation": ("logits",),
+    "depth-estimation": ("predicted_depth",),
+}
+
+
+def _check(task: str, model_type: str) -> str:
+    try:
+        model = build_tiny(task, model_type)
+    except NotBuildable as exc:
+        return f"not buildable: {exc}"
+    size = input_size(model.config)
+    params = sum(p.numel() for p in model.parameters())
+    start = time.perf_counter()
+    try:
+        with torch.no_grad():
+            out = model(pixel_values=torch.randn(2, 3, size, size))
+        for name in _OUTPUTS[task]:
+            value = getattr(out, name, None)
+            if not isinstance(value, torch.Tensor) or value.shape[0] != 2:
+                raise AssertionError(f"output {name} missing or not batched: {type(value).__name__}")
+    except Exception as exc:  # noqa: BLE001 - reported, not raised
+        return f"forward failed: {type(exc).__name__}: {_first_line(exc)}"
+    return f"ok {params / 1e6:.3f} M params, S={size}, forward {time.perf_counter() - start:.2f} s"
+
+
+if __name__ == "__main__":
+    import warnings
+
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    warnings.filterwarnings("ignore")
+    only = sys.argv[1:]
+    for task in MAPPINGS:
+        for model_type, _cls in architectures(task):
+            if only and model_type not in only:
+                continue
+            try:
+                line = _check(task, model_type)
+            except Exception as exc:  # noqa: BLE001
+                line = f"build failed: {type(exc).__name__}: {_first_line(exc)}"
+            print(f"{task:22} {model_type:24} {line}", flush=True)
