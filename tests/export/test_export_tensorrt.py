@@ -94,7 +94,8 @@ def test_profiles_for_dynamic_and_static_inputs(tmp_path):
     assert plan_profiles(static) == {"input": {key: [2, 3, 48, 48] for key in ("min", "opt", "max")}}
 
 
-def _fake_tensorrt(version="10.3.0", parse_ok=True, engine=b"serialized-engine", input_shape=(-1, 3, 48, 48)):
+def _fake_tensorrt(version="10.3.0", parse_ok=True, engine=b"serialized-engine", input_shape=(-1, 3, 48, 48),
+                   input_name="input"):  # fmt: skip
     """A stand-in for the ``tensorrt`` module that records what the builder was asked to do."""
     calls: dict = {"flags": [], "profiles": {}}
     trt = types.ModuleType("tensorrt")
@@ -110,7 +111,7 @@ def _fake_tensorrt(version="10.3.0", parse_ok=True, engine=b"serialized-engine",
         num_inputs = 1
 
         def get_input(self, i):
-            return types.SimpleNamespace(name="input", shape=input_shape)
+            return types.SimpleNamespace(name=input_name, shape=input_shape)
 
     class OnnxParser:
         num_errors = 0 if parse_ok else 1

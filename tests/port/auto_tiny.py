@@ -154,10 +154,11 @@ def _shrink(d: dict[str, Any]) -> dict[str, Any]:
     d = dict(d)
     for key in ("architectures", "transformers_version", "_name_or_path", "stage_names"):
         d.pop(key, None)
+    old_layers = _config_layers(d)
     for key, value in list(d.items()):
         if _is_config(value):
             if value["model_type"] == "timm_backbone":  # DETR family default: use a HF ResNet
-                value = {"model_type": "resnet", "out_indices": value.get("out_indices") or [1, 2, 3, 4]}
+                value = _resnet_backbone(value.get("out_indices") or [1, 2, 3, 4])
             d[key] = _shrink(value)
         elif key in _WIDTH_KEYS:
             d[key] = _width(value)
@@ -169,7 +170,6 @@ def _shrink(d: dict[str, Any]) -> dict[str, Any]:
             d[key] = min(value, _LAYER_KEYS[key])
 
     # Layer-indexed values follow a shrunk ViT-like stack.
-    old_layers = _config_layers(d)
     if old_layers is not None:
         wanted = max((len(d[k]) for k in _LAYER_INDEX_KEYS if isinstance(d.get(k), list)), default=0)
         new_layers = max(_LAYER_KEYS["num_hidden_layers"], wanted)
@@ -210,6 +210,13 @@ def _shrink(d: dict[str, Any]) -> dict[str, Any]:
         if isinstance(d.get(key), float):
             d[key] = 0.0
     return d
+
+
+def _resnet_backbone(out_indices: list[int]) -> dict[str, Any]:
+    """A transformers ResNet-50 backbone config (shrunk later) in place of a timm one."""
+    from transformers import ResNetConfig
+
+    return ResNetConfig(out_indices=list(out_indices)).to_dict()
 
 
 def _config_layers(d: dict[str, Any]) -> int | None:

@@ -184,3 +184,30 @@ def test_grounding_dino_ports_as_an_open_vocabulary_detector_and_runs_the_normal
     stages = {line.split("\t")[0]: line.split("\t")[2] for line in out.splitlines() if line.count("\t") >= 3}
     assert stages == {"stage": "status", "train": "Done", "evaluate": "Done", "export": "Done"}, out
     assert "zero_shot_mAP50=" in out and "metric val_mAP50 (maximize)" in out
+
+
+def test_a_ported_segmenter_builds_a_tensorrt_engine_from_its_export(tmp_path, monkeypatch):
+    """gen_trt_engine of a task network: the export job's ONNX (named outputs, dynamic batch) goes to
+    TensorRT's builder with the spec's profile (a fake TensorRT here; the real one runs in the GPU
+    device check)."""
+    import importlib.util
+    import sys
+
+    from foveal.jobs.lifecycle import run_job
+
+    spec = importlib.util.spec_from_file_location("trt_fakes", Path(__file__).parents[1] / "export" /
+                                                  "test_export_tensorrt.py")  # fmt: skip
+    fakes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fakes)
+    ws = tmp_path / "ws"
+    report = foveal.port_hf(save_tiny_task_model("segformer", tmp_path / "seg"), name="seg", workspace=ws)
+    export = run_job("seg", "export", parent_id=report.jobs["train"], workspace=ws)
+    trt, calls = fakes._fake_tensorrt(input_shape=(-1, 3, 64, 64), input_name="pixel_values")
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)  # after the export: torch's exporter probes for it
+    engine = run_job("seg", "gen_trt_engine", parent_id=export.id, workspace=ws,
+                     overrides={"gen_trt_engine.tensorrt.data_type": "fp16",
+                                "gen_trt_engine.tensorrt.max_batch_size": 4})  # fmt: skip
+    assert engine.status == "Done" and Path(engine.artifacts["trt_engine"]).read_bytes() == b"serialized-engine"
+    assert calls["parsed"] == export.artifacts["onnx"] and calls["flags"] == ["FP16"]
+    (low, _, high), = calls["profiles"].values()
+    assert low[0] == 1 and high[0] == 4 and low[1:] == [3, 64, 64]
