@@ -41,7 +41,9 @@ an optional package.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -75,11 +77,10 @@ _WIDTH_KEYS = frozenset(
         "patch_transformer_hidden_size", "patch_transformer_intermediate_size",
         # convolutional widths
         "hidden_sizes", "embedding_size", "stem_channels", "stem_out_channels", "groups_width",
-        "stage_in_channels", "stage_mid_channels", "stage_out_channels", "in_channels",
-        "out_channels", "base_attn_unit_dims", "class_expand", "block_configs",
+        "stage_in_channels", "stage_mid_channels", "stage_out_channels", "base_attn_unit_dims", "class_expand", "block_configs",
         # necks and heads
         "encoder_in_channels", "decoder_in_channels", "neck_hidden_sizes", "fusion_hidden_size",
-        "head_hidden_size", "auxiliary_channels", "auxiliary_in_channels", "aspp_out_channels",
+        "coordinate_size", "shape_size", "head_hidden_size", "auxiliary_channels", "auxiliary_in_channels", "aspp_out_channels",
         "post_process_channels", "number_output_channels", "bottleneck_features",
         "bin_embedding_dim", "scaled_images_feature_dims", "intermediate_feature_dims",
         "neck_out_channels", "layer_list_out_channels", "mask_feature_channels", "x4_feat_dim",
@@ -95,20 +96,32 @@ _HEAD_KEYS = frozenset(
         "decoder_attention_heads", "num_self_attention_heads", "num_cross_attention_heads",
         "decoder_self_attention_heads", "decoder_cross_attention_heads", "num_key_value_heads",
         "num_key_value_attention_heads", "patch_transformer_num_attention_heads",
-        "decoder_num_heads",
+        "decoder_num_heads", "num_key_value_heads_per_layer",
     }
 )
 _LAYER_KEYS = {  # scalar layer counts -> at most this
     "num_hidden_layers": 2, "n_layer": 2, "encoder_layers": 1, "decoder_layers": 2,
     "num_self_attends_per_block": 2, "num_patch_transformer_layers": 1, "decoder_depth": 1,
-    "c2f_num_blocks": 1, "intraclass_block_number": 1, "auxiliary_num_convs": 1,
+    "c2f_num_blocks": 1, "auxiliary_num_convs": 1,
     "num_fov_head_layers": 1,
 }
 _STAGE_DEPTH_KEYS = frozenset(  # per-stage block counts -> 1 each, length kept
     {"depths", "depth", "n_attn_blocks", "num_block_repeats", "stage_num_blocks"}
 )
-_LAYER_INDEX_KEYS = ("out_indices", "backbone_out_indices")
+# layer indices -> the last ones of the shrunk stack; value: index of the last layer + 1
+_LAYER_INDEX_KEYS = {"out_indices": 1, "backbone_out_indices": 0}
 _PER_LAYER_KEYS = ("layer_types", "num_key_value_heads_per_layer")
+# Attributes that to_dict() writes but the config computes itself (in __post_init__): passed
+# back, they would override the recomputed value. Dropped unless they are init fields.
+_ALWAYS_DERIVED = frozenset(
+    {"architectures", "transformers_version", "_name_or_path", "output_attentions", "stage_names"}
+)
+_DERIVED = _ALWAYS_DERIVED | frozenset(
+    { "num_layers", "hidden_size", "head_dim", "num_hidden_layers",
+        "num_windows_side", "projector_in_channels", "projector_out_channels",
+        "num_feature_levels", "down_ops", "stage_out_channels",
+    }
+)
 _VOCAB_TOKEN_KEYS = ("pad_token_id", "bos_token_id", "eos_token_id")
 
 
@@ -149,17 +162,20 @@ def _image_size(old: Any, patch: Any) -> Any:
     return size
 
 
-def _shrink(d: dict[str, Any]) -> dict[str, Any]:
-    """Apply the generic rules to one config dict (and, recursively, its sub-configs)."""
-    d = dict(d)
-    for key in ("architectures", "transformers_version", "_name_or_path", "stage_names"):
-        d.pop(key, None)
+def _shrink(d: dict[str, Any], config_cls: type | None) -> dict[str, Any]:
+    """Apply the generic rules to one config dict of ``config_cls`` (and, recursively, to its
+    sub-configs)."""
+    if config_cls is not None:
+        fields = {f.name for f in dataclasses.fields(config_cls)}
+        d = {k: v for k, v in d.items() if k not in _DERIVED or k in fields}
+    else:
+        d = {k: v for k, v in d.items() if k not in _ALWAYS_DERIVED}
     old_layers = _config_layers(d)
     for key, value in list(d.items()):
         if _is_config(value):
             if value["model_type"] == "timm_backbone":  # DETR family default: use a HF ResNet
                 value = _resnet_backbone(value.get("out_indices") or [1, 2, 3, 4])
-            d[key] = _shrink(value)
+            d[key] = _shrink(value, _sub_config_class(config_cls, key, value["model_type"]))
         elif key in _WIDTH_KEYS:
             d[key] = _width(value)
         elif key in _HEAD_KEYS:
@@ -175,9 +191,10 @@ def _shrink(d: dict[str, Any]) -> dict[str, Any]:
         new_layers = max(_LAYER_KEYS["num_hidden_layers"], wanted)
         if new_layers < old_layers:
             d["num_hidden_layers"] = new_layers
-            for key in _LAYER_INDEX_KEYS:
+            for key, first in _LAYER_INDEX_KEYS.items():
                 if isinstance(d.get(key), list) and d[key] and min(d[key]) >= 0:
-                    d[key] = _move_indices(d[key], old_layers, new_layers)
+                    k = len(d[key])
+                    d[key] = list(range(new_layers + first - k, new_layers + first))
             for key in _PER_LAYER_KEYS:
                 if isinstance(d.get(key), list) and len(d[key]) == old_layers:
                     d[key] = d[key][:new_layers]
@@ -186,11 +203,20 @@ def _shrink(d: dict[str, Any]) -> dict[str, Any]:
     if "out_indices" in d:
         d.pop("out_features", None)
 
+    patch = None if "patch_stride" in d else d.get("patch_size")  # a strided stem: any size
     if "image_size" in d and not isinstance(d["image_size"], dict):
-        d["image_size"] = _image_size(d["image_size"], d.get("patch_size"))
-    for key in ("pretrain_image_size",):
-        if isinstance(d.get(key), int):
-            d[key] = _image_size(d[key], d.get("patch_size"))
+        d["image_size"] = _image_size(d["image_size"], patch)
+    if isinstance(d.get("pretrain_image_size"), int):
+        d["pretrain_image_size"] = _image_size(d["pretrain_image_size"], patch)
+    if isinstance(d.get("num_groups"), int):  # GroupNorm groups must divide the shrunk widths
+        d["num_groups"] = min(d["num_groups"], 2)
+    if "block_configs" in d and "scale" in d:  # PP-LCNet: the block widths are shrunk instead
+        d["scale"] = 1.0
+        if "divisor" in d:
+            d["divisor"] = 8
+    for key in ("depth_multiplier", "width_multiplier"):  # MobileNets, MobileViTV2
+        if isinstance(d.get(key), float):
+            d[key] = min(d[key], 0.25)
     if isinstance(d.get("num_queries"), int):
         d["num_queries"] = min(d["num_queries"], 10)
     if isinstance(d.get("two_stage_num_proposals"), int):
@@ -212,6 +238,16 @@ def _shrink(d: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
+def _sub_config_class(parent: type | None, key: str, model_type: str) -> type | None:
+    """The config class of ``parent``'s sub-config ``key`` (resolved by model_type for AutoConfig)."""
+    from transformers import CONFIG_MAPPING, AutoConfig
+
+    cls = (getattr(parent, "sub_configs", None) or {}).get(key)
+    if cls is None or cls is AutoConfig:
+        cls = CONFIG_MAPPING[model_type] if model_type in CONFIG_MAPPING else None
+    return cls if cls is not None and dataclasses.is_dataclass(cls) else None
+
+
 def _resnet_backbone(out_indices: list[int]) -> dict[str, Any]:
     """A transformers ResNet-50 backbone config (shrunk later) in place of a timm one."""
     from transformers import ResNetConfig
@@ -222,14 +258,6 @@ def _resnet_backbone(out_indices: list[int]) -> dict[str, Any]:
 def _config_layers(d: dict[str, Any]) -> int | None:
     value = d.get("num_hidden_layers")
     return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _move_indices(indices: list[int], old_layers: int, new_layers: int) -> list[int]:
-    """The same number of layer indices, ending at the stack's end as they did (0- or 1-based)."""
-    offset = max(indices) - old_layers  # 0 for 1-based stage indices ending at the top, -1 0-based
-    offset = min(offset, 0)
-    k = len(indices)
-    return [new_layers + offset - k + 1 + j for j in range(k)]
 
 
 def _merge(d: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -248,10 +276,97 @@ _DROP = object()
 
 # ------------------------------------------------------------------- per-model_type exceptions
 
-_OVERRIDES: dict[str, dict[str, Any]] = {}
+_DB_SERVER = {  # the kernel layout of PP-OCR's intraclass blocks, as in the hub configs
+    "intraclass_block_config": {
+        "reduce_channel": [1, 1, 0],
+        "return_channel": [1, 1, 0],
+        "vertical_long_to_small_conv_longratio": [[7, 1], [1, 1], [3, 0]],
+        "vertical_long_to_small_conv_midratio": [[5, 1], [1, 1], [2, 0]],
+        "vertical_long_to_small_conv_shortratio": [[3, 1], [1, 1], [1, 0]],
+        "horizontal_small_to_long_conv_longratio": [[1, 7], [1, 1], [0, 3]],
+        "horizontal_small_to_long_conv_midratio": [[1, 5], [1, 1], [0, 2]],
+        "horizontal_small_to_long_conv_shortratio": [[1, 3], [1, 1], [0, 1]],
+        "symmetric_conv_long_longratio": [[7, 7], [1, 1], [3, 3]],
+        "symmetric_conv_long_midratio": [[5, 5], [1, 1], [2, 2]],
+        "symmetric_conv_long_shortratio": [[3, 3], [1, 1], [1, 1]],
+    },
+    "scale_factor_list": [1, 2, 4, 8],
+    "kernel_list": [3, 2, 2],
+    "neck_out_channels": 16,
+}
+# PP-LCNetV4's default blocks are the text-recognition layout (some strides (2, 1)); the
+# detectors' FPN needs every stage to halve the resolution, and all four stages.
+_LCNET_V4_DET = {
+    "out_indices": [1, 2, 3, 4],
+    "stem_channels": [3, 16, 16],
+    "block_configs": [
+        [[3, 16, 16, 1, False]],
+        [[3, 16, 16, 2, False], [3, 16, 16, 1, False]],
+        [[3, 16, 16, 2, False], [3, 16, 16, 1, False]],
+        [[3, 16, 16, 2, False], [5, 16, 16, 1, False]],
+    ],
+}
+_SEG4 = {"num_hidden_layers": 4, "out_indices": [1, 2, 3, 4]}  # BEiT-style heads take 4 maps
+
+_OVERRIDES: dict[str, dict[str, Any]] = {
+    # Swin (transformers 5.x) clamps its window to small stage resolutions but keeps the
+    # relative-position table of the configured window: every stage must be >= the window.
+    "swin": {"window_size": 2},
+    "donut-swin": {"window_size": 2},
+    # CvT indexes its per-stage drop-path rates by stage: stage i needs >= i + 1 blocks.
+    "cvt": {"depth": [1, 2, 3]},
+    # EfficientNet's stem width is hard-coded (32 * width_coefficient): scale with coefficients.
+    "efficientnet": {"width_coefficient": 0.125, "depth_coefficient": 0.5, "hidden_dim": 160},
+    # The learned-position variant has a 256-channel position embedding per input pixel.
+    "perceiver": {"image_size": 32},
+    # Deformable attention's input projection uses GroupNorm(32, d_model).
+    "deformable_detr": {"d_model": 32},
+    "beit": _SEG4,
+    "data2vec-vision": _SEG4,
+    # The defaults have no projector (the hub configs do): two feature levels as in HF's tests.
+    "lw_detr": {"projector_scale_factors": [0.5, 2.0]},
+    # Post-processing inside forward needs a threshold per class and a reading-order class map.
+    "pp_doclayout_v2": {"class_thresholds": [0.5, 0.5, 0.5], "class_order": [0, 1, 2]},
+    # PP-OCR text detectors (DB heads): the defaults lack the values the hub configs carry; these
+    # follow transformers' own model tests. The necks divide their width by 16.
+    "pp_ocrv5_mobile_det": {"neck_out_channels": 16},
+    "pp_ocrv5_server_det": _DB_SERVER,
+    "pp_ocrv6_medium_det": {**_DB_SERVER, "backbone_config": _LCNET_V4_DET},
+    "pp_ocrv6_small_det": {
+        "neck_out_channels": 16,
+        "layer_list_out_channels": [16, 16, 16, 16],
+        "backbone_config": _LCNET_V4_DET,
+    },
+    # The default head config is empty (the hub configs fill it in).
+    "sapiens2": {
+        "head_config": {
+            "upsample_out_channels": [8, 8],
+            "upsample_kernel_sizes": [4, 4],
+            "conv_out_channels": [8],
+            "conv_kernel_sizes": [1],
+        }
+    },
+    # DepthPro cuts the image into patch_size crops at several scales for ViT encoders whose
+    # image_size is patch_size: 64 px input, 16 px crops of 4 px patches, two scales.
+    "depth_pro": {
+        "image_size": 64,
+        "patch_size": 16,
+        "scaled_images_ratios": [0.5, 1.0],
+        "scaled_images_overlap_ratios": [0.0, 0.2],
+        "scaled_images_feature_dims": [16, 16],
+        "intermediate_hook_ids": [1, 0],
+        "intermediate_feature_dims": [16, 8],
+        "image_model_config": {"patch_size": 4, "image_size": 16},
+        "patch_model_config": {"patch_size": 4, "image_size": 16},
+        "fov_model_config": {"patch_size": 4, "image_size": 16},
+    },
+}
 
 _NOT_BUILDABLE: dict[str, str] = {
     "timm_wrapper": "wraps a timm model (timm is not used here)",
+    "imagegpt": "input is colour-cluster token ids (input_ids), not pixel_values",
+    "shieldgemma2": "a Gemma 3 vision-language safety classifier: needs a text prompt (input_ids)",
+    "siglip2": "NaFlex input: patchified pixel_values with spatial_shapes and a patch mask, not an image batch",
 }
 
 # ------------------------------------------------------------------------------------- API
@@ -279,7 +394,7 @@ def tiny_config(task: str, model_type: str):
         config_cls = CONFIG_MAPPING[model_type]
     except KeyError as exc:
         raise NotBuildable(f"no config class for model_type {model_type!r}") from exc
-    d = _shrink(config_cls().to_dict())
+    d = _shrink(config_cls().to_dict(), config_cls)
     d.pop("model_type", None)
     d = _merge(d, _OVERRIDES.get(model_type, {}))
     if task != "depth-estimation":
@@ -325,8 +440,9 @@ def build_tiny(task: str, model_type: str, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     try:
         model = model_cls(config)
-    except ImportError as exc:
-        raise NotBuildable(f"needs an optional package: {_first_line(exc)}") from exc
+    except ImportError as exc:  # transformers' requires_backends: "... requires the X library ..."
+        found = re.search(r"requires the (\S+) library", str(exc))
+        raise NotBuildable(f"needs the optional package {found.group(1) if found else _first_line(exc)}") from exc
     return model.eval()
 
 
@@ -358,6 +474,7 @@ _OUTPUTS = {
 
 
 def _check(task: str, model_type: str) -> str:
+    """One line for the self-check: build, forward a (2, 3, S, S) batch, look at the outputs."""
     try:
         model = build_tiny(task, model_type)
     except NotBuildable as exc:
@@ -368,13 +485,17 @@ def _check(task: str, model_type: str) -> str:
     try:
         with torch.no_grad():
             out = model(pixel_values=torch.randn(2, 3, size, size))
-        for name in _OUTPUTS[task]:
-            value = getattr(out, name, None)
-            if not isinstance(value, torch.Tensor) or value.shape[0] != 2:
-                raise AssertionError(f"output {name} missing or not batched: {type(value).__name__}")
     except Exception as exc:  # noqa: BLE001 - reported, not raised
         return f"forward failed: {type(exc).__name__}: {_first_line(exc)}"
-    return f"ok {params / 1e6:.3f} M params, S={size}, forward {time.perf_counter() - start:.2f} s"
+    seconds = time.perf_counter() - start
+    line = f"ok {params / 1e6:.3f} M params, S={size}, forward {seconds:.2f} s"
+    missing = [name for name in _OUTPUTS[task] if not isinstance(getattr(out, name, None), torch.Tensor)]
+    if missing:
+        shapes = ", ".join(
+            f"{k}{tuple(v.shape)}" for k, v in out.items() if isinstance(v, torch.Tensor) and v.shape[:1] == (2,)
+        )
+        line += f"; unusual outputs: no {'/'.join(missing)}, has {shapes}"
+    return line
 
 
 if __name__ == "__main__":

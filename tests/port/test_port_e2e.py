@@ -175,7 +175,6 @@ def test_text_model_is_refused_in_one_line(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("architecture", "model_type", "task"),
     [
-        ("Mask2FormerForUniversalSegmentation", "mask2former", "universal-segmentation"),
         ("OneFormerForUniversalSegmentation", "oneformer", "universal-segmentation"),
     ],
 )

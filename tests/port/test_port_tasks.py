@@ -21,6 +21,7 @@ CASES = {
     "detr": ("object-detection", "mAP50", ["logits", "pred_boxes"]),
     "segformer": ("semantic-segmentation", "mIoU", ["logits"]),
     "dpt": ("depth-estimation", "abs_rel", ["predicted_depth"]),
+    "mask2former": ("instance-segmentation", "mAP", ["class_queries_logits", "masks_queries_logits"]),
 }
 
 

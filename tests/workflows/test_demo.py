@@ -42,6 +42,7 @@ def test_demo_runs_the_mae_chain_and_prints_the_summary(tmp_path, monkeypatch, c
         ("depth", "abs_rel", "colour"),
         ("zero-shot", "top1", None),
         ("grounding", "mAP50", "images_annotated"),
+        ("instance", "mAP", "overlays"),
     ],
 )
 def test_demo_task_ports_a_local_model_and_runs_its_chain(task, kpi, outputs, tmp_path, monkeypatch, capsys):

@@ -244,7 +244,7 @@ def demo(
     task: str = typer.Option(
         "classification",
         help="classification (MAE pretrain + finetune), or a ported Hugging Face model's task: detection, "
-        "segmentation, depth, zero-shot, grounding.",
+        "segmentation, depth, zero-shot, grounding, instance.",
     ),
     fmt: Format = typer.Option(Format.text, "--format", help="text or json"),
 ) -> None:

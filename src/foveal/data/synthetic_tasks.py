@@ -4,7 +4,8 @@ segmentation, depth), for demos, port verification and tests.
 The images are those of :mod:`foveal.data.synthetic` (one shape per image, its type the class);
 each gets, from the shape's own coverage map:
 
-* a COCO box (the tight box of the pixels more than half covered) of category ``shape`` (ids 1..K);
+* a COCO box (the tight box of the pixels more than half covered) of category ``shape`` (ids 1..K)
+  and its instance mask (COCO RLE, the same pixels);
 * a semantic mask: 0 background, ``1 + class`` on the shape (TAO segformer's id PNGs);
 * a depth map in metres: a ground plane receding from 4 m (bottom) to 6 m (top), and the shape
   standing ``1 + 0.4 * class`` m in front of it (a per-shape height), as a 16-bit PNG in mm.
@@ -98,7 +99,7 @@ def make_task_dataset(
     Raises:
         DatasetError: bad arguments, or ``out_dir`` holds another dataset and ``overwrite`` is off.
     """
-    from foveal.data.tasks import write_coco, write_depth
+    from foveal.data.tasks import encode_mask, write_coco, write_depth
 
     out_dir = Path(out_dir).expanduser()
     if not 1 <= num_classes <= len(SHAPE_CLASSES):
@@ -128,7 +129,8 @@ def make_task_dataset(
             write_depth(folders["depth"] / name, parts["depth"], DEPTH_SCALE)
             images.append({"id": index + 1, "file_name": name, "width": image_size, "height": image_size})
             if parts["box"] is not None:
-                annotations.append({"image_id": index + 1, "category_id": label + 1, "bbox": parts["box"]})
+                annotations.append({"image_id": index + 1, "category_id": label + 1, "bbox": parts["box"],
+                                    "segmentation": encode_mask(parts["mask"] > 0)})  # fmt: skip
         coco = write_coco(out_dir / "annotations" / f"instances_{split}.json", images, annotations, categories)
         coco_dir = out_dir / f"coco_{split}"
         (coco_dir / "images").mkdir(parents=True, exist_ok=True)

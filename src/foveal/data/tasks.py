@@ -7,6 +7,8 @@ Every sample is an image plus its annotation, transformed together so they stay 
   "boxes": (N, 4) normalised (cx, cy, w, h), "image_id": int, "orig_size": (h, w)}``, the label
   format of the ``transformers`` detection heads. Category ids become contiguous indices in
   id order (:attr:`CocoDetection.categories` keeps the names and ids).
+* :class:`CocoInstances`: COCO instance segmentation (``segmentation`` as polygons or RLE); the
+  target adds ``masks`` (N, S, S) float, one binary mask per instance at the training size.
 * :class:`SegmentationMasks`: an image folder and a mask folder of the same stems (TAO
   segformer's ``images/<split>`` + ``masks/<split>``); a mask is a one-channel PNG of class ids,
   255 = ignored.
@@ -23,13 +25,14 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
 from foveal.data.images import is_image_file, load_image, scan_images
@@ -192,6 +195,77 @@ class CocoDetection(Dataset):
         target = {
             "class_labels": torch.tensor(labels, dtype=torch.long),
             "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+            "image_id": int(info["id"]),
+            "orig_size": (height, width),
+        }
+        return self.transform.image(image), target
+
+
+def instance_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
+    """A COCO ``segmentation`` (polygons, RLE or uncompressed RLE) as a (H, W) uint8 mask."""
+    if isinstance(segmentation, list):  # polygons [[x0, y0, x1, y1, ...], ...]
+        canvas = Image.new("L", (width, height), 0)
+        draw = ImageDraw.Draw(canvas)
+        for polygon in segmentation:
+            if len(polygon) >= 6:
+                draw.polygon([(float(polygon[i]), float(polygon[i + 1])) for i in range(0, len(polygon), 2)], fill=1)
+        return np.asarray(canvas, dtype=np.uint8)
+    from pycocotools import mask as coco_mask
+
+    rle = segmentation
+    if isinstance(rle.get("counts"), list):  # uncompressed
+        rle = coco_mask.frPyObjects(rle, height, width)
+    with warnings.catch_warnings():  # pycocotools 2.0.x under numpy 2: a copy-keyword DeprecationWarning
+        warnings.simplefilter("ignore", DeprecationWarning)
+        decoded: np.ndarray = coco_mask.decode(rle)
+    return decoded.astype(np.uint8)
+
+
+def encode_mask(mask: np.ndarray) -> dict[str, Any]:
+    """A (H, W) binary mask as COCO compressed RLE (``counts`` as text, JSON-ready)."""
+    from pycocotools import mask as coco_mask
+
+    rle = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+class CocoInstances(CocoDetection):
+    """A COCO instance segmentation split: :class:`CocoDetection`'s target plus ``masks``."""
+
+    def __init__(self, image_dir: str | Path, json_file: str | Path, transform: PairedTransform,
+                 categories: list[dict[str, Any]] | None = None) -> None:  # fmt: skip
+        super().__init__(image_dir, json_file, transform, categories)
+        self.segments: dict[int, list[tuple[Any, int]]] = {int(im["id"]): [] for im in self.images}
+        for ann in self.coco["annotations"]:
+            if ann.get("iscrowd") or "segmentation" not in ann:
+                continue
+            image_id, category = int(ann["image_id"]), int(ann["category_id"])
+            if image_id in self.segments and category in self.index_of:
+                self.segments[image_id].append((ann["segmentation"], self.index_of[category]))
+        if not any(self.segments.values()):
+            raise DatasetError(self.json_file, "no annotation has a 'segmentation'",
+                               "instance segmentation needs COCO polygons or RLE masks")  # fmt: skip
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        info = self.images[index]
+        image = load_image(self.root / info["file_name"])
+        width, height = image.size
+        flip = self.transform.flip()
+        if flip:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        masks, labels = [], []
+        for segmentation, label in self.segments[int(info["id"])]:
+            mask = instance_mask(segmentation, height, width)
+            if not mask.any():
+                continue
+            mask = mask[:, ::-1] if flip else mask
+            masks.append(self.transform.dense(np.ascontiguousarray(mask)))
+            labels.append(label)
+        size = self.transform.size
+        stacked = np.stack(masks) if masks else np.zeros((0, size, size), dtype=np.uint8)
+        target = {
+            "class_labels": torch.tensor(labels, dtype=torch.long),
+            "masks": torch.from_numpy(stacked.astype(np.float32)),
             "image_id": int(info["id"]),
             "orig_size": (height, width),
         }

@@ -2,6 +2,7 @@
 
 * :class:`DetectionMeter`: COCO mAP@[.5:.95], mAP50, mAP75 with pycocotools (the reference
   implementation; ``pip install foveal[tasks]``), from COCO-format detections.
+* :class:`InstanceMeter`: the same for instance masks (COCO ``segm`` mAP).
 * :class:`SegmentationMeter`: a confusion matrix -> mIoU, per-class IoU, pixel accuracy
   (ignored pixels, id 255, are left out).
 * :class:`DepthMeter`: AbsRel, RMSE and delta1 (share of pixels with max(p/g, g/p) < 1.25) over
@@ -14,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -27,6 +29,8 @@ class DetectionMeter:
     Args:
         coco_gt: the ground truth (``images``, ``annotations``, ``categories``).
     """
+
+    iou_type = "bbox"
 
     def __init__(self, coco_gt: dict[str, Any]) -> None:
         self.coco_gt = coco_gt
@@ -49,17 +53,31 @@ class DetectionMeter:
         if not self.detections or not self.coco_gt.get("annotations"):
             return {"mAP": 0.0, "mAP50": 0.0, "mAP75": 0.0, "num_detections": float(len(self.detections))}
         gt = {"info": {}, "licenses": [], **self.coco_gt}
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its tables
+        # pycocotools prints its tables, and warns under numpy 2 (a copy-keyword DeprecationWarning)
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
             coco = COCO()
             coco.dataset = gt
             coco.createIndex()
             found = coco.loadRes(list(self.detections))
-            evaluation = COCOeval(coco, found, iouType="bbox")
+            evaluation = COCOeval(coco, found, iouType=self.iou_type)
             evaluation.evaluate()
             evaluation.accumulate()
             evaluation.summarize()
         stats = [max(0.0, float(v)) for v in evaluation.stats[:3]]  # -1 = no ground truth
         return {"mAP": stats[0], "mAP50": stats[1], "mAP75": stats[2], "num_detections": float(len(self.detections))}
+
+
+class InstanceMeter(DetectionMeter):
+    """COCO mask mAP (pycocotools ``segm``) of instance masks, given as COCO RLE."""
+
+    iou_type = "segm"
+
+    def add_masks(self, image_id: int, rles: list[dict[str, Any]], scores: torch.Tensor,
+                  category_ids: list[int]) -> None:  # fmt: skip
+        for rle, score, category in zip(rles, scores.tolist(), category_ids, strict=True):
+            self.detections.append({"image_id": int(image_id), "category_id": int(category), "segmentation": rle,
+                                    "score": float(score)})  # fmt: skip
 
 
 class SegmentationMeter:

@@ -66,6 +66,7 @@ TASK_AUTO_CLASSES = {
     "depth-estimation": "AutoModelForDepthEstimation",
     "zero-shot-image-classification": "AutoModelForZeroShotImageClassification",
     "zero-shot-object-detection": "AutoModelForZeroShotObjectDetection",
+    "instance-segmentation": "AutoModelForUniversalSegmentation",
 }
 
 

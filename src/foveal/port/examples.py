@@ -36,6 +36,13 @@ TASK_MODELS: dict[str, tuple[str, str, dict[str, Any], bool]] = {
             {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2, "intermediate_size": 32,
              "image_size": 64, "patch_size": 8, "backbone_out_indices": [0, 1, 2, 3],
              "neck_hidden_sizes": [8, 8, 16, 16], "fusion_hidden_size": 16, "head_in_index": -1}, False),
+    "mask2former": ("Mask2FormerConfig", "Mask2FormerForUniversalSegmentation",
+                    {"backbone_config": {**_RESNET, "hidden_sizes": [8, 16, 16, 16], "depths": [1, 1, 1, 1],
+                                         "out_features": ["stage1", "stage2", "stage3", "stage4"]},
+                     "use_timm_backbone": False, "use_pretrained_backbone": False, "hidden_dim": 32,
+                     "feature_size": 32, "mask_feature_size": 32, "encoder_feedforward_dim": 32,
+                     "dim_feedforward": 32, "decoder_layers": 2, "encoder_layers": 1, "num_attention_heads": 2,
+                     "num_queries": 10, "train_num_points": 256}, True),
 }  # fmt: skip
 
 

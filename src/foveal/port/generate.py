@@ -53,6 +53,7 @@ TASK_BASES = {
     "depth-estimation": ("hf_depth_estimation", "depth_estimation", "val_abs_rel", "min"),
     "zero-shot-image-classification": ("hf_zero_shot_classification", "classification", "val_top1", "max"),
     "zero-shot-object-detection": ("hf_zero_shot_detection", "object_detection", "val_mAP50", "max"),
+    "instance-segmentation": ("hf_instance_segmentation", "instance_segmentation", "val_mAP", "max"),
 }
 
 

@@ -32,6 +32,7 @@ SUPPORTED_TASKS = (
     "depth-estimation",
     "zero-shot-image-classification",
     "zero-shot-object-detection",
+    "instance-segmentation",
 )
 # Whole-model tasks: the port trains the model's own head (foveal.networks.hf_task).
 WHOLE_MODEL_TASKS = (
@@ -40,6 +41,7 @@ WHOLE_MODEL_TASKS = (
     "depth-estimation",
     "zero-shot-image-classification",
     "zero-shot-object-detection",
+    "instance-segmentation",
 )
 UNSUPPORTED_TASKS = ("zero-shot", "universal-segmentation")
 # Architecture class suffix -> task (most specific first).
@@ -84,6 +86,9 @@ _VISION_TASK_TABLES = (
     "MODEL_FOR_UNIVERSAL_SEGMENTATION_MAPPING_NAMES",
     "MODEL_FOR_ZERO_SHOT_OBJECT_DETECTION_MAPPING_NAMES",
 )
+# Universal-segmentation models trained from instance masks and class labels alone (OneFormer also
+# needs a task text per image; DETR's panoptic head another interface).
+_INSTANCE_TYPES = ("mask2former", "maskformer", "eomt", "eomt_dinov3")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spiece.model", "merges.txt")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -279,6 +284,8 @@ def inspect_folder(folder: Path) -> SourceInfo:
         # CLIP / SigLIP with its tokenizer: zero-shot classification with class-name prompts
         # (without one, its vision tower is ported as a backbone)
         task = "zero-shot-image-classification"
+    if task == "universal-segmentation" and model_type in _INSTANCE_TYPES:
+        task = "instance-segmentation"  # mask and class queries trained from instance masks
     if task == "zero-shot-object-detection" and not any((folder / n).is_file() for n in _TOKENIZER_FILES):
         raise PortSourceError(
             f"{folder}: {arch} is a zero-shot-object-detection model and needs its text tokenizer "

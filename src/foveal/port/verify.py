@@ -278,7 +278,7 @@ def task_synthetic_data(ws: Workspace, image_size: int) -> Path:
 def task_data_overrides(task: str, root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(train overrides, evaluate overrides) pointing a task network at ``root`` (the layout of
     :mod:`foveal.data.synthetic_tasks`)."""
-    if task in ("object-detection", "zero-shot-object-detection"):
+    if task in ("object-detection", "zero-shot-object-detection", "instance-segmentation"):
         def source(split: str) -> dict[str, str]:
             return {"image_dir": str(root / "images" / split),
                     "json_file": str(root / "annotations" / f"instances_{split}.json")}  # fmt: skip

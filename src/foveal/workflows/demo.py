@@ -161,9 +161,11 @@ TASK_DEMOS: dict[str, dict[str, Any]] = {
     "depth": {"model": "dpt", "epochs": 15, "lr": 1e-3},
     "zero-shot": {"model": "clip", "epochs": 10, "lr": 1e-3},
     "grounding": {"model": "grounding_dino", "epochs": 15, "lr": 1e-3},
+    "instance": {"model": "mask2former", "epochs": 15, "lr": 1e-3},
 }
 TASK_DEMO_DATA = {"num_train": 256, "num_val": 64, "num_test": 32, "image_size": 64, "num_classes": 3, "seed": 0}
-_KPI = {"detection": "mAP50", "segmentation": "mIoU", "depth": "abs_rel", "zero-shot": "top1", "grounding": "mAP50"}
+_KPI = {"detection": "mAP50", "segmentation": "mIoU", "depth": "abs_rel", "zero-shot": "top1", "grounding": "mAP50",
+        "instance": "mAP"}
 
 
 def _task_demo_data(workspace: Workspace, task: str) -> Path:
@@ -205,7 +207,7 @@ def _task_demo_overrides(task: str, root: Path) -> tuple[list[str], list[str], l
                  f"dataset.val_dataset.images_dir={root / 'labeled_val'}"],
                 [f"dataset.val_dataset.images_dir={root / 'labeled_test'}"],
                 [f"dataset.test_dataset.images_dir={root / 'labeled_test'}"])  # fmt: skip
-    if task in ("detection", "grounding"):
+    if task in ("detection", "grounding", "instance"):
         return ([f"dataset.train_data_sources=[{{image_dir: {root / 'coco_train' / 'images'}, "
                  f"json_file: {root / 'coco_train' / 'annotations.json'}}}]",
                  f"dataset.val_data_sources.image_dir={root / 'coco_val' / 'images'}",

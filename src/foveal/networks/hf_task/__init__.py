@@ -22,6 +22,7 @@ BASES = {
     "hf_depth_estimation": "depth-estimation",
     "hf_zero_shot_classification": "zero-shot-image-classification",
     "hf_zero_shot_detection": "zero-shot-object-detection",
+    "hf_instance_segmentation": "instance-segmentation",
 }
 _MONITOR = {
     "object-detection": Monitoring("val_mAP50", "max", fallback="train_loss"),
@@ -29,6 +30,7 @@ _MONITOR = {
     "depth-estimation": Monitoring("val_abs_rel", "min", fallback="train_loss"),
     "zero-shot-image-classification": Monitoring("val_top1", "max", fallback="train_loss"),
     "zero-shot-object-detection": Monitoring("val_mAP50", "max", fallback="train_loss"),
+    "instance-segmentation": Monitoring("val_mAP", "max", fallback="train_loss"),
 }
 _COCO = "a COCO folder: images/ and annotations.json (file_name relative to images/)"
 _LABELED = "one subfolder of images per class (<class>/<image>), or an archive of that layout"
@@ -36,7 +38,7 @@ _FOLDERS = "images/<split>/ and {labels}/<split>/ of the same file names"
 
 
 def _needs(task: str) -> dict[str, tuple[DatasetNeed, ...]]:
-    if task in ("object-detection", "zero-shot-object-detection"):  # a COCO folder per dataset URI
+    if task in ("object-detection", "zero-shot-object-detection", "instance-segmentation"):  # COCO folders
         return {
             "train": (DatasetNeed("dataset.train_data_sources", "train", True, True, _COCO, layout="coco_list"),
                       DatasetNeed("dataset.val_data_sources", "eval", False, True, _COCO, layout="coco")),

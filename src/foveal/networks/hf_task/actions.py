@@ -22,12 +22,14 @@ from foveal.networks.hf_task.config import (
     DepthConfig,
     DetectionConfig,
     GroundingConfig,
+    InstanceConfig,
     SegmentationConfig,
     TaskOptimConfig,
     ZeroShotConfig,
 )
 from foveal.networks.hf_task.model import (
     GROUNDING,
+    INSTANCES,
     TASK_OUTPUTS,
     ZERO_SHOT,
     GroundedDetector,
@@ -53,6 +55,7 @@ CONFIGS: dict[str, type] = {
     "depth-estimation": DepthConfig,
     ZERO_SHOT: ZeroShotConfig,
     GROUNDING: GroundingConfig,
+    INSTANCES: InstanceConfig,
 }
 NETWORKS = {task: "hf_" + task.replace("-", "_") for task in CONFIGS}  # checkpoint network names
 
@@ -158,7 +161,7 @@ def _start_from(model: torch.nn.Module, path: str, task: str, classes: list[str]
 
 def _has_validation(cfg: Any, task: str) -> bool:
     data = cfg.dataset
-    if task in ("object-detection", GROUNDING):
+    if task in ("object-detection", GROUNDING, INSTANCES):
         return bool(data.val_data_sources.image_dir and data.val_data_sources.json_file)
     if task == ZERO_SHOT:
         return bool(data.val_dataset.images_dir)
@@ -217,7 +220,7 @@ def _inference_images(cfg: Any, task: str) -> str:
     data = cfg.dataset
     if task == ZERO_SHOT:
         return required(data.test_dataset.images_dir, "dataset.test_dataset.images_dir")
-    if task in ("object-detection", GROUNDING):
+    if task in ("object-detection", GROUNDING, INSTANCES):
         return required(data.infer_data_sources.image_dir, "dataset.infer_data_sources.image_dir")
     folders = data.segment if task == "semantic-segmentation" else data.depth
     root = required(folders.root_dir, f"dataset.{'segment' if task == 'semantic-segmentation' else 'depth'}.root_dir")

@@ -233,6 +233,13 @@ class GroundingConfig(_TaskConfig):
     dataset: DetectionDatasetConfig = section(DetectionDatasetConfig, description="COCO detection data.")
 
 
+@dataclass
+class InstanceConfig(_TaskConfig):
+    dataset: DetectionDatasetConfig = section(
+        DetectionDatasetConfig, description="COCO instance segmentation data (segmentation as polygons or RLE)."
+    )
+
+
 def resolve(cfg: Any, action: str | None = None) -> Any:
     """Cross-field checks: the shared sections' and the data each action reads."""
     from foveal.spec.common import check_sections

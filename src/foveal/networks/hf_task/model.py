@@ -9,6 +9,8 @@
   one text prompt per class (``logits_per_image``); fine-tuning minimises the cross entropy of
   those scores, which is the image-to-text half of CLIP's contrastive loss with the class
   prompts as the texts.
+* Instance segmentation (Mask2Former, MaskFormer): mask and class queries trained with the model's
+  own Hungarian-matched mask and class losses from each image's instance masks.
 * Open-vocabulary detection (Grounding DINO): :class:`GroundedDetector` asks for the dataset's
   categories in one caption ("circle . square . triangle ."), trains with the model's own
   loss (its token label maps, Hungarian matching) and scores each query per category by the
@@ -33,13 +35,15 @@ logger = logging.getLogger(__name__)
 
 ZERO_SHOT = "zero-shot-image-classification"
 GROUNDING = "zero-shot-object-detection"
-TASKS = ("object-detection", "semantic-segmentation", "depth-estimation", ZERO_SHOT, GROUNDING)
+INSTANCES = "instance-segmentation"
+TASKS = ("object-detection", "semantic-segmentation", "depth-estimation", ZERO_SHOT, GROUNDING, INSTANCES)
 TASK_OUTPUTS: dict[str, tuple[str, ...]] = {
     "object-detection": ("logits", "pred_boxes"),
     "semantic-segmentation": ("logits",),
     "depth-estimation": ("predicted_depth",),
     ZERO_SHOT: ("logits",),
     GROUNDING: ("logits", "pred_boxes"),
+    INSTANCES: ("class_queries_logits", "masks_queries_logits"),
 }
 IGNORE_INDEX = 255
 
@@ -282,6 +286,10 @@ def task_loss(model: nn.Module, task: str, images: torch.Tensor, target: Any) ->
         return loss
     if task == ZERO_SHOT:
         return F.cross_entropy(model(images).logits.float(), target)
+    if task == INSTANCES:
+        out = model(pixel_values=images, mask_labels=[t["masks"] for t in target],
+                    class_labels=[t["class_labels"] for t in target])  # fmt: skip
+        return out.loss
     if task == GROUNDING:
         grounded: Any = model
         return grounded.loss(images, [{"class_labels": t["class_labels"], "boxes": t["boxes"]} for t in target])

@@ -22,8 +22,16 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from foveal.data import resolve_dataset
-from foveal.data.tasks import CocoDetection, DepthMaps, PairedTransform, SegmentationMasks, detection_collate
-from foveal.engine.task_metrics import DepthMeter, DetectionMeter, SegmentationMeter, TopKMeter
+from foveal.data.tasks import (
+    CocoDetection,
+    CocoInstances,
+    DepthMaps,
+    PairedTransform,
+    SegmentationMasks,
+    detection_collate,
+    encode_mask,
+)
+from foveal.engine.task_metrics import DepthMeter, DetectionMeter, InstanceMeter, SegmentationMeter, TopKMeter
 from foveal.errors import DatasetError
 from foveal.spec import required
 
@@ -46,6 +54,7 @@ def _palette(n: int) -> np.ndarray:
 
 class Detection:
     task = "object-detection"
+    dataset_class: Any = CocoDetection
     monitor = ("val_mAP50", "max")  # TAO's detection networks rank by mAP50
     kpis = ("mAP", "mAP50", "mAP75")
 
@@ -65,7 +74,7 @@ class Detection:
             where = f"dataset.{key}[{i}]" if split == "train" else f"dataset.{key}"
             image_dir = resolve_dataset(required(source.image_dir, f"{where}.image_dir"), ctx.cache_dir)
             json_file = required(source.json_file, f"{where}.json_file")
-            parts.append(CocoDetection(image_dir, json_file, tf, categories=parts[0].categories if parts else None))
+            parts.append(self.dataset_class(image_dir, json_file, tf, categories=parts[0].categories if parts else None))
         if classes is not None and parts[0].classes != list(classes):
             raise DatasetError(parts[0].json_file, f"categories {parts[0].classes} differ from the trained classes "
                                f"{list(classes)}", "evaluate on data with the training categories")  # fmt: skip
@@ -271,7 +280,45 @@ class GroundedDetection(Detection):
     task = "zero-shot-object-detection"
 
 
-TASKS: dict[str, Any] = {t.task: t() for t in (Detection, Segmentation, Depth, ZeroShot, GroundedDetection)}
+class Instances(Detection):
+    """Instance segmentation: COCO data with masks; COCO mask mAP."""
+
+    task = "instance-segmentation"
+    dataset_class = CocoInstances
+    monitor = ("val_mAP", "max")
+
+    def meter(self, dataset: Any) -> InstanceMeter:
+        parts = getattr(dataset, "datasets", [dataset])
+        return InstanceMeter(parts[0].coco)
+
+    @staticmethod
+    def instances(outputs: tuple[torch.Tensor, ...], num_classes: int, size: tuple[int, int],
+                  top: int = 20) -> dict[str, Any]:  # fmt: skip
+        """One image's instances (Mask2Former's rule): per query its best class (the last logit is
+        "no object"), its mask (sigmoid > 0.5 at ``size``) and score = class probability x the
+        mean mask probability inside the mask."""
+        class_logits, mask_logits = outputs[0][0].float(), outputs[1][0].float()
+        probs = class_logits.softmax(-1)[:, :num_classes]
+        scores, labels = probs.max(-1)
+        masks = F.interpolate(mask_logits[None], size=size, mode="bilinear", align_corners=False)[0].sigmoid()
+        binary = masks > 0.5
+        inside = (masks * binary).flatten(1).sum(1) / binary.flatten(1).sum(1).clamp(min=1)
+        scores = scores * inside
+        keep = scores.argsort(descending=True)[:top]
+        return {"scores": scores[keep], "labels": labels[keep], "masks": binary[keep]}
+
+    def update(self, meter: Any, outputs: tuple[torch.Tensor, ...], target: list[dict], dataset: Any) -> None:
+        parts = getattr(dataset, "datasets", [dataset])
+        categories = parts[0].categories
+        for i, t in enumerate(target):
+            found = self.instances(tuple(o[i : i + 1] for o in outputs), len(categories), tuple(t["orig_size"]))
+            rles = [encode_mask(m.numpy()) for m in found["masks"]]
+            meter.add_masks(t["image_id"], rles, found["scores"], [categories[int(c)]["id"] for c in found["labels"]])
+
+
+TASKS: dict[str, Any] = {
+    t.task: t() for t in (Detection, Segmentation, Depth, ZeroShot, GroundedDetection, Instances)
+}
 DETECTION_TASKS = ("object-detection", "zero-shot-object-detection")
 
 
@@ -301,6 +348,7 @@ class InferenceFiles:
             "semantic-segmentation": ("masks", "overlays"),
             "depth-estimation": ("depth", "colour"),
             "zero-shot-image-classification": (),
+            "instance-segmentation": ("overlays",),
         }[task]
         for name in self.folders:
             (results_dir / name).mkdir(parents=True, exist_ok=True)
@@ -320,6 +368,8 @@ class InferenceFiles:
             stem = Path(path).stem
             if self.task in DETECTION_TASKS:
                 self._boxes(image, one, path, stem)
+            elif self.task == "instance-segmentation":
+                self._instances(image, one, path, stem)
             elif self.task == "semantic-segmentation":
                 mask = Segmentation.predict(one, (image.height, image.width))[0].numpy().astype(np.uint8)
                 Image.fromarray(mask, mode="L").save(self.root / "masks" / f"{stem}.png")
@@ -351,6 +401,20 @@ class InferenceFiles:
             draw.text((x0 + 2, y0 + 1), f"{name} {float(score):.2f}", fill=(255, 255, 0))
         image.save(self.root / "images_annotated" / f"{stem}.png")
         self.records.append({"image": path, "detections": kept})
+
+    def _instances(self, image: Image.Image, outputs: tuple[torch.Tensor, ...], path: str, stem: str) -> None:
+        found = Instances.instances(outputs, len(self.classes), (image.height, image.width))
+        colours = _palette(len(found["scores"]) + 1)
+        overlay = np.asarray(image).copy()
+        kept = []
+        for k, (score, label, mask) in enumerate(zip(found["scores"], found["labels"], found["masks"], strict=True)):
+            if float(score) < self.threshold:
+                continue
+            region = mask.numpy()
+            overlay[region] = (0.5 * overlay[region] + 0.5 * colours[k + 1]).astype(np.uint8)
+            kept.append({"label": self.classes[int(label)], "score": float(score), "segmentation": encode_mask(region)})
+        Image.fromarray(overlay).save(self.root / "overlays" / f"{stem}.png")
+        self.records.append({"image": path, "instances": kept})
 
     def close(self) -> Path:
         path = self.root / "results.json"
