@@ -4,39 +4,54 @@ For a coverage test that tries to port each architecture the installed ``transfo
 a task: :func:`architectures` lists ``(model_type, class name)`` for the whole auto-mapping,
 :func:`build_tiny` builds a small randomly initialised model of that class on CPU (or raises
 :class:`NotBuildable`), :func:`save_tiny` re-draws its weights at a realistic scale and saves it.
+The input a tiny model takes is a ``(B, 3, S, S)`` batch, ``S = input_size(config)`` (the config's
+``image_size``, also readable from the saved ``config.json``). ``python auto_tiny.py [model_type
+...]`` builds and runs every architecture once and prints one line each.
 
 How a config is made tiny
 -------------------------
-Start from the config class's defaults (``CONFIG_MAPPING[model_type]()``), take its ``to_dict()``
-and shrink it with generic rules, recursively into nested sub-configs (``backbone_config``,
-``vision_config``, ``text_config``, ...), then build the config class from the shrunk dict:
+Start from the config class's defaults (``CONFIG_MAPPING[model_type]()``), take ``to_dict()``,
+shrink it with generic rules, recursively into nested sub-configs (``backbone_config``,
+``vision_config``, ``text_config``, ...), and build the config class from the shrunk dict:
 
 * Widths (hidden sizes, channel lists, ffn/intermediate dims, decoder/neck/fusion sizes, ...,
-  see ``_WIDTH_KEYS``) go through one function of the value alone, :func:`_width`: about 1/16,
-  rounded up to a multiple of 8, at least 8; values of at most 8 (kernel sizes, strides, input
-  channels inside channel lists) stay. Because the same value always maps to the same value,
-  the equalities between configs survive (a detector's ``encoder_in_channels`` still match its
-  backbone's stage widths, a DPT neck still matches its ViT), and every width stays divisible
-  by the (at most 2) attention heads.
-* Attention heads (``_HEAD_KEYS``) become at most 2, per-stage head lists element-wise.
-* Layers: ``num_hidden_layers``-like counts at most 2 (a ViT backbone that hands k feature maps
-  to a head keeps k layers), encoder/decoder layer counts at most 2 (1 for ``decoder_layers``
-  of query-based detectors), per-stage ``depths``-like lists 1 per stage (length kept).
-  Layer-indexed values follow: ``out_indices`` / ``backbone_out_indices`` are moved to the last
-  layers, ``out_features`` / ``stage_names`` are dropped (recomputed), per-layer lists are cut.
-* ``image_size`` 64 (same int/list form as the default); when the patch size does not divide 64
-  (DINOv2's 14) the size becomes the nearest multiple, 4 patches a side. The top-level config
-  always holds ``image_size``; :func:`input_size` reads it back (also from ``config.json``).
-* Detectors: ``num_queries`` 10, no denoising queries; a ``timm_backbone`` sub-config (the DETR
-  family default) becomes a transformers ResNet with the same ``out_indices``.
-* Vocabularies (text towers of CLIP-like models) shrink to 128 tokens, token ids inside.
+  ``_WIDTH_KEYS``) go through one function of the value alone, :func:`_width`: about 1/16,
+  rounded up to a multiple of 8, at least 8 (768 -> 48, 2048 -> 128, 3072 -> 192); values of at
+  most 8 (kernel sizes, strides, the 3 input channels inside channel lists) stay. The same value
+  always maps to the same value, so the equalities between configs survive (a detector's
+  ``encoder_in_channels`` still match its backbone's stage widths, a DPT neck its ViT), and
+  every width stays divisible by the (at most 2) attention heads.
+* Attention heads (``_HEAD_KEYS``) at most 2, per-stage head lists element-wise.
+* Layers (``_LAYER_KEYS``): ``num_hidden_layers`` at most 2, but a ViT backbone that hands k
+  feature maps to a head keeps k layers; encoder layers 1, decoder layers at most 2; per-stage
+  ``depths``-like lists 1 per stage, their length (the number of stages) kept. Layer-indexed
+  values follow: ``out_indices`` / ``backbone_out_indices`` become the last layers,
+  ``out_features`` is dropped (recomputed), per-layer lists are cut, windowed-block indices
+  beyond the stack dropped.
+* Attributes that ``to_dict()`` writes but ``__post_init__`` computes (``stage_names``, Swin's
+  ``hidden_size``, ...; ``_DERIVED``) are dropped unless they are init fields, so that they are
+  recomputed from the shrunk values instead of overriding them.
+* ``image_size`` 64 (same int/list form as the default); when a ViT patch size does not divide
+  64 (DINOv2's 14) the size becomes 4 patches a side (56). The top-level config always gets an
+  ``image_size`` (copied from the vision sub-config where the class has none).
+* Detectors: ``num_queries`` 10, no denoising queries; a ``timm_backbone`` sub-config (the
+  DETR-family default; transformers 5 has no ``use_timm_backbone`` flag once a backbone config
+  is given) becomes a transformers ResNet-50 config with the same ``out_indices``, shrunk like
+  the rest; no pretrained weights are ever loaded.
+* Multipliers (MobileNet ``depth_multiplier``, MobileViTV2 ``width_multiplier``) 0.25, GroupNorm
+  ``num_groups`` 2, PP-LCNet ``scale`` 1 (its block widths are shrunk instead).
+* Vocabularies (text towers of CLIP-like models) 128 tokens, special token ids inside.
 * Labels: 3 (``a``, ``b``, ``c``) for classification, detection and segmentation; depth models
   have none.
 
-Only where these rules do not fit, ``_OVERRIDES`` holds per-model_type keyword arguments that
-are applied after the generic shrinking (nested dicts merge into the sub-config), and
-``_NOT_BUILDABLE`` names architectures that cannot be built on CPU without a hub download or
-an optional package.
+Where these rules do not fit, ``_OVERRIDES`` holds per-model_type values applied after the
+generic shrinking (a nested dict merges into that sub-config), each with the reason, and
+``_NOT_BUILDABLE`` names architectures that cannot be built and run on an image batch on CPU
+without a hub download or an optional package. Any other failure to build the model from its
+tiny config is raised as :class:`NotBuildable` too, with the error in the message.
+
+Where an auto-mapping entry lists several classes (DeiT and LeViT "with teacher", the three
+Perceiver classifiers), the first one is used.
 """
 
 from __future__ import annotations
@@ -58,7 +73,7 @@ MAPPINGS = {
     "depth-estimation": "MODEL_FOR_DEPTH_ESTIMATION_MAPPING_NAMES",
 }
 IMAGE_SIZE = 64
-LABELS = {"id2label": {0: "a", 1: "b", 2: "c"}, "label2id": {"a": 0, "b": 1, "c": 2}}
+LABELS = {"num_labels": 3, "id2label": {0: "a", 1: "b", 2: "c"}, "label2id": {"a": 0, "b": 1, "c": 2}}
 
 
 class NotBuildable(Exception):
@@ -67,62 +82,60 @@ class NotBuildable(Exception):
 
 # --------------------------------------------------------------------------- generic shrinking
 
-_WIDTH_KEYS = frozenset(
-    {
-        # transformer widths
-        "hidden_size", "d_model", "n_embd", "embed_dim", "embed_dims", "d_latents", "head_dim",
-        "intermediate_size", "n_inner", "encoder_ffn_dim", "decoder_ffn_dim", "hidden_dim",
-        "projection_dim", "projection_size", "qk_channels", "v_channels", "key_dim",
-        "encoder_hidden_dim", "decoder_hidden_size", "reassemble_hidden_size",
-        "patch_transformer_hidden_size", "patch_transformer_intermediate_size",
-        # convolutional widths
-        "hidden_sizes", "embedding_size", "stem_channels", "stem_out_channels", "groups_width",
-        "stage_in_channels", "stage_mid_channels", "stage_out_channels", "base_attn_unit_dims", "class_expand", "block_configs",
-        # necks and heads
-        "encoder_in_channels", "decoder_in_channels", "neck_hidden_sizes", "fusion_hidden_size",
-        "coordinate_size", "shape_size", "head_hidden_size", "auxiliary_channels", "auxiliary_in_channels", "aspp_out_channels",
-        "post_process_channels", "number_output_channels", "bottleneck_features",
-        "bin_embedding_dim", "scaled_images_feature_dims", "intermediate_feature_dims",
-        "neck_out_channels", "layer_list_out_channels", "mask_feature_channels", "x4_feat_dim",
-        "global_pointer_head_size", "deform_conv_width", "projector_in_channels",
-        "projector_out_channels", "output_num_channels", "_label_trainable_num_channels",
-        "upsample_out_channels", "conv_out_channels", "scale_conv_out_channels",
-        "scale_final_hidden_sizes",
-    }
-)
-_HEAD_KEYS = frozenset(
-    {
-        "num_attention_heads", "num_heads", "n_head", "encoder_attention_heads",
-        "decoder_attention_heads", "num_self_attention_heads", "num_cross_attention_heads",
-        "decoder_self_attention_heads", "decoder_cross_attention_heads", "num_key_value_heads",
-        "num_key_value_attention_heads", "patch_transformer_num_attention_heads",
-        "decoder_num_heads", "num_key_value_heads_per_layer",
-    }
-)
-_LAYER_KEYS = {  # scalar layer counts -> at most this
-    "num_hidden_layers": 2, "n_layer": 2, "encoder_layers": 1, "decoder_layers": 2,
-    "num_self_attends_per_block": 2, "num_patch_transformer_layers": 1, "decoder_depth": 1,
-    "c2f_num_blocks": 1, "auxiliary_num_convs": 1,
-    "num_fov_head_layers": 1,
+# fmt: off
+_WIDTH_KEYS = frozenset({
+    # transformer widths
+    "hidden_size", "d_model", "n_embd", "embed_dim", "embed_dims", "d_latents", "head_dim",
+    "intermediate_size", "n_inner", "encoder_ffn_dim", "decoder_ffn_dim", "hidden_dim",
+    "projection_dim", "projection_size", "qk_channels", "v_channels", "key_dim",
+    "encoder_hidden_dim", "decoder_hidden_size", "reassemble_hidden_size", "coordinate_size",
+    "shape_size", "patch_transformer_hidden_size", "patch_transformer_intermediate_size",
+    # convolutional widths
+    "hidden_sizes", "embedding_size", "stem_channels", "stem_out_channels", "groups_width",
+    "stage_in_channels", "stage_mid_channels", "stage_out_channels", "base_attn_unit_dims",
+    "class_expand", "block_configs",
+    # necks and heads
+    "encoder_in_channels", "decoder_in_channels", "neck_hidden_sizes", "fusion_hidden_size",
+    "head_hidden_size", "auxiliary_channels", "auxiliary_in_channels", "aspp_out_channels",
+    "post_process_channels", "number_output_channels", "bottleneck_features",
+    "bin_embedding_dim", "scaled_images_feature_dims", "intermediate_feature_dims",
+    "neck_out_channels", "layer_list_out_channels", "mask_feature_channels", "x4_feat_dim",
+    "global_pointer_head_size", "deform_conv_width", "projector_in_channels",
+    "projector_out_channels", "output_num_channels", "_label_trainable_num_channels",
+    "upsample_out_channels", "conv_out_channels", "scale_conv_out_channels",
+    "scale_final_hidden_sizes",
+})
+_HEAD_KEYS = frozenset({
+    "num_attention_heads", "num_heads", "n_head", "encoder_attention_heads",
+    "decoder_attention_heads", "num_self_attention_heads", "num_cross_attention_heads",
+    "decoder_self_attention_heads", "decoder_cross_attention_heads", "num_key_value_heads",
+    "num_key_value_attention_heads", "num_key_value_heads_per_layer", "decoder_num_heads",
+    "patch_transformer_num_attention_heads",
+})
+_LAYER_KEYS = {  # scalar layer counts -> at most this many
+    "num_hidden_layers": 2, "n_layer": 2, "num_self_attends_per_block": 2, "encoder_layers": 1,
+    "decoder_layers": 2, "decoder_depth": 1, "num_patch_transformer_layers": 1,
+    "c2f_num_blocks": 1, "auxiliary_num_convs": 1, "num_fov_head_layers": 1,
 }
-_STAGE_DEPTH_KEYS = frozenset(  # per-stage block counts -> 1 each, length kept
+_STAGE_DEPTH_KEYS = frozenset(  # per-stage block counts -> 1 each, the number of stages kept
     {"depths", "depth", "n_attn_blocks", "num_block_repeats", "stage_num_blocks"}
 )
-# layer indices -> the last ones of the shrunk stack; value: index of the last layer + 1
-_LAYER_INDEX_KEYS = {"out_indices": 1, "backbone_out_indices": 0}
+# layer indices -> the last ones of the shrunk stack; value: last index - number of layers
+# (out_indices count stages from 1, 0 being the stem; DPT counts layers from 0)
+_LAYER_INDEX_KEYS = {"out_indices": 0, "backbone_out_indices": -1}
 _PER_LAYER_KEYS = ("layer_types", "num_key_value_heads_per_layer")
-# Attributes that to_dict() writes but the config computes itself (in __post_init__): passed
-# back, they would override the recomputed value. Dropped unless they are init fields.
+# What to_dict() writes but __post_init__ computes: passed back, it would override the value
+# recomputed from the shrunk config. Dropped unless it is an init field of the config class.
 _ALWAYS_DERIVED = frozenset(
     {"architectures", "transformers_version", "_name_or_path", "output_attentions", "stage_names"}
 )
-_DERIVED = _ALWAYS_DERIVED | frozenset(
-    { "num_layers", "hidden_size", "head_dim", "num_hidden_layers",
-        "num_windows_side", "projector_in_channels", "projector_out_channels",
-        "num_feature_levels", "down_ops", "stage_out_channels",
-    }
-)
+_DERIVED = _ALWAYS_DERIVED | frozenset({
+    "num_layers", "hidden_size", "head_dim", "num_hidden_layers", "num_windows_side",
+    "projector_in_channels", "projector_out_channels", "num_feature_levels", "down_ops",
+    "stage_out_channels",
+})
 _VOCAB_TOKEN_KEYS = ("pad_token_id", "bos_token_id", "eos_token_id")
+# fmt: on
 
 
 def _width(value: Any) -> Any:
@@ -191,10 +204,10 @@ def _shrink(d: dict[str, Any], config_cls: type | None) -> dict[str, Any]:
         new_layers = max(_LAYER_KEYS["num_hidden_layers"], wanted)
         if new_layers < old_layers:
             d["num_hidden_layers"] = new_layers
-            for key, first in _LAYER_INDEX_KEYS.items():
+            for key, last_offset in _LAYER_INDEX_KEYS.items():
                 if isinstance(d.get(key), list) and d[key] and min(d[key]) >= 0:
-                    k = len(d[key])
-                    d[key] = list(range(new_layers + first - k, new_layers + first))
+                    last, k = new_layers + last_offset, len(d[key])
+                    d[key] = list(range(last - k + 1, last + 1))
             for key in _PER_LAYER_KEYS:
                 if isinstance(d.get(key), list) and len(d[key]) == old_layers:
                     d[key] = d[key][:new_layers]
@@ -232,9 +245,6 @@ def _shrink(d: dict[str, Any], config_cls: type | None) -> dict[str, Any]:
                 d[key] = 127 - _VOCAB_TOKEN_KEYS.index(key)
     if isinstance(d.get("max_position_embeddings"), int) and d["max_position_embeddings"] > 512:
         d["max_position_embeddings"] = 512
-    for key in ("drop_path_rate",):
-        if isinstance(d.get(key), float):
-            d[key] = 0.0
     return d
 
 
@@ -261,18 +271,12 @@ def _config_layers(d: dict[str, Any]) -> int | None:
 
 
 def _merge(d: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``d`` updated with ``override``; a dict value for a sub-config merges into it."""
     out = dict(d)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("id2label", "label2id"):
-            out[key] = _merge(out[key], value)
-        elif value is _DROP:
-            out.pop(key, None)
-        else:
-            out[key] = value
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and _is_config(out.get(key)) else value
     return out
 
-
-_DROP = object()
 
 # ------------------------------------------------------------------- per-model_type exceptions
 
@@ -384,8 +388,14 @@ def architectures(task: str) -> list[tuple[str, str]]:
     return sorted(out)
 
 
-def tiny_config(task: str, model_type: str):
-    """The shrunk config of ``model_type`` for ``task`` (labels set unless depth estimation)."""
+def unbuildable(task: str) -> list[str]:
+    """The model types of ``task``'s mapping listed in ``_NOT_BUILDABLE`` (not counted by coverage)."""
+    return [model_type for model_type, _ in architectures(task) if model_type in _NOT_BUILDABLE]
+
+
+def tiny_config(task: str, model_type: str) -> Any:
+    """The shrunk config of ``model_type`` for ``task`` (3 labels unless depth estimation);
+    :class:`NotBuildable` for the architectures of ``_NOT_BUILDABLE``."""
     from transformers import CONFIG_MAPPING
 
     if model_type in _NOT_BUILDABLE:
@@ -425,14 +435,20 @@ def input_size(config: Any) -> int:
 
 
 def build_tiny(task: str, model_type: str, seed: int = 0) -> torch.nn.Module:
-    """A tiny randomly initialised model of ``architectures(task)``'s class for ``model_type``,
-    in eval mode; :class:`NotBuildable` when it cannot be built from a tiny config on CPU."""
+    """A tiny randomly initialised model (eval mode) of the class ``architectures(task)`` lists
+    for ``model_type``; :class:`NotBuildable` when it cannot be built from a tiny config on CPU.
+    ``KeyError`` when ``model_type`` is not in the task's mapping."""
     import transformers
 
     names = dict(architectures(task))
     if model_type not in names:
         raise KeyError(f"{model_type!r} is not in {MAPPINGS[task]}")
-    config = tiny_config(task, model_type)
+    try:
+        config = tiny_config(task, model_type)
+    except NotBuildable:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a config the generic rules do not fit
+        raise NotBuildable(f"tiny config rejected: {type(exc).__name__}: {_first_line(exc)}") from exc
     try:
         model_cls = getattr(transformers, names[model_type])
     except (AttributeError, ImportError) as exc:
@@ -440,9 +456,13 @@ def build_tiny(task: str, model_type: str, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     try:
         model = model_cls(config)
-    except ImportError as exc:  # transformers' requires_backends: "... requires the X library ..."
+    except ImportError as exc:  # requires_backends: "... requires the natten library but ..."
         found = re.search(r"requires the (\S+) library", str(exc))
-        raise NotBuildable(f"needs the optional package {found.group(1) if found else _first_line(exc)}") from exc
+        raise NotBuildable(f"needs the optional package {found[1] if found else _first_line(exc)}") from exc
+    except Exception as exc:  # noqa: BLE001
+        raise NotBuildable(
+            f"cannot be built from its tiny config: {type(exc).__name__}: {_first_line(exc)}"
+        ) from exc
     return model.eval()
 
 
@@ -492,7 +512,9 @@ def _check(task: str, model_type: str) -> str:
     missing = [name for name in _OUTPUTS[task] if not isinstance(getattr(out, name, None), torch.Tensor)]
     if missing:
         shapes = ", ".join(
-            f"{k}{tuple(v.shape)}" for k, v in out.items() if isinstance(v, torch.Tensor) and v.shape[:1] == (2,)
+            f"{k}{tuple(v.shape)}"
+            for k, v in out.items()
+            if isinstance(v, torch.Tensor) and v.shape[:1] == (2,)
         )
         line += f"; unusual outputs: no {'/'.join(missing)}, has {shapes}"
     return line
@@ -510,8 +532,4 @@ if __name__ == "__main__":
         for model_type, _cls in architectures(task):
             if only and model_type not in only:
                 continue
-            try:
-                line = _check(task, model_type)
-            except Exception as exc:  # noqa: BLE001
-                line = f"build failed: {type(exc).__name__}: {_first_line(exc)}"
-            print(f"{task:22} {model_type:24} {line}", flush=True)
+            print(f"{task:22} {model_type:24} {_check(task, model_type)}", flush=True)

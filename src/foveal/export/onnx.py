@@ -387,19 +387,39 @@ def export_onnx(
         onnx_file.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=f".{onnx_file.name}.", dir=onnx_file.parent) as tmp:
             tmp_file = Path(tmp) / onnx_file.name
-            used, diffs, reasons = _first_working_export(
-                order,
-                _FlatOutputs(cpu_model),
-                args,
-                tmp_file,
-                checks,
-                verify,
-                lambda path: _annotate(path, stored_metadata, [o.shape for o in outputs], dynamic_batch),
-                opset_version=opset_version,
-                input_names=in_names,
-                output_names=out_names,
-                dynamic_batch=dynamic_batch,
-            )
+
+            def attempt(dynamic: bool, batches: list) -> tuple[str, dict[str, float], dict[str, str]]:
+                return _first_working_export(
+                    order,
+                    _FlatOutputs(cpu_model),
+                    args,
+                    tmp_file,
+                    batches,
+                    verify,
+                    lambda path: _annotate(path, stored_metadata, [o.shape for o in outputs], dynamic),
+                    opset_version=opset_version,
+                    input_names=in_names,
+                    output_names=out_names,
+                    dynamic_batch=dynamic,
+                )
+
+            try:
+                used, diffs, reasons = attempt(dynamic_batch, checks)
+            except ExportError as error:
+                if not dynamic_batch:
+                    raise
+                # Some graphs trace shapes from the example's batch (a Split sized by it, say): a
+                # file that runs at its own batch only is still a correct export of that batch.
+                batch = int(args[0].shape[0]) if args[0].ndim else 1
+                logger.warning(
+                    "no exporter gave a graph that runs at another batch size (%s); exporting with a fixed "
+                    "batch of %d instead",
+                    str(error)[:300],
+                    batch,
+                )
+                dynamic_batch, checks = False, [args]
+                used, diffs, reasons = attempt(False, checks)
+                reasons["dynamic_batch"] = f"fixed batch {batch}: {str(error)[:300]}"
             opset, input_shapes, output_shapes = _graph_io(tmp_file)
             _publish(tmp_file, onnx_file)
     report = ExportReport(

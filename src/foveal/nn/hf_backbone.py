@@ -107,14 +107,47 @@ def load_hf_model(folder: str | Path, task: str, **config_overrides: Any) -> nn.
     return model.eval()
 
 
+# (head, second head) pairs whose outputs a model averages into its logits (SwiftFormer, EfficientFormer)
+_PAIRED_HEADS = (("head", "dist_head"), ("classifier", "distillation_classifier"))
+
+
+class _AveragedHeads(nn.Module):
+    """Two heads on one feature whose outputs the model averages (a distillation head's pair)."""
+
+    def __init__(self, first: nn.Module, second: nn.Module) -> None:
+        super().__init__()
+        self.first, self.second = first, second
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.first(x) + self.second(x)) / 2
+
+
 def detach_head(model: nn.Module) -> tuple[str | None, nn.Module | None]:
-    """Replace the top-level classification head by an identity; returns (its name, the head)."""
+    """Replace the top-level classification head by an identity; returns (its name, the head).
+
+    The head is the first of ``classifier``, ``head``, ``fc`` that has weights (HGNetV2 and TextNet
+    keep their pooling in a parameter-free ``classifier`` list and the linear layer in ``fc``). A
+    model averaging two heads (``head`` and ``dist_head``) has both replaced: the identity's
+    average is the feature itself, and the returned module averages the two heads again."""
+    for first, second in _PAIRED_HEADS:
+        a, b = getattr(model, first, None), getattr(model, second, None)
+        if isinstance(a, nn.Linear) and isinstance(b, nn.Linear):
+            setattr(model, first, nn.Identity())
+            setattr(model, second, nn.Identity())
+            return first, _AveragedHeads(a, b)
     for name in HEAD_NAMES:
         head = getattr(model, name, None)
-        if isinstance(head, nn.Module) and not isinstance(head, nn.Identity):
+        if isinstance(head, nn.Module) and not isinstance(head, nn.Identity) and any(True for _ in head.parameters()):
             setattr(model, name, nn.Identity())
             return name, head
     return None, None
+
+
+def class_scores(output: Any) -> torch.Tensor:
+    """A classifier's output scores: ``logits``, or ``last_hidden_state`` for a model returning its
+    head's output there (PP-LCNet)."""
+    logits = getattr(output, "logits", None)
+    return logits if logits is not None else output.last_hidden_state
 
 
 def _pool(output: Any) -> torch.Tensor:
@@ -161,7 +194,7 @@ class HFBackbone(nn.Module):
             kwargs["interpolate_pos_encoding"] = True
         out = self.model(pixel_values=x, **kwargs)
         if self.head_name is not None:
-            return out.logits.flatten(1)  # the detached head's input: the model's own pooled feature
+            return class_scores(out).flatten(1)  # the detached head's input: the model's own pooled feature
         return _pool(out)
 
     def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

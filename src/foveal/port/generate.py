@@ -48,6 +48,8 @@ def fingerprint(folder: Path, options: dict[str, Any]) -> str:
 
 # Task -> (base network, metadata task, monitoring metric, mode).
 TASK_BASES = {
+    # a classifier whose head cannot be detached from its pooled feature (Perceiver's decoder)
+    "image-classification": ("hf_image_classification", "classification", "val_top1", "max"),
     "object-detection": ("hf_object_detection", "object_detection", "val_mAP50", "max"),
     "semantic-segmentation": ("hf_semantic_segmentation", "segmentation", "val_mIoU", "max"),
     "depth-estimation": ("hf_depth_estimation", "depth_estimation", "val_abs_rel", "min"),
@@ -57,10 +59,11 @@ TASK_BASES = {
 }
 
 
-def schema_defaults(name: str, info: SourceInfo, input_size: int | None) -> dict[str, Any]:
-    """The dotted spec defaults that make the base network's schema this model's schema."""
+def schema_defaults(name: str, info: SourceInfo, input_size: int | None, whole: bool = False) -> dict[str, Any]:
+    """The dotted spec defaults that make the base network's schema this model's schema (``whole``:
+    a task network's, see :data:`TASK_BASES`; else classification's)."""
     size = max(MIN_INPUT, input_size or info.image_size)
-    if info.task in TASK_BASES:
+    if whole:
         return {
             "model.hf_model_dir": "hf",  # relative to the entry; made absolute when it is loaded
             "dataset.img_size": size,
@@ -82,7 +85,7 @@ def entry_document(
     name: str, info: SourceInfo, mapped: MappingResult, defaults: dict[str, Any], print_: str
 ) -> dict[str, Any]:
     """The ``network.json`` content (unverified until phase 4 passes)."""
-    if info.task in TASK_BASES:
+    if mapped.mapping == "whole":
         base, task, metric, mode = TASK_BASES[info.task]
         return {
             "format": ENTRY_FORMAT,

@@ -59,7 +59,7 @@ class _Logits(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.model(pixel_values=x)
-        if hasattr(out, "logits"):
+        if getattr(out, "logits", None) is not None:
             return out.logits
         pooled = getattr(out, "pooler_output", None)
         return pooled if pooled is not None else out.last_hidden_state
@@ -166,7 +166,7 @@ def map_native(info: SourceInfo, entry_dir: Path) -> MappingResult:
 @torch.no_grad()
 def map_wrapped(info: SourceInfo, entry_dir: Path) -> MappingResult:
     """Copy the HF folder into the entry and check the wrapper against the HF model."""
-    from foveal.nn.hf_backbone import HFBackbone, detach_head, load_hf_model
+    from foveal.nn.hf_backbone import HFBackbone, class_scores, detach_head, load_hf_model
 
     copy_hf_folder(Path(info.folder), entry_dir / "hf")
     reference = load_hf_model(entry_dir / "hf", info.task)
@@ -175,7 +175,7 @@ def map_wrapped(info: SourceInfo, entry_dir: Path) -> MappingResult:
     features = wrapper.forward_features(x)["x_norm_clstoken"]
     parity: dict[str, float] = {}
     if info.task == "image-classification":
-        expected = reference(pixel_values=x).logits
+        expected = class_scores(reference(pixel_values=x))
         _, head = detach_head(reference)
         if head is None:
             raise RuntimeError(f"{info.architecture}: no classifier/head module to detach")
@@ -195,21 +195,35 @@ def map_wrapped(info: SourceInfo, entry_dir: Path) -> MappingResult:
 
 @torch.no_grad()
 def map_task(info: SourceInfo, entry_dir: Path) -> MappingResult:
-    """A detection / segmentation / depth model: copied whole (backbone, neck, head) into the entry;
-    check: the copy's task outputs equal the source's."""
+    """A model trained whole (detection, segmentation, depth, text-conditioned, or a classifier
+    whose head does not detach): copied whole (backbone, neck, head) into the entry; check: the
+    copy's task outputs equal the source's.
+
+    Raises:
+        RuntimeError: the model does not return its task's outputs (e.g. a text-region map).
+    """
     from foveal.networks.hf_task.model import TASK_OUTPUTS
 
     copy_hf_folder(Path(info.folder), entry_dir / "hf")
     x = example_input(info)
-    source = _graph(_load(info.folder, info.task), info.task)
+    names = TASK_OUTPUTS[info.task]
+    model = _load(info.folder, info.task)
+    produced = model(x) if hasattr(model, "input_ids") else model(pixel_values=x)
+    missing = [n for n in names if getattr(produced, n, None) is None]
+    if missing:
+        found = [k for k, v in produced.items() if v is not None] if hasattr(produced, "items") else []
+        raise RuntimeError(
+            f"{info.architecture} returns {', '.join(found) or 'other outputs'}, not the {info.task} outputs "
+            f"{', '.join(names)} (e.g. a text-region probability map instead of boxes)"
+        )
+    source = _graph(model, info.task)
     copied = _graph(_load(entry_dir / "hf", info.task), info.task)
     expected, ours = source(x), copied(x)
-    parity = {f"copy_vs_source_{name}": _max_diff(a, b) for name, a, b in zip(TASK_OUTPUTS[info.task], expected, ours,
-                                                                               strict=True)}  # fmt: skip
-    for name, value in zip(TASK_OUTPUTS[info.task], ours, strict=True):
+    parity = {f"copy_vs_source_{name}": _max_diff(a, b) for name, a, b in zip(names, expected, ours, strict=True)}
+    for name, value in zip(names, ours, strict=True):
         if not torch.isfinite(value).all():
             raise RuntimeError(f"{info.architecture}: output {name} is not finite")
-    shapes = ", ".join(f"{n} {tuple(v.shape)}" for n, v in zip(TASK_OUTPUTS[info.task], ours, strict=True))
+    shapes = ", ".join(f"{n} {tuple(v.shape)}" for n, v in zip(names, ours, strict=True))
     return MappingResult(
         mapping="whole",
         family=info.model_type,
@@ -220,6 +234,13 @@ def map_task(info: SourceInfo, entry_dir: Path) -> MappingResult:
     )
 
 
+def _head_detaches(info: SourceInfo) -> bool:
+    """Whether the classifier's head is a module on its pooled feature (see detach_head)."""
+    from foveal.nn.hf_backbone import detach_head, load_hf_model
+
+    return detach_head(load_hf_model(info.folder, info.task))[0] is not None
+
+
 def map_source(info: SourceInfo, entry_dir: Path, prefer_native: bool = True) -> MappingResult:
     """Whole for a detection/segmentation/depth model; else native where the architecture allows
     and the conversion works, else wrapped."""
@@ -227,6 +248,8 @@ def map_source(info: SourceInfo, entry_dir: Path, prefer_native: bool = True) ->
 
     if info.task in WHOLE_MODEL_TASKS:
         return map_task(info, entry_dir)
+    if info.task == "image-classification" and not _head_detaches(info):
+        return map_task(info, entry_dir)  # trained whole, with its own head (Perceiver's decoder)
     if prefer_native and info.model_type in NATIVE_TYPES:
         try:
             return map_native(info, entry_dir)

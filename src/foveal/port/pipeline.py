@@ -134,7 +134,12 @@ def _phase_inspect(report: PortReport, folder: Path) -> Any:
 def _phase_map(report: PortReport, info: Any, folder: Path, prefer_native: bool) -> Any:
     from foveal.port.mapping import PARITY_ATOL, map_source
 
-    mapped = map_source(info, folder, prefer_native=prefer_native)
+    try:
+        mapped = map_source(info, folder, prefer_native=prefer_native)
+    except Exception as exc:
+        line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        report.add("map", "fail", f"{type(exc).__name__}: {line}")
+        raise
     report.mapping = mapped.mapping
     report.task = info.task
     worst = max(mapped.parity.values(), default=0.0)
@@ -152,7 +157,7 @@ def _phase_generate(report: PortReport, name: str, info: Any, mapped: Any, folde
     from foveal.networks.registry import load_workspace_networks
     from foveal.port.generate import entry_document, schema_defaults, write_entry
 
-    defaults = schema_defaults(name, info, image_size)
+    defaults = schema_defaults(name, info, image_size, whole=mapped.mapping == "whole")
     written = write_entry(folder, entry_document(name, info, mapped, defaults, fp))
     load_workspace_networks(ws.root)
     report.files += [str(p) for p in written] + [str(p) for p in sorted(folder.glob("*.safetensors"))]
@@ -247,14 +252,14 @@ def _phase_verify(report: PortReport, name: str, ws: Workspace, folder: Path, in
                   data_root: Path | None, epochs: int, image_size: int | None) -> None:  # fmt: skip
     from foveal.networks.registry import load_workspace_networks
     from foveal.port.generate import MIN_INPUT, mark_verified
-    from foveal.port.inspect import WHOLE_MODEL_TASKS
     from foveal.port.verify import synthetic_data, task_synthetic_data, verify_network, verify_task_network
 
     size = max(MIN_INPUT, image_size or info.image_size)
-    if info.task == "zero-shot-image-classification":  # class folders, as classification's
+    whole = report.mapping == "whole"
+    if whole and info.task in ("zero-shot-image-classification", "image-classification"):  # class folders
         root = data_root or synthetic_data(ws, size)
         result = verify_task_network(name, info.task, ws, root, report.add, epochs=epochs)
-    elif info.task in WHOLE_MODEL_TASKS:
+    elif whole:
         root = data_root or task_synthetic_data(ws, size)
         result = verify_task_network(name, info.task, ws, root, report.add, epochs=epochs)
     else:

@@ -83,6 +83,15 @@ def _ort_outputs(onnx_file: Path, x: np.ndarray, optimise: bool) -> list[np.ndar
     return list(session.run(None, {session.get_inputs()[0].name: x}))
 
 
+def _static_batch(onnx_file: Path) -> int | None:
+    """The first input's batch size when the graph fixes it, else None."""
+    import onnx
+
+    graph = onnx.load(str(onnx_file), load_external_data=False).graph
+    dim = graph.input[0].type.tensor_type.shape.dim[0] if graph.input else None
+    return int(dim.dim_value) if dim is not None and dim.dim_value > 0 else None
+
+
 def _numpy_outputs(module: torch.nn.Module, x: torch.Tensor) -> list[np.ndarray]:
     with torch.no_grad():
         out = module(x)
@@ -122,6 +131,9 @@ def check_graph(
        BatchNorm statistics after a few steps on tiny data; the file is right);
     4. else ``export`` (the graph itself computes something else).
     """
+    batch = _static_batch(onnx_file)
+    if batch is not None and batch != x.shape[0]:  # a fixed-batch export (see export_onnx)
+        x = x.repeat((batch + x.shape[0] - 1) // x.shape[0], *([1] * (x.ndim - 1)))[:batch]
     expected = _numpy_outputs(module, x)
     ort = _ort_outputs(onnx_file, x.numpy(), True)
     diff = _worst(ort, expected)
@@ -285,7 +297,7 @@ def task_data_overrides(task: str, root: Path) -> tuple[dict[str, Any], dict[str
 
         return ({"dataset.train_data_sources": [source("train")], "dataset.val_data_sources": source("val")},
                 {"dataset.test_data_sources": source("val")})  # fmt: skip
-    if task == "zero-shot-image-classification":  # root: labeled_train/, beside labeled_val/
+    if task in ("zero-shot-image-classification", "image-classification"):  # root: labeled_train/ + labeled_val/
         val = _val_root(root)
         return ({"dataset.train_dataset.images_dir": str(root), "dataset.val_dataset.images_dir": str(val)},
                 {"dataset.val_dataset.images_dir": str(val)})  # fmt: skip
@@ -300,7 +312,8 @@ def _val_root(root: Path) -> Path:
 def _val_images(task: str, root: Path) -> list[Path]:
     from foveal.data.images import scan_images
 
-    return scan_images(_val_root(root) if task == "zero-shot-image-classification" else root / "images" / "val")[:4]
+    classes = task in ("zero-shot-image-classification", "image-classification")
+    return scan_images(_val_root(root) if classes else root / "images" / "val")[:4]
 
 
 def task_parity(checkpoint: Path, onnx_file: Path, root: Path) -> dict[str, Any]:

@@ -23,6 +23,7 @@ BASES = {
     "hf_zero_shot_classification": "zero-shot-image-classification",
     "hf_zero_shot_detection": "zero-shot-object-detection",
     "hf_instance_segmentation": "instance-segmentation",
+    "hf_image_classification": "image-classification",
 }
 _MONITOR = {
     "object-detection": Monitoring("val_mAP50", "max", fallback="train_loss"),
@@ -31,6 +32,7 @@ _MONITOR = {
     "zero-shot-image-classification": Monitoring("val_top1", "max", fallback="train_loss"),
     "zero-shot-object-detection": Monitoring("val_mAP50", "max", fallback="train_loss"),
     "instance-segmentation": Monitoring("val_mAP", "max", fallback="train_loss"),
+    "image-classification": Monitoring("val_top1", "max", fallback="train_loss"),
 }
 _COCO = "a COCO folder: images/ and annotations.json (file_name relative to images/)"
 _LABELED = "one subfolder of images per class (<class>/<image>), or an archive of that layout"
@@ -45,7 +47,7 @@ def _needs(task: str) -> dict[str, tuple[DatasetNeed, ...]]:
             "evaluate": (DatasetNeed("dataset.test_data_sources", "eval", True, True, _COCO, layout="coco"),),
             "inference": (DatasetNeed("dataset.infer_data_sources.image_dir", "test", True, False, "images"),),
         }  # fmt: skip
-    if task == "zero-shot-image-classification":  # classification's keys and layout
+    if task in ("zero-shot-image-classification", "image-classification"):  # classification's keys, layout
         return {
             "train": (DatasetNeed("dataset.train_dataset.images_dir", "train", True, True, _LABELED),
                       DatasetNeed("dataset.val_dataset.images_dir", "eval", False, True, _LABELED)),

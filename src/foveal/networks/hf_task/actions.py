@@ -19,6 +19,7 @@ from foveal.engine import checkpoint_artifacts, fit, load_checkpoint, resolve_re
 from foveal.engine.supervised import OptimSettings
 from foveal.engine.trainer import prepare_training, trainer_for
 from foveal.networks.hf_task.config import (
+    ClassifierConfig,
     DepthConfig,
     DetectionConfig,
     GroundingConfig,
@@ -28,6 +29,7 @@ from foveal.networks.hf_task.config import (
     ZeroShotConfig,
 )
 from foveal.networks.hf_task.model import (
+    CLASSIFIER,
     GROUNDING,
     INSTANCES,
     TASK_OUTPUTS,
@@ -56,6 +58,7 @@ CONFIGS: dict[str, type] = {
     ZERO_SHOT: ZeroShotConfig,
     GROUNDING: GroundingConfig,
     INSTANCES: InstanceConfig,
+    CLASSIFIER: ClassifierConfig,
 }
 NETWORKS = {task: "hf_" + task.replace("-", "_") for task in CONFIGS}  # checkpoint network names
 
@@ -163,7 +166,7 @@ def _has_validation(cfg: Any, task: str) -> bool:
     data = cfg.dataset
     if task in ("object-detection", GROUNDING, INSTANCES):
         return bool(data.val_data_sources.image_dir and data.val_data_sources.json_file)
-    if task == ZERO_SHOT:
+    if task in (ZERO_SHOT, CLASSIFIER):
         return bool(data.val_dataset.images_dir)
     folders = data.segment if task == "semantic-segmentation" else data.depth
     return bool(folders.root_dir and folders.validation_split)
@@ -218,7 +221,7 @@ def _copy_preprocessing(cfg: Any, trained: Any) -> None:
 
 def _inference_images(cfg: Any, task: str) -> str:
     data = cfg.dataset
-    if task == ZERO_SHOT:
+    if task in (ZERO_SHOT, CLASSIFIER):
         return required(data.test_dataset.images_dir, "dataset.test_dataset.images_dir")
     if task in ("object-detection", GROUNDING, INSTANCES):
         return required(data.infer_data_sources.image_dir, "dataset.infer_data_sources.image_dir")

@@ -234,6 +234,11 @@ class GroundingConfig(_TaskConfig):
 
 
 @dataclass
+class ClassifierConfig(_TaskConfig):
+    dataset: ZeroShotDatasetConfig = section(ZeroShotDatasetConfig, description="Class-folder data.")
+
+
+@dataclass
 class InstanceConfig(_TaskConfig):
     dataset: DetectionDatasetConfig = section(
         DetectionDatasetConfig, description="COCO instance segmentation data (segmentation as polygons or RLE)."
@@ -260,11 +265,11 @@ def resolve(cfg: Any, action: str | None = None) -> Any:
             for key in wanted[1]:
                 if not getattr(getattr(data, wanted[0]), key):
                     issues.append(SpecIssue(f"dataset.{wanted[0]}.{key}", "not set"))
-    elif isinstance(data, ZeroShotDatasetConfig):
+    elif isinstance(data, ZeroShotDatasetConfig):  # zero-shot and whole classifiers
         wanted_key = {"train": "train_dataset", "evaluate": "val_dataset", "inference": "test_dataset"}.get(action or "")
         if wanted_key and not getattr(data, wanted_key).images_dir:
             issues.append(SpecIssue(f"dataset.{wanted_key}.images_dir", "not set", "a folder of class subfolders"))
-        if "{}" not in cfg.model.prompt_template:
+        if "{}" not in getattr(cfg.model, "prompt_template", "{}"):
             issues.append(SpecIssue("model.prompt_template", f"{cfg.model.prompt_template!r} has no {{}}",
                                     "write where the class name goes, e.g. 'a photo of a {}.'"))  # fmt: skip
     else:

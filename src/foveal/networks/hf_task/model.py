@@ -5,6 +5,8 @@
   heads of ``transformers`` do not (DPT, Depth Anything and ZoeDepth raise "Training is not
   implemented yet"), so depth trains with the scale-invariant log loss (SILog, lambda 0.85)
   that GLPN and AdaBins use, over the pixels with a measurement.
+* Image classification, whole: a classifier whose head is not a module on a pooled feature (the
+  Perceiver's decoder) trains as it is, its own head resized to the dataset's classes.
 * Zero-shot classification (CLIP, SigLIP): :class:`ZeroShotClassifier` scores an image against
   one text prompt per class (``logits_per_image``); fine-tuning minimises the cross entropy of
   those scores, which is the image-to-text half of CLIP's contrastive loss with the class
@@ -36,7 +38,8 @@ logger = logging.getLogger(__name__)
 ZERO_SHOT = "zero-shot-image-classification"
 GROUNDING = "zero-shot-object-detection"
 INSTANCES = "instance-segmentation"
-TASKS = ("object-detection", "semantic-segmentation", "depth-estimation", ZERO_SHOT, GROUNDING, INSTANCES)
+CLASSIFIER = "image-classification"
+TASKS = ("object-detection", "semantic-segmentation", "depth-estimation", ZERO_SHOT, GROUNDING, INSTANCES, CLASSIFIER)
 TASK_OUTPUTS: dict[str, tuple[str, ...]] = {
     "object-detection": ("logits", "pred_boxes"),
     "semantic-segmentation": ("logits",),
@@ -44,6 +47,7 @@ TASK_OUTPUTS: dict[str, tuple[str, ...]] = {
     ZERO_SHOT: ("logits",),
     GROUNDING: ("logits", "pred_boxes"),
     INSTANCES: ("class_queries_logits", "masks_queries_logits"),
+    CLASSIFIER: ("logits",),
 }
 IGNORE_INDEX = 255
 
@@ -286,6 +290,8 @@ def task_loss(model: nn.Module, task: str, images: torch.Tensor, target: Any) ->
         return loss
     if task == ZERO_SHOT:
         return F.cross_entropy(model(images).logits.float(), target)
+    if task == CLASSIFIER:
+        return model(pixel_values=images, labels=target).loss
     if task == INSTANCES:
         out = model(pixel_values=images, mask_labels=[t["masks"] for t in target],
                     class_labels=[t["class_labels"] for t in target])  # fmt: skip

@@ -316,8 +316,14 @@ class Instances(Detection):
             meter.add_masks(t["image_id"], rles, found["scores"], [categories[int(c)]["id"] for c in found["labels"]])
 
 
+class Classifier(ZeroShot):
+    """A Hugging Face classifier trained whole: class folders and top-1, as zero-shot's."""
+
+    task = "image-classification"
+
+
 TASKS: dict[str, Any] = {
-    t.task: t() for t in (Detection, Segmentation, Depth, ZeroShot, GroundedDetection, Instances)
+    t.task: t() for t in (Detection, Segmentation, Depth, ZeroShot, GroundedDetection, Instances, Classifier)
 }
 DETECTION_TASKS = ("object-detection", "zero-shot-object-detection")
 
@@ -348,13 +354,14 @@ class InferenceFiles:
             "semantic-segmentation": ("masks", "overlays"),
             "depth-estimation": ("depth", "colour"),
             "zero-shot-image-classification": (),
+            "image-classification": (),
             "instance-segmentation": ("overlays",),
         }[task]
         for name in self.folders:
             (results_dir / name).mkdir(parents=True, exist_ok=True)
 
     def add(self, outputs: tuple[torch.Tensor, ...], paths: list[str]) -> None:
-        if self.task == "zero-shot-image-classification":
+        if self.task in ("zero-shot-image-classification", "image-classification"):
             probs = outputs[0].float().softmax(-1)
             for path, row in zip(paths, probs, strict=True):
                 score, index = row.max(0)
@@ -419,7 +426,7 @@ class InferenceFiles:
     def close(self) -> Path:
         path = self.root / "results.json"
         path.write_text(json.dumps(self.records, indent=1), encoding="utf-8")
-        if self.task == "zero-shot-image-classification":  # TAO classification's result.csv too
+        if self.task in ("zero-shot-image-classification", "image-classification"):  # TAO's result.csv too
             import csv
 
             with (self.root / "result.csv").open("w", newline="", encoding="utf-8") as handle:
