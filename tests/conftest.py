@@ -1,4 +1,5 @@
-"""Fixtures shared by every test folder: a real S3-compatible server on loopback."""
+"""Fixtures shared by every test folder: registries restored after each test, a real S3-compatible
+server on loopback."""
 
 from __future__ import annotations
 
@@ -6,6 +7,26 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+# --------------------------------------------------------------------------- registries
+
+
+@pytest.fixture(autouse=True)
+def _restore_registries(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Ported networks and backbones registered by a test (a port, a task demo) must not leak into
+    the next one; ``-w`` sets $FOVEAL_WORKSPACE for the process, which monkeypatch puts back."""
+    from foveal.networks import registry as networks
+    from foveal.nn import registry as backbones
+
+    networks.list_networks()
+    saved_networks, saved_backbones = dict(networks._NETWORKS), dict(backbones._BACKBONES)
+    monkeypatch.delenv("FOVEAL_WORKSPACE", raising=False)
+    yield
+    networks._NETWORKS.clear()
+    networks._NETWORKS.update(saved_networks)
+    backbones._BACKBONES.clear()
+    backbones._BACKBONES.update(saved_backbones)
+
 
 # --------------------------------------------------------------------------- S3 (moto server)
 

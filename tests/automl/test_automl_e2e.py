@@ -211,6 +211,9 @@ def test_ctrl_c_cancels_concurrent_trials_and_leaves_them_to_resume(tmp_path, ti
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        # A shell's background job inherits SIGINT ignored, and Python then never raises
+        # KeyboardInterrupt: give the child the terminal's default, as a user's Ctrl-C meets it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     registry = JobRegistry(Workspace(tmp_path).db_path)
     try:

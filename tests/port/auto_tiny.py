@@ -466,13 +466,31 @@ def build_tiny(task: str, model_type: str, seed: int = 0) -> torch.nn.Module:
     return model.eval()
 
 
+def _dead(model: torch.nn.Module) -> bool:
+    """True when every output of ``model`` on a random batch is 0: a final ReLU that this weight
+    draw killed (Prompt Depth Anything's 1-channel head at seed 0). A trained model never ships
+    like that, and all-zero outputs would hide any export error, so such a draw is redrawn."""
+    try:
+        with torch.no_grad():
+            size = input_size(model.config)
+            out = model(pixel_values=torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0)))
+    except Exception:  # noqa: BLE001 - a model this probe cannot drive: the port will say why
+        return False
+    tensors = [v for v in out.values() if isinstance(v, torch.Tensor) and v.is_floating_point()]
+    return bool(tensors) and all(float(t.abs().max()) == 0.0 for t in tensors)
+
+
 def save_tiny(task: str, model_type: str, folder: Path, seed: int = 0) -> Path:
-    """:func:`build_tiny`, weights re-drawn at a realistic scale (``tiny_models.rerandomise``),
+    """:func:`build_tiny`, weights re-drawn at a realistic scale (``tiny_models.rerandomise``; a draw
+    whose outputs are all 0 is drawn again, see :func:`_dead`),
     ``save_pretrained`` into ``folder``; returns ``folder``."""
     from tiny_models import rerandomise
 
     model = build_tiny(task, model_type, seed)
-    rerandomise(model, seed)
+    for draw in range(seed, seed + 5):
+        rerandomise(model, draw)
+        if not _dead(model):
+            break
     folder = Path(folder)
     model.save_pretrained(folder)
     return folder

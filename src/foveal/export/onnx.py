@@ -343,6 +343,7 @@ def export_onnx(
     atol: float = 1e-4,
     exporter: str = "auto",
     verbose: bool = False,
+    fixed_batch_fallback: bool = False,
 ) -> ExportReport:
     """Export `model` to `onnx_file` and check ONNX Runtime against PyTorch.
 
@@ -362,6 +363,11 @@ def export_onnx(
         exporter: ``"auto"`` (torchscript, then dynamo on failure), ``"torchscript"`` or ``"dynamo"``.
         verbose: log the exported graph (its inputs, outputs and operators by count) at INFO
             (TAO's ``export.verbose``).
+        fixed_batch_fallback: when no exporter gives a graph that runs at a second batch size,
+            export with the example's batch fixed instead of failing (a warning and
+            ``fallback_reasons["dynamic_batch"]`` say so). For ported models whose graphs trace
+            shapes from the batch; off by default, so a batch baked into a native network's
+            graph stays an error.
 
     Returns:
         The `ExportReport`.
@@ -406,7 +412,7 @@ def export_onnx(
             try:
                 used, diffs, reasons = attempt(dynamic_batch, checks)
             except ExportError as error:
-                if not dynamic_batch:
+                if not (dynamic_batch and fixed_batch_fallback):
                     raise
                 # Some graphs trace shapes from the example's batch (a Split sized by it, say): a
                 # file that runs at its own batch only is still a correct export of that batch.

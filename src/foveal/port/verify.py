@@ -87,6 +87,8 @@ def _static_batch(onnx_file: Path) -> int | None:
     """The first input's batch size when the graph fixes it, else None."""
     import onnx
 
+    if not onnx_file.is_file():  # nothing to read the batch from; the runtime will say so
+        return None
     graph = onnx.load(str(onnx_file), load_external_data=False).graph
     dim = graph.input[0].type.tensor_type.shape.dim[0] if graph.input else None
     return int(dim.dim_value) if dim is not None and dim.dim_value > 0 else None

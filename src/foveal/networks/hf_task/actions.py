@@ -275,7 +275,7 @@ def export(cfg: Any, ctx: ActionContext) -> ActionResult:
     example = torch.randn(batch, section.input_channel, height, width, generator=torch.Generator().manual_seed(0))
     report = export_onnx(TaskGraph(model, task).eval(), example, onnx_file, opset_version=section.opset_version,
                          dynamic_batch=dynamic, input_names=("pixel_values",), output_names=TASK_OUTPUTS[task],
-                         metadata=metadata, verbose=section.verbose)  # fmt: skip
+                         metadata=metadata, verbose=section.verbose, fixed_batch_fallback=True)  # fmt: skip
     diff = max(report.max_abs_diff.values()) if report.max_abs_diff else float("nan")
     return ActionResult(kpis={"onnx_max_abs_diff": diff}, artifacts={"onnx": str(onnx_file)},
                         message=f"exported {onnx_file} ({', '.join(TASK_OUTPUTS[task])}; ONNX Runtime vs PyTorch "
