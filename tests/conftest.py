@@ -28,6 +28,70 @@ def _restore_registries(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     backbones._BACKBONES.update(saved_backbones)
 
 
+# --------------------------------------------------------------------------- a real browser
+
+# Appended to a copy of the page: once everything has loaded, the title says how many images
+# decoded (a broken data: URI decodes to 0 x 0) and whether a script error happened.
+_PAGE_PROBE = """<script>
+var errors = 0; window.addEventListener("error", function () { errors += 1; });
+window.addEventListener("load", function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0 && i.naturalHeight > 0; });
+  document.title = "PROBE images=" + imgs.length + " decoded=" + ok.length + " errors=" + errors;
+});
+</script>"""
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's headless Chromium (.ci/run installs it; FOVEAL_REQUIRE_BROWSER=1 makes its absence
+    a failure, not a skip)."""
+    import os
+    import shutil
+
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    if os.environ.get("FOVEAL_REQUIRE_BROWSER") == "1":
+        pytest.fail("no chromium on the PATH (apt-get install chromium)")
+    pytest.skip("no chromium on the PATH (apt-get install chromium)")
+
+
+@pytest.fixture
+def render_page(chromium: str, tmp_path: Path):
+    """``render_page(html_file)`` -> ``{"images", "decoded", "errors", "drawn"}``: the page loaded
+    in headless Chromium (how many images it has and how many decoded, script errors) and the
+    fraction of a 1200 x 2400 screenshot that is not blank (near-white)."""
+    import re
+    import subprocess
+
+    from PIL import Image
+
+    def render(page: Path) -> dict:
+        probe = tmp_path / f"probe-{page.parent.name}.html"
+        probe.write_text(page.read_text(encoding="utf-8").replace("</body>", _PAGE_PROBE + "</body>"))
+        args = [chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                "--no-first-run", f"--user-data-dir={tmp_path / 'chromium-profile'}"]  # fmt: skip
+        dom = subprocess.run(
+            [*args, "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
+            capture_output=True, text=True, timeout=120, check=True,
+        )  # fmt: skip
+        found = re.search(r"PROBE images=(\d+) decoded=(\d+) errors=(\d+)", dom.stdout)
+        assert found, f"the page did not finish loading in Chromium: {dom.stderr[-500:]}"
+        shot = tmp_path / f"shot-{page.parent.name}.png"
+        subprocess.run(
+            [*args, "--window-size=1200,2400", f"--screenshot={shot}", page.as_uri()],
+            capture_output=True, text=True, timeout=120, check=True,
+        )  # fmt: skip
+        images, decoded, errors = (int(g) for g in found.groups())
+        histogram = Image.open(shot).convert("L").histogram()
+        drawn = 1.0 - sum(histogram[245:]) / sum(histogram)
+        return {"images": images, "decoded": decoded, "errors": errors, "drawn": drawn}
+
+    return render
+
+
 # --------------------------------------------------------------------------- S3 (moto server)
 
 

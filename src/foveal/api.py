@@ -12,7 +12,7 @@ a dict, a result object), prints nothing unless ``progress=True``, and raises th
     print(foveal.run("mae", "evaluate", parent=fin, overrides={...}).kpis)
 
 Also here: :func:`start` (non-blocking, returns a :class:`JobHandle`), :func:`check`,
-:func:`models`, :func:`schema`, :func:`template`, :func:`automl` and :func:`port_hf`;
+:func:`models`, :func:`schema`, :func:`template`, :func:`automl`, :func:`port_hf` and :func:`report`;
 ``foveal.jobs`` (``list``, ``get``, ``logs``, ``cancel``) and ``foveal.workflows.normal_train``.
 """
 
@@ -52,6 +52,7 @@ __all__ = [
     "check",
     "models",
     "port_hf",
+    "report",
     "run",
     "schema",
     "start",
@@ -406,3 +407,39 @@ def port_hf(
         return _port(str(source), name, workspace=_workspace(workspace), data=data, force=force,
                      epochs=epochs, image_size=image_size)
 
+
+
+def report(target: str | Job, workspace: WorkspaceLike = None) -> Path:
+    """Write the self-contained ``report.html`` of a job or an AutoML study (``foveal report``)
+    and return its path.
+
+    Args:
+        target: a job (id or unique prefix), an AutoML study's name (``<workspace>/automl/<name>``)
+            or its folder.
+
+    Raises:
+        JobError: no job, study or folder of that name.
+    """
+    import json
+
+    from foveal.errors import JobError, JobNotFoundError
+    from foveal.jobs.registry import JobRegistry
+    from foveal.jobs.report import write_job_report
+    from foveal.tuning.report import write_study_page
+
+    ws = _workspace(workspace)
+    name = target.id if isinstance(target, Job) else str(target)
+    for folder in (Path(name).expanduser(), ws.root / "automl" / name):
+        trials = folder / "trials.json"
+        if trials.is_file():
+            data = json.loads(trials.read_text(encoding="utf-8"))
+            return write_study_page(folder, folder.name, data["metric"], data["direction"], data["trials"])
+    registry = JobRegistry(ws.db_path)
+    try:
+        job = registry.get(name)
+    except JobNotFoundError as exc:
+        raise JobError(
+            f"{name}: not a job of {ws.root}, nor an AutoML study (no {name}/trials.json or "
+            f"{ws.root / 'automl' / name}/trials.json); see `foveal jobs list`"
+        ) from exc
+    return write_job_report(job, registry)

@@ -82,7 +82,13 @@ def test_metric_by_epoch_reads_running_lines():
     assert metric_by_epoch(lines, "train_loss") == {1: 1.0, 4: 0.25}
 
 
-def test_network_without_automl_is_refused(tmp_path, capsys):
+def test_network_without_automl_is_refused(tmp_path, capsys, monkeypatch):
+    import dataclasses
+
+    from foveal.networks.registry import get_network
+
+    network = get_network("nvdinov2")
+    monkeypatch.setattr(network, "metadata", dataclasses.replace(network.metadata, automl_enabled=False))
     with pytest.raises(UsageError, match="AutoML is not enabled"):
         StudyController(StudyRequest(network="nvdinov2", workspace=tmp_path))
     assert main(["automl", "nvdinov2", "-w", str(tmp_path)]) == 2

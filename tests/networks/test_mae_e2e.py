@@ -233,3 +233,37 @@ def test_wrong_kinds_and_class_counts_are_one_line(pretrain, finetune, data, ws)
         with pytest.raises(error, match=message) as info:
             run_job("mae", "train", overrides=[*COMMON, *overrides], workspace=ws)
         assert "\n" not in str(info.value)
+
+
+def test_report_pages_show_the_curves_and_the_child_jobs_pictures(pretrain, finetune, ws, render_page):
+    """After evaluate and inference ran from them (tests above): the pretrain job's page shows the
+    reconstruction grid of its inference child, the finetune job's the confusion matrix of its
+    evaluate child (drawn from results.json), and both
+    open in headless Chromium with every figure decoded."""
+    from foveal.api import report
+
+    for job, picture in ((pretrain, "reconstruction.png"), (finetune, "confusion matrix (2 classes)")):
+        assert (Path(job.results_dir) / "report.html").is_file()  # written when the train job ended
+        page = report(job.id, ws)
+        text = page.read_text()
+        assert picture in text and "Curves per epoch" in text and "val_loss" in text
+        shown = render_page(page)
+        assert shown["images"] >= 3 and shown["decoded"] == shown["images"] and shown["errors"] == 0
+        assert shown["drawn"] > 0.02  # a blank page: < 0.01
+
+
+def test_pretraining_on_a_labeled_val_set_reports_online_knn(tiny_backbones, data, ws):
+    job = run_job(
+        "mae",
+        "train",
+        overrides=[*COMMON, "train.num_epochs=2", f"dataset.train_data_sources={data['images_train']}",
+                   f"dataset.val_data_sources={data['labeled_val']}"],  # fmt: skip
+        workspace=ws,
+    )
+    from foveal.engine.status import read_status
+
+    epochs = [x for x in read_status(Path(job.results_dir) / "status.json") if x.get("status") == "RUNNING"]
+    assert len(epochs) == 2
+    for line in epochs:
+        assert {"val_loss", "val_knn_top1", "val_feature_std", "val_effective_rank"} <= set(line["kpi"])
+    assert 0 <= job.kpis["val_knn_top1"] <= 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -60,8 +61,11 @@ def test_forward_gives_finite_losses_and_student_only_gradients():
     torch.manual_seed(0)
     method = _method().train()
     loss, parts = method(_batch(4), teacher_temp=0.04)
-    assert set(parts) == {"dino_loss", "ibot_loss", "koleo_loss"}
+    losses = {"dino_loss", "ibot_loss", "koleo_loss"}
+    assert set(parts) == losses | {"teacher_entropy", "feature_std", "effective_rank"}  # + monitors
     assert torch.isfinite(loss) and all(torch.isfinite(v) for v in parts.values())
+    assert 0 < parts["teacher_entropy"] <= math.log(method.settings.num_prototypes) + 1e-6
+    assert not any(parts[k].requires_grad for k in ("teacher_entropy", "feature_std", "effective_rank"))
     assert parts["ibot_loss"] > 0 and parts["koleo_loss"] != 0
     loss.backward()
     assert all(p.grad is None for p in method.teacher.parameters())

@@ -86,7 +86,15 @@ def test_mae_plan_automl_metric_and_stages(ws, data):
     assert _no_jobs(ws)
 
 
-def test_automl_policy_rules(ws, data):
+def test_automl_policy_rules(ws, data, monkeypatch):
+    # nvdinov2 goes through AutoML (TAO's metadata), ranked on the online kNN with eval data
+    plan = _plan(ws, model="nvdinov2", train_dataset_uri=str(data["train"]), eval_dataset_uri=str(data["val"]))
+    assert plan.use_automl and plan.automl_note.endswith("trials ranked on val_knn_top1 (maximize))")
+    assert f"dataset.val_dataset.images_dir={data['val']}" in plan.stage_overrides["train"]
+    plan = _plan(ws, model="nvdinov2", train_dataset_uri=str(data["train"]))
+    assert plan.use_automl and plan.automl_note.endswith("trials ranked on train_loss (minimize))")
+    network = get_network("nvdinov2")
+    monkeypatch.setattr(network, "metadata", replace(network.metadata, automl_enabled=False))
     with pytest.raises(UsageError, match="--automl-policy on: nvdinov2 metadata sets automl_enabled: false"):
         _plan(ws, model="nvdinov2", train_dataset_uri=str(data["train"]), automl_policy="on")
     plan = _plan(ws, model="nvdinov2", train_dataset_uri=str(data["train"]))
@@ -247,7 +255,7 @@ def test_cli_interactive_intake_asks_for_what_is_missing(capsys, tmp_path, data,
 def test_models_listing_json_has_the_workflow_fields(capsys):
     assert main(["models", "--scope", "automl", "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert {r["name"] for r in rows} == {"mae", "classification"}  # nvdinov2: automl_enabled false
+    assert {r["name"] for r in rows} == {"mae", "classification", "nvdinov2"}
     mae = next(r for r in rows if r["name"] == "mae")
     assert mae["automl_enabled"] and mae["automl_runnable"] and mae["train_schema"] and mae["train_template"]
     assert "train.mask_ratio" in mae["automl_default_parameters"]
@@ -264,7 +272,11 @@ def test_models_listing_json_has_the_workflow_fields(capsys):
     assert mae["default_pretrained_checkpoint"] == {"declared": None, "path": None, "available": False}
     assert main(["models", "--format", "json"]) == 0
     every = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
-    assert every["nvdinov2"]["automl_enabled"] is False and every["nvdinov2"]["automl_reason"]
+    ranking = every["nvdinov2"]["automl_ranking"]
+    assert every["nvdinov2"]["automl_enabled"] and every["nvdinov2"]["automl_reason"] is None
+    assert ranking["with_validation"] == {"metric": "val_knn_top1", "direction": "maximize"}
+    assert ranking["without_validation"] == {"metric": "train_loss", "direction": "minimize"}
+    assert "train.num_prototypes" in ranking["left_out_when_ranking_on_a_loss"] and "scale" in ranking["why"]
     assert main(["models", "--scope", "gpu"]) == 2
 
 

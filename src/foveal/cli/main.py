@@ -277,6 +277,18 @@ def demo(
     typer.echo(summary["message"])
 
 
+@app.command("report")
+def report(
+    target: str = typer.Argument(..., help="A job id (or unique prefix), or an AutoML study's name or folder."),
+    workspace: Path = WorkspaceOpt,
+) -> None:
+    """Write a job's (or an AutoML study's) self-contained report.html and print its path: KPIs,
+    the spec's differences from the defaults, metric curves, pictures, the trials table."""
+    from foveal.api import report as write
+
+    typer.echo(str(write(target, workspace)))
+
+
 def _fmt_kpis(kpis: dict) -> str:
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in kpis.items())
 

@@ -134,6 +134,29 @@ def linear_probe_top1(
     return float((predicted == val_y).float().mean())
 
 
+def stratified_split(labels: Sequence[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(reference indices, held-out indices): ``fraction`` of each class goes to the reference.
+
+    Every class with at least two images keeps at least one on each side, so kNN always has
+    neighbours of each evaluated class. The permutation is seeded, so the split is fixed.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    reference: list[int] = []
+    held_out: list[int] = []
+    by_class: dict[int, list[int]] = {}
+    for index, label in enumerate(labels):
+        by_class.setdefault(int(label), []).append(index)
+    for label in sorted(by_class):
+        members = by_class[label]
+        order = [members[i] for i in torch.randperm(len(members), generator=generator).tolist()]
+        cut = round(len(order) * fraction)
+        if len(order) >= 2:
+            cut = min(max(cut, 1), len(order) - 1)
+        reference += order[:cut]
+        held_out += order[cut:]
+    return sorted(reference), sorted(held_out)
+
+
 def has_class_token(backbone: object) -> bool:
     """Whether ``backbone`` has a class token (ViTs do; ConvNeXt V2 pools instead)."""
     return isinstance(getattr(backbone, "cls_token", None), torch.Tensor)

@@ -421,13 +421,31 @@ def execute_job(
         writer.write("FAILURE", line, verbosity="ERROR")
         registry.finish(job.id, JobStatus.ERROR, message=line)
         _finish_tracking(tracking, None, succeeded=False, message=line)
+        if prepared.action in REPORTED_ACTIONS:
+            _write_report(registry, job.id)  # the curves up to the failure
         raise
     _finish_tracking(tracking, result.kpis, succeeded=True, message=result.message)
     writer.write("SUCCESS", result.message or f"{prepared.action} finished", kpi=result.kpis or None)
     registry.finish(
         job.id, JobStatus.DONE, kpis=result.kpis, artifacts=result.artifacts, message=result.message
     )
+    if prepared.action in REPORTED_ACTIONS:
+        _write_report(registry, job.id)
     return registry.get(job.id)
+
+
+REPORTED_ACTIONS = ("train",)  # jobs that write report.html when they end (any job: `foveal report`)
+
+
+def _write_report(registry: JobRegistry, job_id: str) -> None:
+    """report.html of a finished job; a failure to draw it never changes the job's outcome."""
+    from foveal.jobs.report import write_job_report
+
+    try:
+        path = write_job_report(registry.get(job_id), registry)
+        logger.info("report: %s", path)
+    except Exception as exc:  # noqa: BLE001 - the job's result stands without its page
+        logger.warning("could not write the job's report.html: %s", str(exc).splitlines()[0] if str(exc) else exc)
 
 
 def _finish_tracking(tracking: Tracking, kpis: Any, *, succeeded: bool, message: str = "") -> None:

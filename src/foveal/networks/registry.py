@@ -208,6 +208,10 @@ class NetworkMetadata:
         default_pretrained_checkpoint: a file name looked up locally, never downloaded.
         image: the model's container image; action_images: per action.
         ported: set for networks made by ``foveal port hf``.
+        loss_scale_parameters: spec keys (or section prefixes) that change the scale of the
+            network's training loss (temperatures, prototype count, loss weights): a study that
+            ranks trials on the loss leaves them out, since its values would not compare.
+        ranking_note: why the monitoring metric ranks trials, for ``foveal models``.
     """
 
     task: str
@@ -222,6 +226,12 @@ class NetworkMetadata:
         default_factory=lambda: {"gen_trt_engine": ImageRef(image="foveal-tensorrt")}
     )
     ported: PortedFrom | None = None
+    loss_scale_parameters: tuple[str, ...] = ()
+    ranking_note: str = ""
+
+    def scales_loss(self, key: str) -> bool:
+        """Whether ``key`` is (under) one of :attr:`loss_scale_parameters`."""
+        return any(key == p or key.startswith(p + ".") for p in self.loss_scale_parameters)
 
     def needs(self, action: str) -> tuple[DatasetNeed, ...]:
         return tuple(self.dataset_requirements.get(action, ()))

@@ -25,7 +25,7 @@ from foveal.jobs.model import Job, JobStatus
 from foveal.jobs.registry import JobRegistry
 from foveal.jobs.workspace import Workspace
 from foveal.platforms.local import LocalJobHandle, LocalPool
-from foveal.spec import SpecError, parse_overrides, to_dict
+from foveal.spec import SpecError, action_schema, parse_overrides, to_dict
 from foveal.tuning import StudyRequest, StudyResult
 from foveal.tuning.algorithms import Algorithm, get_algorithm
 from foveal.tuning.report import copy_best_checkpoint, delete_intermediate_checkpoints, write_reports
@@ -84,15 +84,48 @@ class StudyController:
         self.registry = JobRegistry(self.workspace.db_path)
         self.base_overrides = parse_overrides(request.overrides)
         self.base = self._resolve_base()
-        self.space: SearchSpace = build_space(self.network, request.params, request.ranges, self.base)
         self.metric, self.direction = resolve_metric(
             self.network, self.base, request.metric, request.direction
         )
+        self.space: SearchSpace = build_space(self.network, self._params(), request.ranges, self.base)
         self.name = request.study_name or f"{self.network.name}-{self.algorithm.name}"
         self.dir = study_dir(self.workspace.root, self.name)
         self.max_epochs = int(self.base.get("train", {}).get("num_epochs") or 1)
         self.running: dict[int, _Running] = {}
         self.pool = LocalPool(self.workspace, request.max_concurrent)
+
+    def _params(self) -> list[str] | None:
+        """The keys to search: the request's, else the schema's defaults, less the keys that
+        change the loss's scale when the study ranks on a loss (values of trials that differ in
+        a temperature or a prototype count do not compare); naming one then is an error."""
+        meta = self.network.metadata
+        if not meta.loss_scale_parameters or not self.metric.endswith("loss"):
+            return self.request.params
+        named = [*(self.request.params or []), *self.request.ranges]
+        scaling = [k for k in named if meta.scales_loss(k)]
+        if scaling:
+            raise UsageError(
+                f"{', '.join(scaling)}: changes the scale of {self.metric}, so trials ranked on it would not "
+                f"compare; give labeled eval data ({self._eval_key()}) to rank on "
+                f"{meta.monitoring.metric}, or leave it out of --params/--range"
+            )
+        if self.request.params:
+            return self.request.params
+        schema = action_schema(self.network.config_cls, "train", self.network.action_sections.get("train"))
+        defaults = list(schema["automl_default_parameters"])
+        kept = [k for k in defaults if not meta.scales_loss(k)]
+        left_out = [k for k in defaults if meta.scales_loss(k)]
+        if left_out:
+            logger.info(
+                "ranking on %s: searching without %s (they change the loss's scale)", self.metric, ", ".join(left_out)
+            )
+        if not kept:
+            raise UsageError(f"{self.network.name}: every AutoML parameter changes {self.metric}'s scale")
+        return kept
+
+    def _eval_key(self) -> str:
+        keys = [n.key for n in self.network.metadata.needs("train") if n.source == "eval"]
+        return keys[0] if keys else "validation data"
 
     def _resolve_base(self) -> dict[str, Any]:
         """The base train spec (checked once, so a bad override is one error, not N failed trials)."""

@@ -1,7 +1,7 @@
 """What a study leaves behind: trials table (CSV + JSON), plots (PNG), the best checkpoint.
 
-Plots: the optimisation history (each trial's value and the best so far) and the parameter
-importance. matplotlib draws them when installed, else PIL. Importance comes from Optuna's
+Plots (matplotlib): Optuna's optimisation history (each trial's value and the best so far)
+and the parameter importance; ``report.html`` shows them with the trials table. Importance comes from Optuna's
 evaluators (fANOVA needs scikit-learn, PED-ANOVA does not), else from the absolute Spearman
 rank correlation between each parameter and the metric, normalised to sum to 1.
 """
@@ -94,15 +94,18 @@ def write_reports(study: Any, folder: Path, metric: str, direction: str) -> dict
     (folder / "trials.json").write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
     complete = [r for r in rows if r["state"] == "COMPLETE" and r["value"] is not None]
     try:
-        out["history_plot"] = str(
-            plot_history(complete, metric, direction, folder / "optimization_history.png")
-        )
+        if complete:
+            out["history_plot"] = str(plot_history(study, metric, direction, folder / "optimization_history.png"))
         importance = param_importance(study)
         if importance:
             out["importance_plot"] = str(plot_importance(importance, folder / "param_importance.png"))
             (folder / "param_importance.json").write_text(json.dumps(importance, indent=2), encoding="utf-8")
     except Exception as exc:  # noqa: BLE001 - a plot never costs the study its results
         logger.warning("could not draw the study plots: %s", exc)
+    try:
+        out["report"] = str(write_study_page(folder, study.study_name, metric, direction, rows))
+    except Exception as exc:  # noqa: BLE001 - the page never costs the study its results
+        logger.warning("could not write the study's report page: %s", exc)
     out["_rows"] = rows
     return out
 
@@ -182,101 +185,76 @@ def _best_so_far(values: list[float], maximize: bool) -> list[float]:
     return out
 
 
-def plot_history(complete: list[dict[str, Any]], metric: str, direction: str, path: Path) -> Path:
-    xs = [r["number"] for r in complete]
-    ys = [float(r["value"]) for r in complete]
-    best = _best_so_far(ys, direction == "maximize")
-    title = f"Optimisation history ({direction} {metric})"
-    if importlib.util.find_spec("matplotlib") is not None:
-        import matplotlib
+def plot_history(study: Any, metric: str, direction: str, path: Path) -> Path:
+    """Optuna's optimisation history (each complete trial's value and the best so far)."""
+    import warnings
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    import optuna
 
-        fig, ax = plt.subplots(figsize=(7, 4))
-        ax.scatter(xs, ys, label="trial")
-        ax.step(xs, best, where="post", color="tab:red", label="best so far")
-        ax.set(xlabel="trial", ylabel=metric, title=title)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        return path
-    return _pil_history(xs, ys, best, title, path)
+    plt = _pyplot()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        ax = optuna.visualization.matplotlib.plot_optimization_history(study, target_name=metric)
+    fig: Any = ax.figure
+    fig.set_size_inches(7, 4)
+    ax.set_title(f"Optimisation history ({direction} {metric})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def plot_importance(importance: dict[str, float], path: Path) -> Path:
+    """Horizontal bars of :func:`param_importance` (the figure beside param_importance.json)."""
+    plt = _pyplot()
     names, values = list(importance), list(importance.values())
-    if importlib.util.find_spec("matplotlib") is not None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(7, 0.5 * len(names) + 1.5))
-        ax.barh(names[::-1], values[::-1])
-        ax.set(xlabel="importance", title="Parameter importance")
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        return path
-    return _pil_bars(names, values, "Parameter importance", path)
-
-
-def _pil_history(xs: list[int], ys: list[float], best: list[float], title: str, path: Path) -> Path:
-    from PIL import Image, ImageDraw
-
-    width, height, margin = 640, 400, 60
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    draw.text((margin, 15), title, fill="black")
-    draw.rectangle([margin, margin, width - 20, height - margin], outline="black")
-    if xs:
-        x_lo, x_hi = min(xs), max(max(xs), min(xs) + 1)
-        y_lo, y_hi = min(ys), max(ys)
-        y_hi = y_hi if y_hi > y_lo else y_lo + 1.0
-
-        def at(x: float, y: float) -> tuple[float, float]:
-            px = margin + (x - x_lo) / (x_hi - x_lo) * (width - 20 - margin - 10) + 5
-            py = height - margin - (y - y_lo) / (y_hi - y_lo) * (height - 2 * margin - 10) - 5
-            return px, py
-
-        steps = [at(xs[0], best[0])]
-        for k in range(1, len(xs)):  # best-so-far as a step line: flat until a trial improves it
-            steps += [at(xs[k], best[k - 1]), at(xs[k], best[k])]
-        draw.line(steps if len(steps) > 1 else steps * 2, fill="red", width=2)
-        for x, y in zip(xs, ys, strict=True):
-            px, py = at(x, y)
-            draw.ellipse([px - 4, py - 4, px + 4, py + 4], fill="steelblue")
-        draw.text((5, margin), f"{y_hi:.4g}", fill="black")
-        draw.text((5, height - margin - 10), f"{y_lo:.4g}", fill="black")
-        draw.text((margin, height - margin + 8), f"trial {x_lo}", fill="black")
-        draw.text((width - 90, height - margin + 8), f"trial {x_hi}", fill="black")
-    else:
-        draw.text((margin + 10, height // 2), "no completed trials yet", fill="black")
-    image.save(path)
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(names) + 1.5))
+    ax.barh(names[::-1], values[::-1])
+    ax.set(xlabel="importance", title="Parameter importance")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
     return path
 
 
-def _pil_bars(names: list[str], values: list[float], title: str, path: Path) -> Path:
-    from PIL import Image, ImageDraw
+def _pyplot() -> Any:
+    import matplotlib
 
-    width, row, top, label_w = 640, 28, 40, 260
-    image = Image.new("RGB", (width, top + row * len(names) + 20), "white")
-    draw = ImageDraw.Draw(image)
-    draw.text((10, 12), title, fill="black")
-    top_value = max(values) if values and max(values) > 0 else 1.0
-    for i, (name, value) in enumerate(zip(names, values, strict=True)):
-        y = top + i * row
-        draw.text((10, y + 6), name, fill="black")
-        bar = (width - label_w - 70) * value / top_value
-        draw.rectangle([label_w, y + 4, label_w + bar, y + row - 4], fill="steelblue")
-        draw.text((label_w + bar + 6, y + 6), f"{value:.3f}", fill="black")
-    image.save(path)
-    return path
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
-# -------------------------------------------------------------------------------- checkpoints
+def write_study_page(folder: Path, name: str, metric: str, direction: str, rows: list[dict[str, Any]]) -> Path:
+    """``<study>/report.html``: the best trial, the trials table, the optimisation history and the
+    parameter importances, self-contained (see :mod:`foveal.jobs.report`)."""
+    from foveal.jobs.report import embed_png, html_page, section, table, write_report
+
+    complete = [r for r in rows if r["state"] == "COMPLETE" and r["value"] is not None]
+    best = None
+    if complete:
+        best = (max if direction == "maximize" else min)(complete, key=lambda r: float(r["value"]))
+    head = {"metric": metric, "direction": direction, "trials": len(rows), "complete": len(complete)}
+    if best is not None:
+        head.update({"best trial": best["number"], "best value": best["value"], "best job": best["job_id"]})
+    parts = [table([{"": k, "value": v} for k, v in head.items()])]
+    keys = sorted({k for r in rows for k in r["params"]})
+    trials = [
+        {"trial": r["number"], "state": r["state"], "value": r["value"], **r["params"],
+         "epochs": r["epochs_reported"], "seconds": r["duration_s"], "job": r["job_id"], "error": r["error"]}
+        for r in rows
+    ]  # fmt: skip
+    parts.append(section("Trials", table(trials, ["trial", "state", "value", *keys, "epochs", "seconds", "job", "error"])))
+    for file, title in (("optimization_history.png", "Optimisation history"), ("param_importance.png", "Parameter importance")):
+        if (folder / file).is_file():
+            parts.append(section(title, embed_png((folder / file).read_bytes(), file)))
+        else:
+            parts.append(section(title, '<p class="muted">not enough complete trials to draw it</p>'))
+    if best is not None and best.get("results_dir") and (Path(best["results_dir"]) / "report.html").is_file():
+        link = Path(best["results_dir"]) / "report.html"
+        parts.append(section("Best trial", f'<p><a href="{link.as_uri()}">its own report</a> ({link})</p>'))
+    return write_report(folder / "report.html", html_page(f"AutoML study {name}", parts))
 
 
 def copy_best_checkpoint(network: Network, registry: JobRegistry, best: Any, folder: Path) -> Path | None:

@@ -79,6 +79,22 @@ def monitoring(network: Network, stage: str | None = None, has_validation: bool 
     return {"metric": choice.metric, "mode": choice.mode, "direction": choice.direction, "source": choice.source}
 
 
+def automl_ranking(network: Network) -> dict[str, Any]:
+    """Which metric ranks AutoML trials, with and without validation data, and why."""
+    meta = network.metadata
+    with_val, without = monitoring(network), monitoring(network, has_validation=False)
+    return {
+        "with_validation": {"metric": with_val["metric"], "direction": with_val["direction"]},
+        "without_validation": {"metric": without["metric"], "direction": without["direction"]},
+        "left_out_when_ranking_on_a_loss": list(meta.loss_scale_parameters),
+        "why": meta.ranking_note
+        or (
+            f"{with_val['metric']} from the network's monitoring metadata"
+            + (f"; {without['metric']} when the train spec has no validation data" if without != with_val else "")
+        ),
+    }
+
+
 def dataset_requirements(network: Network) -> dict[str, list[dict[str, Any]]]:
     """Per action: spec key, source (``train``/``eval``/``test`` dataset URI), expected files."""
     return {
@@ -138,6 +154,7 @@ def describe_network(network: Network, workspace_root: Path | None = None) -> di
         "automl_default_parameters": automl["automl_default_parameters"],
         "monitoring_metric": watch["metric"],
         "monitoring_direction": watch["direction"],
+        "automl_ranking": automl_ranking(network),
         "monitoring_by_stage": {
             stage: {"metric": m, "direction": DIRECTIONS.get(mode, mode)}
             for stage, (m, mode) in meta.monitoring.by_stage.items()

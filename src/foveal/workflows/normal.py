@@ -263,6 +263,8 @@ def plan_normal_train(request: NormalTrainRequest, workspace: Workspace) -> Plan
         network, str(parsed.get("train.stage") or "") or None, has_validation=train_gets_val
     )
     use_automl, note = _decide_automl(request, network, platform)
+    if use_automl:
+        note = note[:-1] + f", trials ranked on {metric['metric']} ({metric['direction']}))"
     base = _decide_base(request, network, explicit, workspace)
     if base["path"] and base["source"] != f"override {base['key']}":
         stage_overrides["train"].append(f"{base['key']}={base['path']}")

@@ -29,11 +29,18 @@ from foveal.data import (
     resolve_dataset,
 )
 from foveal.engine import checkpoint_artifacts, fit, load_checkpoint, resolve_resume_checkpoint
+from foveal.engine.online_eval import LearningWatch, OnlineEvaluation
 from foveal.engine.trainer import prepare_training, trainer_for
-from foveal.errors import CheckpointError
+from foveal.errors import CheckpointError, DatasetError
 from foveal.networks.mae import checkpoints
 from foveal.networks.mae.config import DEFAULT_BACKBONE_MULTIPLIER, MAEConfig, input_size_issue
-from foveal.networks.mae.models import EncoderFeatures, build_finetune_model, build_pretrain_model, is_hiera
+from foveal.networks.mae.models import (
+    EncoderFeatures,
+    build_finetune_model,
+    build_pretrain_model,
+    encoder_of,
+    is_hiera,
+)
 from foveal.networks.mae.module import (
     MAEFinetuneModule,
     MAEPretrainModule,
@@ -47,8 +54,21 @@ from foveal.spec import SpecError, SpecIssue, required, to_dict
 from foveal.spec.common import run_batch_size
 
 logger = logging.getLogger(__name__)
+WATCH_HINTS = {
+    "collapse": "Try a lower train.optim.lr, a longer train.optim.warmup_epochs, or train.norm_pix_loss=true.",
+    "knn_regressed": "Try a lower train.optim.lr or a higher train.mask_ratio (MAE: 0.75).",
+}
 NETWORK = "mae"
-_TRAIN_KPIS = ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5")
+_TRAIN_KPIS = (
+    "train_loss",
+    "train_top1",
+    "val_loss",
+    "val_top1",
+    "val_top5",
+    "val_knn_top1",
+    "val_feature_std",
+    "val_effective_rank",
+)
 GRID_IMAGES = 8  # images in the inference reconstruction grid
 
 
@@ -122,11 +142,17 @@ def _pretrain_setup(cfg: MAEConfig, ctx: ActionContext, start: str | None) -> tu
     )
     train_set = ImageFolderDataset(root, transform=pretrain_transform(aug), recursive=True)
     logger.info("pretrain: %d images from %s", len(train_set), root)
-    val_set = None
+    val_set: Any = None
     if cfg.dataset.val_data_sources:
         val_root = resolve_dataset(cfg.dataset.val_data_sources, ctx.cache_dir)
         val_tf = build_eval_transform(aug.input_size, aug.mean, aug.std)
-        val_set = ImageFolderDataset(val_root, transform=val_tf, recursive=True)
+        try:  # class subfolders: online kNN top-1 of the encoder too
+            val_set = LabeledImageFolderDataset(val_root, transform=val_tf)
+            what = f"{len(val_set)} labeled images: val_loss, kNN top-1 and collapse monitors"
+        except DatasetError:
+            val_set = ImageFolderDataset(val_root, transform=val_tf, recursive=True)
+            what = f"{len(val_set)} images: val_loss and collapse monitors"
+        logger.info("pretrain validation every %d epoch(s): %s", cfg.train.validation_interval, what)
     _warn_pretrain_ignores(cfg)
     model = build_pretrain_model(
         cfg.model,
@@ -145,6 +171,8 @@ def _pretrain_setup(cfg: MAEConfig, ctx: ActionContext, start: str | None) -> tu
         optim_settings_from_mae(cfg.train.optim, stage="pretrain"),
         steps_per_epoch=_steps_per_epoch(train_loader, cfg),
         arch=cfg.model.arch,
+        online=OnlineEvaluation() if val_loader is not None else None,  # DINO's kNN: k=20, T=0.07
+        watch=LearningWatch(feature_dim=int(getattr(encoder_of(model), "num_features", 0)) or None, hints=WATCH_HINTS),
     )
     monitor = cfg.train.optim.monitor_name
     if monitor == "val_loss" and val_loader is None:

@@ -15,10 +15,13 @@ import lightning as L
 import torch
 from torch import nn
 
+from foveal.engine.features import has_class_token, pooled
 from foveal.engine.mixup import MixupSettings
+from foveal.engine.online_eval import LearningWatch, OnlineEvalHooks, OnlineEvaluation
 from foveal.engine.optim import param_groups
 from foveal.engine.supervised import ClassificationModule, OptimSettings, build_optimizer
 from foveal.networks.mae.config import AugmentationConfig, OptimConfig
+from foveal.networks.mae.models import encoder_of
 
 STAGE_KEY = "stage"  # checkpoint field naming the training stage (pretrain | finetune)
 
@@ -51,22 +54,43 @@ def mixup_settings_from_mae(aug: AugmentationConfig, num_classes: int) -> MixupS
     return MixupSettings.from_augmentation(aug, num_classes, aug.smoothing)
 
 
-class MAEPretrainModule(L.LightningModule):
-    """Masked reconstruction: ``train_loss`` per step, ``val_loss`` on fixed masks.
+class MAEPretrainModule(OnlineEvalHooks, L.LightningModule):
+    """Masked reconstruction: ``train_loss`` per step, ``val_loss`` on fixed masks; with ``online``,
+    the encoder's pooled features of the validation images too (kNN top-1 when they are labeled,
+    collapse monitors always: :mod:`foveal.engine.online_eval`).
 
     Args:
         model: a pretraining model whose forward returns ``(loss, outputs)``.
         optim: optimiser and schedule (``layer_decay`` is a fine-tuning setting and unused here).
         steps_per_epoch: optimizer steps per epoch (for warm-up and MultiStep).
         arch: ``model.arch``, saved in checkpoints.
+        online, watch: the online evaluation and its known-failure rules (None: off).
     """
 
-    def __init__(self, model: nn.Module, optim: OptimSettings, *, steps_per_epoch: int, arch: str) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        optim: OptimSettings,
+        *,
+        steps_per_epoch: int,
+        arch: str,
+        online: OnlineEvaluation | None = None,
+        watch: LearningWatch | None = None,
+    ) -> None:
         super().__init__()
         self.model = model
         self.optim = optim
         self.steps_per_epoch = steps_per_epoch
         self.arch = arch
+        self.online = online
+        self.watch = watch
+
+    def online_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The encoder's mean patch token (its normalised global average for ConvNeXt V2), the
+        feature the evaluate action's ``knn_top1_avg`` scores."""
+        encoder: Any = encoder_of(self.model)
+        _, avg = pooled(encoder.forward_features(images), has_class_token(encoder))
+        return avg
 
     def forward(self, imgs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return self.model(imgs)
@@ -84,7 +108,8 @@ class MAEPretrainModule(L.LightningModule):
         )
         return loss
 
-    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        batch = self.online_step(batch)  # the images (a labeled set's batches carry labels too)
         # The same masks every validation pass, so val_loss is comparable across epochs.
         with torch.random.fork_rng(devices=[batch.device] if batch.is_cuda else []):
             torch.manual_seed(batch_idx)

@@ -33,12 +33,32 @@ NETWORK = register_network(
         start_key="train.pretrained_model_path",
         metadata=NetworkMetadata(
             task="self-supervised",
-            # The only progress signal is train_loss, whose scale moves with the very
-            # hyper-parameters a search would vary (temperatures, prototypes): not a fair ranking.
-            automl_enabled=False,
-            monitoring=Monitoring("train_loss", "min"),
+            # TAO's metadata enables AutoML. Trials are ranked on the online kNN top-1 of a labeled
+            # eval set; without one, on train_loss (TAO's KPI) over a space that leaves out what
+            # changes the loss's scale, so that the values compare.
+            automl_enabled=True,
+            monitoring=Monitoring("val_knn_top1", "max", fallback="train_loss"),
+            loss_scale_parameters=(
+                "train.schedulers.teacher_temperature",
+                "train.loss",
+                "train.num_prototypes",
+                "model.head",
+            ),
+            ranking_note="val_knn_top1 (online kNN top-1 on dataset.val_dataset.images_dir, class subfolders) "
+            "when the spec has labeled eval data; else train_loss, over a space without the temperatures, "
+            "prototype count and loss weights, which change the loss's scale",
             dataset_requirements={
-                "train": (DatasetNeed("dataset.train_dataset.images_dir", "train", True, False, _IMAGES),),
+                "train": (
+                    DatasetNeed("dataset.train_dataset.images_dir", "train", True, False, _IMAGES),
+                    # online evaluation: kNN top-1 with class subfolders, collapse monitors without
+                    DatasetNeed(
+                        "dataset.val_dataset.images_dir",
+                        "eval",
+                        False,
+                        True,
+                        "images in class subfolders (root/<class>/<image>) or an archive",
+                    ),
+                ),
                 "inference": (DatasetNeed("dataset.test_dataset.images_dir", "test", True, False, _IMAGES),),
                 # kNN / linear probe need classes; the training images are the kNN reference when
                 # they are labeled too, else a fixed split of the val set is.

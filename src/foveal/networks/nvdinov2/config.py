@@ -63,6 +63,8 @@ class BackboneConfig:
         0.4,
         valid_min=0.0,
         valid_max=0.9,
+        automl_enabled=True,
+        math_cond="<= 0.5",
         description="Stochastic depth rate of the student (linear per block).",
     )
     patch_size: int = field(
@@ -223,7 +225,9 @@ class SchedulerConfig:
 class LearningRateScheduleConfig(SchedulerConfig):
     val_base: float | None = field(  # type: ignore[assignment]  # empty here: derived (resolve) or read from the checkpoint
         None,
-        valid_min=0.0,
+        valid_min=1e-6,
+        valid_max=1e-2,
+        automl_enabled=True,
         popular=True,
         display_name="Peak learning rate",
         description="Peak learning rate. Empty: 2e-4 x sqrt(batch_size x num_gpus x num_nodes / 1024), "
@@ -234,6 +238,11 @@ class LearningRateScheduleConfig(SchedulerConfig):
 
 @dataclass
 class LastLayerLearningRateScheduleConfig(LearningRateScheduleConfig):
+    val_base: float | None = field(
+        None,
+        valid_min=0.0,
+        description="Peak learning rate of the heads' last layer. Empty: the learning_rate rule.",
+    )
     freeze_steps: int = field(
         1250, valid_min=0, description="Steps during which the heads' last (prototype) layer is not updated."
     )
@@ -242,7 +251,12 @@ class LastLayerLearningRateScheduleConfig(LearningRateScheduleConfig):
 @dataclass
 class WeightDecayScheduleConfig(SchedulerConfig):
     val_base: float = field(
-        0.04, valid_min=0.0, valid_max=1.0, description="Weight decay at the start of decay."
+        0.04,
+        valid_min=0.0,
+        valid_max=1.0,
+        automl_enabled=True,
+        math_cond="<= 0.2",
+        description="Weight decay at the start of decay.",
     )
     val_final: float = field(
         0.2, valid_min=0.0, valid_max=1.0, description="Weight decay at max_decay_steps."
@@ -252,7 +266,12 @@ class WeightDecayScheduleConfig(SchedulerConfig):
 @dataclass
 class MomentumScheduleConfig(SchedulerConfig):
     val_base: float = field(
-        0.994, valid_min=0.0, valid_max=1.0, description="Teacher EMA momentum at the start of decay."
+        0.994,
+        valid_min=0.0,
+        valid_max=1.0,
+        automl_enabled=True,
+        math_cond=">= 0.9",
+        description="Teacher EMA momentum at the start of decay.",
     )
     val_final: float = field(
         1.0, valid_min=0.0, valid_max=1.0, description="Teacher EMA momentum at max_decay_steps."
@@ -262,7 +281,13 @@ class MomentumScheduleConfig(SchedulerConfig):
 @dataclass
 class TeacherTemperatureScheduleConfig(SchedulerConfig):
     val_base: float = field(
-        0.07, valid_min=0.0, valid_max=1.0, description="Teacher softmax temperature after warm-up."
+        0.07,
+        valid_min=0.001,
+        valid_max=1.0,
+        automl_enabled=True,
+        math_cond="<= 0.1",
+        description="Teacher softmax temperature after warm-up (searched only on labeled eval data: it "
+        "changes the loss's scale).",
     )
     val_final: float = field(
         0.07, valid_min=0.0, valid_max=1.0, description="Teacher temperature at max_decay_steps."
@@ -303,6 +328,8 @@ class LossConfig:
         0.1,
         valid_min=0.001,
         valid_max=1.0,
+        automl_enabled=True,
+        math_cond="<= 0.2",
         description="Student softmax temperature of the DINO and iBOT losses.",
     )
     center_momentum: float = field(

@@ -9,47 +9,24 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from foveal.engine.features import Features, extract_features, knn_top1, linear_probe_top1
+from foveal.engine.features import Features, extract_features, knn_top1, linear_probe_top1, stratified_split
 from foveal.networks.nvdinov2.config import NVDINOv2Config
 from foveal.networks.registry import ActionContext, ActionResult
 from foveal.spec import SpecError, SpecIssue, required
 from foveal.spec.common import run_batch_size
 
 logger = logging.getLogger(__name__)
+__all__ = ["evaluate", "knn_top1", "linear_probe_top1", "stratified_split"]
 
 
 def _cls(features: Features) -> torch.Tensor:
     if features.cls is None:  # nvdinov2 backbones are ViTs: never
         raise ValueError("an nvdinov2 backbone without a class token")
     return features.cls
-
-
-def stratified_split(labels: Sequence[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """(reference indices, held-out indices): ``fraction`` of each class goes to the reference.
-
-    Every class with at least two images keeps at least one on each side, so kNN always has
-    neighbours of each evaluated class. The permutation is seeded, so the split is fixed.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    reference: list[int] = []
-    held_out: list[int] = []
-    by_class: dict[int, list[int]] = {}
-    for index, label in enumerate(labels):
-        by_class.setdefault(int(label), []).append(index)
-    for label in sorted(by_class):
-        members = by_class[label]
-        order = [members[i] for i in torch.randperm(len(members), generator=generator).tolist()]
-        cut = round(len(order) * fraction)
-        if len(order) >= 2:
-            cut = min(max(cut, 1), len(order) - 1)
-        reference += order[:cut]
-        held_out += order[cut:]
-    return sorted(reference), sorted(held_out)
 
 
 # ------------------------------------------------------------------------------ action

@@ -93,6 +93,19 @@ def backbone_of(part: nn.ModuleDict) -> VisionTransformer:
     return cast(VisionTransformer, part["backbone"])
 
 
+@torch.no_grad()
+def teacher_monitors(teacher: dict) -> dict[str, torch.Tensor]:
+    """Collapse monitors of one step's teacher outputs (``teacher_targets``)."""
+    from foveal.engine.online_eval import effective_rank, feature_std, mean_entropy
+
+    cls = teacher["cls"].float()
+    return {
+        "teacher_entropy": torch.tensor(mean_entropy(torch.cat(teacher["dino"]))),
+        "feature_std": torch.tensor(feature_std(cls)),
+        "effective_rank": torch.tensor(effective_rank(cls)),
+    }
+
+
 class NVDINOv2Method(nn.Module):
     """Student, teacher (and in distillation the student's EMA), teacher centering, and the losses.
 
@@ -154,7 +167,7 @@ class NVDINOv2Method(nn.Module):
         patch_logits = ibot_head_of(self.teacher)(out["x_norm_patchtokens"][masks])  # (M, K)
         dino = self.dino_centering(cls_logits, teacher_temp).chunk(self.settings.n_global_crops)
         ibot = self.ibot_centering(patch_logits, teacher_temp)
-        return {"dino": list(dino), "ibot": ibot}
+        return {"dino": list(dino), "ibot": ibot, "cls": out["x_norm_clstoken"]}
 
     def student_outputs(
         self, global_crops: torch.Tensor, local_crops: torch.Tensor, masks: torch.Tensor
@@ -196,13 +209,16 @@ class NVDINOv2Method(nn.Module):
             teacher_temp: teacher softmax temperature at this step.
 
         Returns:
-            ``(loss, {"dino_loss", "ibot_loss", "koleo_loss"})``.
+            ``(loss, {"dino_loss", "ibot_loss", "koleo_loss", "teacher_entropy", "feature_std",
+            "effective_rank"})``: the unweighted losses, then the label-free monitors of the
+            teacher (:mod:`foveal.engine.online_eval`): the mean entropy of its DINO targets (at
+            ``ln K`` when uniform) and the spread of its global class tokens.
         """
         masks = batch["masks"]
         teacher = self.teacher_targets(batch["global_crops"], masks, teacher_temp)
         student = self.student_outputs(batch["global_crops"], batch["local_crops"], masks)
         losses = self.compute_losses(student, teacher, masks)
-        return losses.pop("loss"), losses
+        return losses.pop("loss"), {**losses, **teacher_monitors(teacher)}
 
     # ----------------------------------------------------------------------------- EMA
 

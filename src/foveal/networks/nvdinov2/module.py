@@ -21,6 +21,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from foveal.engine.online_eval import LearningWatch, OnlineEvalHooks, OnlineEvaluation
 from foveal.engine.optim import param_groups as engine_param_groups
 from foveal.networks.nvdinov2.config import NVDINOv2TrainConfig
 from foveal.networks.nvdinov2.method import NVDINOv2Method, backbone_of
@@ -46,7 +47,7 @@ def param_groups(student: nn.ModuleDict, layerwise_decay: float, patch_embed_lr_
     )
 
 
-class NVDINOv2Module(L.LightningModule):
+class NVDINOv2Module(OnlineEvalHooks, L.LightningModule):
     """Trains an :class:`NVDINOv2Method` with DINOv2's per-step schedules.
 
     The method's parts (``student``, ``teacher``, ``student_ema``, centering) are registered here
@@ -57,6 +58,10 @@ class NVDINOv2Module(L.LightningModule):
         train_cfg: ``train`` section (schedulers, clip_grad_norm, layerwise_decay,
             patch_embed_lr_multiplier).
         archs: ``{"student": "vit_s", "teacher": "vit_s"}``.
+        online: the online evaluation of the validation passes (``dataset.val_dataset``): the
+            EMA network's class tokens (the teacher; the student's EMA when distilling), kNN
+            top-1 when the set is labeled and the collapse monitors -> ``val_*`` metrics.
+        watch: the known-failure rules checked at each epoch end.
     """
 
     method: NVDINOv2Method  # its parts are this module's children (see __init__)
@@ -67,6 +72,8 @@ class NVDINOv2Module(L.LightningModule):
         train_cfg: NVDINOv2TrainConfig,
         *,
         archs: dict[str, str] | None = None,
+        online: OnlineEvaluation | None = None,
+        watch: LearningWatch | None = None,
     ) -> None:
         super().__init__()
         for name, child in method.named_children():
@@ -76,6 +83,8 @@ class NVDINOv2Module(L.LightningModule):
         self.schedulers = train_cfg.schedulers
         self.archs = archs or {}
         self._last_layer = [p for n, p in method.student.named_parameters() if ".last_layer." in n]
+        self.online = online
+        self.watch = watch
 
     # ----------------------------------------------------------------------------- loop
 
@@ -122,6 +131,21 @@ class NVDINOv2Module(L.LightningModule):
         super().optimizer_step(*args, **kwargs)
         # global_step still names the step just taken (Lightning counts it after this hook)
         self.method.update_ema(schedule_value(self.schedulers.momentum, self.trainer.global_step))
+
+    # ----------------------------------------------------------------------- online evaluation
+
+    def online_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Class tokens of the network evaluated offline: the EMA one (teacher / student EMA)."""
+        backbone = backbone_of(self.method.ema_target)
+        was_training = backbone.training
+        backbone.eval()
+        try:
+            return backbone.forward_features(images)["x_norm_clstoken"]
+        finally:
+            backbone.train(was_training)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self.online_step(batch)
 
     # ----------------------------------------------------------------------------- files
 

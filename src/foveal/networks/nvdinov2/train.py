@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 
 from foveal.data import ImageFolderDataset, make_loader, resolve_dataset
 from foveal.engine import checkpoint_artifacts, fit, load_checkpoint, resolve_resume_checkpoint
+from foveal.engine.online_eval import KnnProtocol, LearningWatch, OnlineEvaluation
 from foveal.engine.trainer import prepare_training, trainer_for
 from foveal.errors import NonFiniteLossError
 from foveal.networks.nvdinov2.backbones import backbone_type, build_backbone
@@ -37,7 +38,26 @@ from foveal.networks.registry import ActionContext, ActionResult
 from foveal.spec import SpecError, SpecIssue, required, to_dict
 
 logger = logging.getLogger(__name__)
-KPI_NAMES = ("train_loss", "dino_loss", "ibot_loss", "koleo_loss")
+KPI_NAMES = (
+    "train_loss",
+    "dino_loss",
+    "ibot_loss",
+    "koleo_loss",
+    "teacher_entropy",
+    "feature_std",
+    "effective_rank",
+    "val_knn_top1",
+    "val_feature_std",
+    "val_effective_rank",
+)
+WATCH_HINTS = {
+    "uniform_teacher": "Try more epochs or a shorter train.schedulers.teacher_temperature warm-up, a higher "
+    "train.schedulers.learning_rate.val_base, fewer train.num_prototypes, or a larger dataset.batch_size.",
+    "collapse": "Try a lower train.schedulers.learning_rate.val_base, a larger train.loss.koleo_loss_weight, "
+    "train.loss.centering=sinkhorn_knopp, or a lower train.schedulers.teacher_temperature.val_final.",
+    "knn_regressed": "Try a lower train.schedulers.learning_rate.val_base, a longer warm-up "
+    "(train.schedulers.learning_rate.warm_up_steps), or milder crops (dataset.transform.global_crops_scale).",
+}
 NONFINITE_HINT = (
     "Try a lower train.schedulers.learning_rate.val_base, a larger dataset.batch_size, "
     "train.precision=fp32 (or bf16), a smaller train.clip_grad_norm, or train.loss.koleo_loss_weight=0 "
@@ -57,14 +77,17 @@ def train(cfg: NVDINOv2Config, ctx: ActionContext) -> ActionResult:
     if notes:
         logger.warning("schedules longer than the run (values kept as given): %s", "; ".join(notes))
     config_dict = to_dict(cfg)
+    val_loader = build_val_loader(cfg, ctx.cache_dir)
     module = NVDINOv2Module(
         method,
         cfg.train,
         archs={"student": backbone_type(cfg, "student"), "teacher": backbone_type(cfg, "teacher")},
+        online=None if val_loader is None else OnlineEvaluation(knn_protocol(cfg)),
+        watch=learning_watch(cfg, method),
     )
     trainer = _trainer(cfg, ctx, config_dict, steps_per_epoch)
     try:
-        fit(trainer, module, loader, None, ckpt_path=resume)
+        fit(trainer, module, loader, val_loader, ckpt_path=resume)
     except NonFiniteLossError as exc:
         message = str(exc).split(" Try ")[0]
         raise NonFiniteLossError(
@@ -89,6 +112,54 @@ def build_loader(cfg: NVDINOv2Config, cache_dir: Path) -> DataLoader:
         train=True,
         collate_fn=MultiCropCollate((grid, grid), cfg.train.masking),
         pin_memory=cfg.dataset.pin_memory,
+    )
+
+
+def build_val_loader(cfg: NVDINOv2Config, cache_dir: Path) -> DataLoader | None:
+    """The online-evaluation loader of ``dataset.val_dataset.images_dir`` (None when unset):
+    the ``evaluate`` action's transform (resize + centre crop to the global crop size). Class
+    subfolders give kNN top-1; a folder without them gives the collapse monitors only."""
+    from foveal.data import (
+        IMAGENET_DEFAULT_MEAN,
+        IMAGENET_DEFAULT_STD,
+        DatasetError,
+        LabeledImageFolderDataset,
+        build_eval_transform,
+    )
+
+    uri = cfg.dataset.val_dataset.images_dir
+    if not uri:
+        return None
+    root = resolve_dataset(uri, cache_dir)
+    transform = build_eval_transform(
+        cfg.dataset.transform.global_crops_size, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, crop_pct=1.0
+    )
+    dataset: Any
+    try:
+        dataset = LabeledImageFolderDataset(root, transform)
+        what = f"{len(dataset)} labeled images, {len(dataset.classes)} classes: kNN top-1 and collapse monitors"
+    except DatasetError:
+        dataset = ImageFolderDataset(root, transform=transform, recursive=True, return_path=True)
+        what = f"{len(dataset)} images without class subfolders: collapse monitors only, no kNN"
+    logger.info(
+        "online evaluation every %d epoch(s) on dataset.val_dataset.images_dir: %s",
+        cfg.train.validation_interval,
+        what,
+    )
+    return make_loader(dataset, cfg.dataset.batch_size, cfg.dataset.workers, train=False, persistent=False)
+
+
+def knn_protocol(cfg: NVDINOv2Config) -> KnnProtocol:
+    """The ``evaluate`` section's kNN settings and reference split: online = offline."""
+    e = cfg.evaluate
+    return KnnProtocol(k=e.knn_k, temperature=e.knn_temperature, reference_fraction=e.reference_fraction, seed=e.seed)
+
+
+def learning_watch(cfg: NVDINOv2Config, method: NVDINOv2Method) -> LearningWatch:
+    return LearningWatch(
+        num_prototypes=cfg.train.num_prototypes,
+        feature_dim=int(backbone_of(method.teacher).embed_dim),
+        hints=dict(WATCH_HINTS),
     )
 
 
