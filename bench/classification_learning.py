@@ -41,10 +41,10 @@ sys.path.insert(0, str(BENCH.parent / "src"))
 sys.path.insert(0, str(BENCH))
 
 import nvdinov2_learning  # noqa: E402
-from foveal.jobs.lifecycle import run_job  # noqa: E402
 
 from foveal.data.synthetic import make_demo_dataset  # noqa: E402
 from foveal.jobs import Workspace  # noqa: E402
+from foveal.jobs.lifecycle import run_job  # noqa: E402
 from foveal.networks.nvdinov2 import backbones as nvdinov2_backbones  # noqa: E402
 from foveal.nn.registry import create_backbone, list_backbones, register_backbone  # noqa: E402
 

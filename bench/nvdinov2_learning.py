@@ -40,13 +40,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch  # noqa: E402
-from foveal.jobs.lifecycle import run_job  # noqa: E402
 
 from foveal.data import LabeledImageFolderDataset, build_eval_transform  # noqa: E402
 from foveal.data.synthetic import background_kind, make_demo_dataset  # noqa: E402
-from foveal.jobs import Workspace  # noqa: E402
-from foveal.networks.nvdinov2 import backbones  # noqa: E402
 from foveal.engine.features import knn_top1  # noqa: E402
+from foveal.jobs import Workspace  # noqa: E402
+from foveal.jobs.lifecycle import run_job  # noqa: E402
+from foveal.networks.nvdinov2 import backbones  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -87,7 +87,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--koleo", type=float, default=0.1)
     p.add_argument("--centering", choices=("softmax", "sinkhorn_knopp"), default="softmax")
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--seed", type=int, default=1234, help="data, init and training seed")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument(
         "--sup-epochs", type=int, default=100, help="epochs of the supervised ceiling (d); 0 skips it"
@@ -102,6 +102,12 @@ def parse_args() -> argparse.Namespace:
         help="any further spec override, e.g. --set train.loss.ibot_loss_weight=0 (repeatable)",
     )
     p.add_argument("--out", type=Path, default=None, help="folder for data and jobs (default: a temp dir)")
+    p.add_argument(
+        "--no-online",
+        action="store_true",
+        help="leave out the online evaluation (dataset.val_dataset.images_dir = the labeled val split)",
+    )
+    p.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     return p.parse_args()
 
 
@@ -246,10 +252,12 @@ def main() -> None:
         archives=False,
     )
     start = time.perf_counter()
-    job = run_job(
-        "nvdinov2", "train", overrides=recipe(args, data["images_train"]), workspace=Workspace(root / "ws")
-    )
+    overrides = recipe(args, data["images_train"])
+    if not args.no_online:  # kNN top-1 of the teacher on the val split at every epoch, in status.json
+        overrides.append(f"dataset.val_dataset.images_dir={data['labeled_val']}")
+    job = run_job("nvdinov2", "train", overrides=overrides, workspace=Workspace(root / "ws"))
     train_s = time.perf_counter() - start
+    figures: dict = {"seed": args.seed, "epochs": args.epochs, "train_s": train_s}
     results = Path(job.results_dir)
     files = {kind: sorted(results.glob(f"{kind}_epoch_*.pth"))[-1] for kind in ("student", "teacher")}
 
@@ -276,6 +284,8 @@ def main() -> None:
         f"classes, {args.img_size} px; ViT depth {args.depth} dim {args.dim}; {args.epochs} epochs in {train_s:.0f} s; "
         f"final train_loss {job.kpis.get('train_loss', float('nan')):.3f}"
     )
+    if not args.no_online:
+        figures.update(online_vs_offline(job, files["teacher"], data["labeled_val"], root))
     kinds = [
         background_kinds(s.files, split, args.seed) for s, split in ((train_set, "train"), (val_set, "val"))
     ]
@@ -299,7 +309,12 @@ def main() -> None:
     for with_patch_mean, feature in ((False, "CLS"), (True, "CLS + mean patch")):
         best, base = best_and_base(with_patch_mean)
         print(f"  margin of (c) over max(a, b), {feature}: {100 * (best - base):+.1f} points (target >= +15)")
+    figures["knn_top1"] = {
+        name + ("" if name == "(a) raw pixels" else (" CLS + mean patch" if both else " CLS")): score
+        for (name, both), score in scores.items()
+    }
     if args.sup_epochs <= 0:
+        _write_json(args.json, figures)
         return
     torch.manual_seed(args.seed)
     model = backbones.build_backbone(cfg, "student")  # the same init as (b)
@@ -319,6 +334,42 @@ def main() -> None:
     )
     if ceiling < base + 0.15:
         print("  the target is above what this ViT reaches *with* the labels at this size (d)")
+    figures["supervised"] = {"val_top1": top1, "knn_top1": knn, "seconds": sup_s}
+    _write_json(args.json, figures)
+
+
+def _write_json(path: Path | None, figures: dict) -> None:
+    if path is not None:
+        import json
+
+        path.write_text(json.dumps(figures, indent=2))
+
+
+def online_vs_offline(job, teacher: Path, labeled_val: Path, root: Path) -> dict:
+    """The online kNN curve of the run (status.json) and its last value against the offline
+    ``nvdinov2 evaluate`` on the same teacher checkpoint and val split (the same protocol)."""
+    from foveal.engine.status import read_status
+
+    lines = read_status(Path(job.results_dir) / "status.json")
+    curve = [(x["epoch"], x["kpi"]["val_knn_top1"]) for x in lines if x.get("status") == "RUNNING" and "val_knn_top1" in (x.get("kpi") or {})]
+    monitors = {
+        k: [(x["epoch"], x["kpi"].get(k)) for x in lines if x.get("status") == "RUNNING"]
+        for k in ("val_feature_std", "val_effective_rank", "teacher_entropy", "dino_loss")
+    }
+    evaluated = run_job(
+        "nvdinov2",
+        "evaluate",
+        overrides=[f"evaluate.checkpoint={teacher}", f"dataset.val_dataset.images_dir={labeled_val}",
+                   "evaluate.linear_probe_steps=0"],  # fmt: skip
+        workspace=Workspace(root / "ws"),
+    )
+    offline = float(evaluated.kpis["knn_top1"])
+    print("  online kNN top-1 of the teacher per epoch (val split, evaluate's protocol):")
+    print("    " + "  ".join(f"{e}:{v:.3f}" for e, v in curve))
+    if curve:
+        print(f"  last epoch online {curve[-1][1]:.4f} vs offline evaluate {offline:.4f} on the same checkpoint: "
+              f"{100 * abs(curve[-1][1] - offline):.2f} points apart (bar: 1)")  # fmt: skip
+    return {"online_curve": curve, "monitors": monitors, "offline_knn_top1": offline}
 
 
 if __name__ == "__main__":

@@ -105,6 +105,12 @@ def test_plain_train_evaluate_export_on_local(
     assert all(j.status is JobStatus.DONE for j in jobs.values())
     # Monitoring: timestamped status lines on stderr even though nothing here is a terminal.
     assert any(line.startswith("[") and f"train {train['job_id']}" in line for line in err.splitlines())
+    # The workflow's page (and summary.json) beside the stages' own pages, linked from it.
+    page = Path(summary["report"])
+    assert page.parent.parent == tmp_path / "workflows" and (page.parent / "summary.json").is_file()
+    text = page.read_text()
+    assert train["job_id"] in text and (Path(train["results_dir"]) / "report.html").as_uri() in text
+    assert "The trained model&#x27;s curves" in text or "The trained model's curves" in text
 
 
 def test_without_eval_or_export_only_train_runs(capsys, tmp_path, data, tiny_backbones):

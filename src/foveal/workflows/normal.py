@@ -476,7 +476,53 @@ def run_normal_train(request: NormalTrainRequest, workspace: Workspace | None = 
     finally:
         if run.monitor is not None:
             run.monitor.stop()
-    return _summary(run, time.perf_counter() - start)
+    summary = _summary(run, time.perf_counter() - start)
+    try:
+        summary["report"] = str(write_workflow_page(summary, ws))
+    except Exception as exc:  # noqa: BLE001 - the page never costs the workflow its result
+        logger.warning("could not write the workflow's report.html: %s", exc)
+    return summary
+
+
+def write_workflow_page(summary: dict[str, Any], ws: Workspace) -> Path:
+    """``<workspace>/workflows/<model>-<stamp>/`` with ``summary.json`` and ``report.html``: the
+    plan, each stage's job and KPIs (linked to its own page), and the trained model's curves."""
+    import json
+
+    from foveal.engine.status import read_status
+    from foveal.jobs.report import curve_figures, epoch_curves, html_page, section, table, write_report
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    folder = ws.root / "workflows" / f"{summary['model']}-{stamp}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+    metric = summary["metric"]
+    head = {
+        "model": summary["model"], "status": summary["status"], "platform": summary["platform"],
+        "train": summary["train_note"], "ranking metric": f"{metric['metric']} ({metric['direction']})",
+        "train data": summary["datasets"]["train"], "eval data": summary["datasets"]["eval"],
+        "seconds": summary["seconds"],
+    }  # fmt: skip
+    parts = [table([{"": k, "value": v} for k, v in head.items() if v is not None])]
+    rows, links = [], []
+    for stage in summary["stages"]:
+        rows.append({k: stage.get(k) for k in ("stage", "job_id", "status", "kpis", "message")})
+        page = Path(stage.get("results_dir") or ".") / "report.html"
+        if page.is_file():
+            links.append(f'<li>{stage["stage"]}: <a href="{page.as_uri()}">{stage["job_id"]}</a></li>')
+    parts.append(section("Stages", table(rows, ["stage", "job_id", "status", "kpis", "message"])))
+    automl = summary.get("automl") or {}
+    study_page = Path(automl.get("study_dir") or ".") / "report.html"
+    if automl and study_page.is_file():
+        links.append(f'<li>AutoML study {automl["study"]}: <a href="{study_page.as_uri()}">trials and history</a></li>')
+    if links:
+        parts.append(section("Pages", "<ul>" + "".join(links) + "</ul>"))
+    trained = next((s for s in summary["stages"] if s["stage"] == "train"), None)
+    if trained and trained.get("results_dir"):
+        curves = epoch_curves(read_status(Path(trained["results_dir"]) / "status.json"))
+        if curves:
+            parts.append(section("The trained model's curves", "\n".join(curve_figures(curves, "epoch"))))
+    return write_report(folder / "report.html", html_page(f"normal-train workflow: {summary['model']}", parts))
 
 
 def _summary(run: _Run, seconds: float) -> dict[str, Any]:
