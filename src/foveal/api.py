@@ -329,7 +329,7 @@ def automl(
     *,
     algorithm: str = "bayesian",
     max_trials: int = 8,
-    max_concurrent: int = 1,
+    max_concurrent: int | None = None,
     timeout_s: float | None = None,
     metric: str | None = None,
     direction: str | None = None,

@@ -153,3 +153,42 @@ def _fail_as_runner(prepared, ws, action):
         )
         ws.open_registry().finish(prepared.job.id, JobStatus.ERROR, message=str(exc))
         raise
+
+
+def test_concurrent_jobs_get_disjoint_gpu_sets(tmp_path, images, monkeypatch):
+    """4 GPUs injected, 2 per job: two jobs run at once, each on its own pair; a third waits."""
+    monkeypatch.setenv("FOVEAL_LOCAL_GPUS", "4")
+    ws = Workspace(tmp_path)
+    pool = LocalPool(ws, max_concurrent=None, gpus_per_job=2)
+    assert pool.max_concurrent == 2 and pool.free_slots == 2
+    first, second = pool.submit(_prepare(ws, images, 200)), pool.submit(_prepare(ws, images, 200))
+    assert pool.free_slots == 0
+    sets = []
+    for handle in (first, second):
+        environ = Path(f"/proc/{handle.pid}/environ").read_bytes().split(b"\0")
+        (line,) = [e.decode() for e in environ if e.startswith(b"CUDA_VISIBLE_DEVICES=")]
+        sets.append(set(line.split("=", 1)[1].split(",")))
+        record = read_launch_file(handle.results_dir)
+        assert record["resources"]["CUDA_VISIBLE_DEVICES"] == line.split("=", 1)[1]
+    assert sets[0] | sets[1] == {"0", "1", "2", "3"} and not sets[0] & sets[1]
+    _wait_for(lambda: all(h.job().status is JobStatus.RUNNING for h in (first, second)), what="both running")
+    pool.cancel_all(grace_s=10)
+    assert pool.free_slots == 2 and pool.free_gpus == ["0", "1", "2", "3"]
+
+
+def test_gpus_and_threads_are_shared_out(tmp_path, monkeypatch):
+    monkeypatch.delenv("FOVEAL_LOCAL_GPUS", raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    from foveal.errors import UsageError
+    from foveal.platforms.local import visible_gpus
+
+    assert visible_gpus() == ["3", "5"]
+    with pytest.raises(UsageError, match="train.num_gpus=4 but 2 GPU.s. are visible here"):
+        LocalPool(tmp_path, None, gpus_per_job=4)
+    assert LocalPool(tmp_path, None, gpus_per_job=1).job_env() == {"CUDA_VISIBLE_DEVICES": "3"}
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # a CPU machine: threads are what is shared
+    cpu = LocalPool(tmp_path, 2, cores=8)
+    assert cpu.job_env() == {"OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": "4", "OPENBLAS_NUM_THREADS": "4"}
+    assert LocalPool(tmp_path, 3, cores=2).job_env()["OMP_NUM_THREADS"] == "1"
+    assert LocalPool(tmp_path, 1, cores=8).job_env() == {}  # alone: torch's own default
+    assert LocalPool(tmp_path, None).max_concurrent == 1

@@ -33,7 +33,12 @@ def automl(
         "bayesian", "--algorithm", help="bayesian, hyperband, asha, bohb or random."
     ),
     max_trials: int = typer.Option(8, "--max-trials", help="Trial budget (failed and pruned trials count)."),
-    max_concurrent: int = typer.Option(1, "--max-concurrent", help="Trials running at once."),
+    max_concurrent: int = typer.Option(
+        None,
+        "--max-concurrent",
+        help="Trials running at once, each on its own train.num_gpus GPUs (CPU: its share of the cores). "
+        "Default: visible GPUs / train.num_gpus, 1 on CPU.",
+    ),
     timeout: float = typer.Option(None, "--timeout", help="Stop after this many seconds (resume later)."),
     metric: str = typer.Option(None, "--metric", help="Metric to optimise (default: the network's)."),
     direction: str = typer.Option(None, "--direction", help="minimize or maximize (default: the network's)."),

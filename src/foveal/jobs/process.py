@@ -81,7 +81,11 @@ def signal_group(pgid: int, sig: int) -> None:
         pass
 
 
-def write_launch_file(results_dir: Path, pid: int, command: list[str], log_path: Path) -> None:
+def write_launch_file(
+    results_dir: Path, pid: int, command: list[str], log_path: Path, resources: dict[str, str] | None = None
+) -> None:
+    """``launch.json``: the process to signal, and the share of the machine it was given
+    (``resources``: e.g. ``CUDA_VISIBLE_DEVICES`` or ``OMP_NUM_THREADS``)."""
     record = {
         "pid": pid,
         "pgid": pid,  # start_new_session: the child leads its own group
@@ -89,6 +93,7 @@ def write_launch_file(results_dir: Path, pid: int, command: list[str], log_path:
         "host": this_host(),
         "command": command,
         "log": str(log_path),
+        "resources": dict(resources or {}),
     }
     tmp = results_dir / (LAUNCH_FILE + ".tmp")
     tmp.write_text(json.dumps(record, indent=2), encoding="utf-8")

@@ -6,7 +6,14 @@ workers share one process group that a cancel can end as a whole), writing stdou
 to ``<results_dir>/logs/process.log`` and the pid/process group to ``<results_dir>/launch.json``
 (:mod:`foveal.jobs.process`, which ``foveal jobs cancel`` reads from another process).
 
-:class:`LocalPool` runs at most N jobs at once (AutoML's ``--max-concurrent``).
+:class:`LocalPool` runs at most N jobs at once (AutoML's ``--max-concurrent``) and shares the
+machine between them: each job gets its own GPUs (``CUDA_VISIBLE_DEVICES``, as many as its
+``train.num_gpus``), and on a CPU-only machine each of the N jobs gets ``cores / N`` threads
+(``OMP_NUM_THREADS``, which sizes torch's intra-op pool, and the BLAS libraries' variables):
+N processes each starting a full set of threads oversubscribe the cores and run several times
+slower (bench/thread_cap.py). The GPUs are those in ``$FOVEAL_LOCAL_GPUS`` (a count or a list of
+indices, for tests and for keeping GPUs back), else ``$CUDA_VISIBLE_DEVICES``, else all of
+torch's.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from foveal import secrets
-from foveal.errors import JobStateError
+from foveal.errors import JobStateError, UsageError
 from foveal.jobs.lifecycle import PreparedJob
 from foveal.jobs.model import Job, JobStatus
 from foveal.jobs.process import (
@@ -35,6 +42,34 @@ from foveal.jobs.workspace import Workspace
 logger = logging.getLogger(__name__)
 
 PROCESS_LOG = "process.log"
+GPUS_ENV = "FOVEAL_LOCAL_GPUS"
+THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def visible_gpus() -> list[str]:
+    """The GPU ids this machine lends to local jobs (see the module docstring)."""
+    for name in (GPUS_ENV, "CUDA_VISIBLE_DEVICES"):
+        value = os.environ.get(name)
+        if value is None:
+            continue
+        value = value.strip()
+        if name == GPUS_ENV and value.isdigit():
+            return [str(i) for i in range(int(value))]
+        return [v.strip() for v in value.split(",") if v.strip() and v.strip() != "-1"]
+    try:
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return []
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
 
 
 def _workspace(workspace: Workspace | str | Path) -> Workspace:
@@ -170,13 +205,14 @@ def launch_job(
             env=child_env,
             start_new_session=True,  # own process group: a cancel reaches the DataLoader workers too
         )
-    write_launch_file(results_dir, process.pid, command, log_path)
+    shares = ("CUDA_VISIBLE_DEVICES", *THREAD_ENV_VARS)
+    write_launch_file(results_dir, process.pid, command, log_path, {k: v for k, v in (env or {}).items() if k in shares})
     logger.info("job %s started as process %d (log: %s)", job.id, process.pid, log_path)
     return LocalJobHandle(job, process, ws, log_path)
 
 
 class LocalPool:
-    """Run local jobs with at most ``max_concurrent`` at once.
+    """Run local jobs with at most ``max_concurrent`` at once, each on its own share of the machine.
 
     Example::
 
@@ -186,25 +222,76 @@ class LocalPool:
                 pool.reap(); time.sleep(1)
             pool.submit(prepared)
         pool.wait_all()
+
+    Args:
+        max_concurrent: jobs at once; None: the GPUs divided by ``gpus_per_job`` (1 on CPU).
+        gpus_per_job: GPUs each job gets (its ``train.num_gpus``); a job starts only when that
+            many are free, so GPU sets never overlap.
+        gpus: the GPU ids to share (default: :func:`visible_gpus`); empty: a CPU machine.
+        cores: CPU cores to share (default: :func:`cpu_cores`).
     """
 
-    def __init__(self, workspace: Workspace | str | Path, max_concurrent: int = 1):
+    def __init__(
+        self,
+        workspace: Workspace | str | Path,
+        max_concurrent: int | None = 1,
+        *,
+        gpus_per_job: int = 1,
+        gpus: list[str] | None = None,
+        cores: int | None = None,
+    ):
+        self.gpus = list(visible_gpus() if gpus is None else gpus)
+        self.gpus_per_job = max(1, int(gpus_per_job))
+        if self.gpus and self.gpus_per_job > len(self.gpus):
+            raise UsageError(
+                f"train.num_gpus={self.gpus_per_job} but {len(self.gpus)} GPU(s) are visible here "
+                f"({', '.join(self.gpus)}); lower train.num_gpus or free more GPUs (${GPUS_ENV})"
+            )
+        if max_concurrent is None:
+            max_concurrent = len(self.gpus) // self.gpus_per_job if self.gpus else 1
         if max_concurrent < 1:
             raise ValueError(f"max_concurrent must be >= 1, got {max_concurrent}")
         self.workspace = _workspace(workspace)
         self.max_concurrent = int(max_concurrent)
+        self.cores = cores or cpu_cores()
         self.running: dict[str, LocalJobHandle] = {}
+        self.assigned: dict[str, list[str]] = {}  # job id -> its GPU ids
+
+    @property
+    def free_gpus(self) -> list[str]:
+        taken = {g for ids in self.assigned.values() for g in ids}
+        return [g for g in self.gpus if g not in taken]
 
     @property
     def free_slots(self) -> int:
-        return max(0, self.max_concurrent - len(self.running))
+        slots = max(0, self.max_concurrent - len(self.running))
+        if self.gpus:
+            slots = min(slots, len(self.free_gpus) // self.gpus_per_job)
+        return slots
+
+    def job_env(self) -> dict[str, str]:
+        """The environment of the next job: its GPUs, or its share of the CPU threads."""
+        if self.gpus:
+            return {"CUDA_VISIBLE_DEVICES": ",".join(self.free_gpus[: self.gpus_per_job])}
+        if self.max_concurrent == 1:
+            return {}  # alone on the machine: torch's own default
+        threads = str(max(1, self.cores // self.max_concurrent))
+        return {name: threads for name in THREAD_ENV_VARS}
 
     def submit(self, prepared: PreparedJob, **launch_kwargs: Any) -> LocalJobHandle:
         """Launch a job; a RuntimeError when the pool is full (check ``free_slots`` first)."""
         if not self.free_slots:
             raise RuntimeError(f"{self.max_concurrent} jobs already run; wait for one to finish")
-        handle = launch_job(prepared, self.workspace, **launch_kwargs)
+        env = {**self.job_env(), **(launch_kwargs.pop("env", None) or {})}
+        handle = launch_job(prepared, self.workspace, env=env, **launch_kwargs)
         self.running[handle.job_id] = handle
+        if "CUDA_VISIBLE_DEVICES" in env and self.gpus:
+            self.assigned[handle.job_id] = env["CUDA_VISIBLE_DEVICES"].split(",")
+        logger.info(
+            "job %s: %s",
+            handle.job_id,
+            f"GPU {env['CUDA_VISIBLE_DEVICES']}" if self.gpus else f"{env.get('OMP_NUM_THREADS', 'all')} CPU threads",
+        )
         return handle
 
     def reap(self) -> list[LocalJobHandle]:
@@ -212,6 +299,7 @@ class LocalPool:
         done = [h for h in self.running.values() if h.poll() is not None]
         for handle in done:
             del self.running[handle.job_id]
+            self.assigned.pop(handle.job_id, None)
         return done
 
     def wait_all(self, poll_s: float = 0.5) -> list[LocalJobHandle]:
@@ -226,3 +314,4 @@ class LocalPool:
         for handle in list(self.running.values()):
             handle.cancel(grace_s)
         self.running.clear()
+        self.assigned.clear()

@@ -33,7 +33,9 @@ class StudyRequest:
         spec_file / overrides: the base train spec, applied to every trial (``key=value``).
         algorithm: a name from :func:`foveal.tuning.algorithms.list_algorithms`.
         max_trials: trial budget; failed and pruned trials count against it.
-        max_concurrent: trials running at once (each in its own subprocess).
+        max_concurrent: trials running at once (each in its own subprocess, on its own
+            ``train.num_gpus`` GPUs or its share of the CPU cores); None: as many as the visible
+            GPUs allow (1 on a CPU-only machine).
         timeout_s: wall-clock budget of this run of the study (None: no limit).
         metric / direction: what to optimise; defaults from the network's monitoring metadata.
         params: dotted keys to search (default: the schema's ``automl_default_parameters``).
@@ -52,7 +54,7 @@ class StudyRequest:
     overrides: list[str] = field(default_factory=list)
     algorithm: str = "bayesian"
     max_trials: int = 8
-    max_concurrent: int = 1
+    max_concurrent: int | None = None
     timeout_s: float | None = None
     metric: str | None = None
     direction: str | None = None

@@ -68,7 +68,7 @@ class StudyController:
     def __init__(self, request: StudyRequest, poll_s: float = POLL_S):
         self.request = request
         self.poll_s = poll_s
-        if request.max_trials < 1 or request.max_concurrent < 1:
+        if request.max_trials < 1 or (request.max_concurrent is not None and request.max_concurrent < 1):
             raise UsageError("--max-trials and --max-concurrent must be at least 1")
         if request.timeout_s is not None and request.timeout_s <= 0:
             raise UsageError(f"--timeout {request.timeout_s}: expected a number of seconds > 0")
@@ -92,7 +92,10 @@ class StudyController:
         self.dir = study_dir(self.workspace.root, self.name)
         self.max_epochs = int(self.base.get("train", {}).get("num_epochs") or 1)
         self.running: dict[int, _Running] = {}
-        self.pool = LocalPool(self.workspace, request.max_concurrent)
+        # Each trial gets train.num_gpus GPUs of its own (CPU: its share of the cores); without
+        # --max-concurrent, as many trials run at once as the GPUs allow (1 on CPU).
+        gpus_per_trial = int(self.base.get("train", {}).get("num_gpus") or 1)
+        self.pool = LocalPool(self.workspace, request.max_concurrent, gpus_per_job=gpus_per_trial)
 
     def _params(self) -> list[str] | None:
         """The keys to search: the request's, else the schema's defaults, less the keys that
