@@ -92,6 +92,67 @@ def render_page(chromium: str, tmp_path: Path):
     return render
 
 
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A real PostgreSQL server on loopback (Debian's package; .ci/run installs it), its own data
+    folder, stopped after the session. Yields ``postgresql://foveal:<password>@127.0.0.1:<port>/foveal``.
+    As root the server runs as the ``postgres`` user (it refuses to run as root)."""
+    import glob
+    import os
+    import secrets as pysecrets
+    import shutil
+    import subprocess
+
+    pytest.importorskip("psycopg")  # SQLAlchemy's postgresql:// driver (the `postgres` extra)
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+    if not bins:
+        if os.environ.get("FOVEAL_REQUIRE_SERVICES") == "1":
+            pytest.fail("no PostgreSQL server (apt-get install postgresql)")
+        pytest.skip("no PostgreSQL server (apt-get install postgresql)")
+    bindir = Path(bins[-1]).parent
+    import tempfile
+
+    # not under pytest's tmp folder: as root, that is private to root and the server runs as postgres
+    root = Path(tempfile.mkdtemp(prefix="foveal-postgres-"))
+    data, sockets = root / "data", root / "run"
+    sockets.mkdir()
+    password = pysecrets.token_hex(8)
+    (root / "pw").write_text(password)
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres")
+        shutil.chown(sockets, "postgres")
+        shutil.chown(root / "pw", "postgres")
+        prefix = ["runuser", "-u", "postgres", "--"]
+    port = _free_port()
+    run = lambda *cmd: subprocess.run([*prefix, *cmd], check=True, capture_output=True, text=True)  # noqa: E731
+    run(str(bindir / "initdb"), "-D", str(data), "-U", "foveal", "--auth=scram-sha-256", f"--pwfile={root / 'pw'}")
+    run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "-t", "60", "-o",
+        f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1", "start")  # fmt: skip
+    try:
+        import psycopg
+
+        with psycopg.connect(
+            host="127.0.0.1", port=port, user="foveal", password=password, dbname="postgres", autocommit=True
+        ) as conn:
+            conn.execute("CREATE DATABASE foveal")
+        yield f"postgresql://foveal:{password}@127.0.0.1:{port}/foveal"
+    finally:
+        subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
 # --------------------------------------------------------------------------- S3 (moto server)
 
 

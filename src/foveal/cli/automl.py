@@ -52,6 +52,16 @@ def automl(
         False, "--delete-intermediate-ckpt", help="Remove the checkpoints of all trials but the best."
     ),
     parent: str = typer.Option(None, "--parent", help="Parent job id of every trial."),
+    storage: str = typer.Option(
+        None,
+        "--storage",
+        help="A shared study storage for several workers: postgresql://user@host/db (any SQLAlchemy URL) "
+        "or journal:///shared/path/study.log. Workers with the same --study join it. Default: the "
+        "workspace's SQLite file (one worker).",
+    ),
+    heartbeat: float = typer.Option(
+        30.0, "--heartbeat", help="Seconds between a worker's heartbeats; a trial unseen for 3 is rerun."
+    ),
     workspace: Path = typer.Option(None, "--workspace", "-w", help="Workspace folder."),
     fmt: Format = typer.Option(Format.text, "--format", help="text or json"),
 ) -> None:
@@ -84,6 +94,8 @@ def automl(
         resume=resume,
         delete_intermediate_ckpt=delete_intermediate_ckpt,
         parent_job_id=parent,
+        storage=storage,
+        heartbeat_s=heartbeat,
         on_progress=progress,
     )
     result = run_study(request)

@@ -44,6 +44,10 @@ class StudyRequest:
         resume: continue an existing study; without it an existing study is an error.
         delete_intermediate_ckpt: remove the checkpoints of every trial but the best.
         parent_job_id: the job every trial is a child of (e.g. the workflow's stage job).
+        storage: a shared Optuna storage for several workers (an RDB URL or
+            ``journal:///path``; see :mod:`foveal.tuning.study`); None: the workspace's SQLite.
+        heartbeat_s: how often a worker records that its trials are alive; a running trial
+            not seen for 3 heartbeats is taken as interrupted and run again.
         on_progress: called after every change with ``{"trials_done", "trials_total",
             "best_value", "best_trial", "running"}``.
     """
@@ -64,6 +68,8 @@ class StudyRequest:
     resume: bool = False
     delete_intermediate_ckpt: bool = False
     parent_job_id: str | None = None
+    storage: str | None = None
+    heartbeat_s: float = 30.0
     on_progress: Callable[[dict], None] | None = None
 
 

@@ -32,6 +32,7 @@ from foveal.tuning.report import copy_best_checkpoint, delete_intermediate_check
 from foveal.tuning.space import SearchSpace, build_space, param_name
 from foveal.tuning.study import (
     AutoMLError,
+    beat,
     best_trial,
     counted_trials,
     default_seed,
@@ -39,6 +40,7 @@ from foveal.tuning.study import (
     metric_by_epoch,
     open_study,
     recover_interrupted,
+    redact_url,
     resolve_metric,
     study_dir,
     trial_state,
@@ -70,6 +72,8 @@ class StudyController:
         self.poll_s = poll_s
         if request.max_trials < 1 or (request.max_concurrent is not None and request.max_concurrent < 1):
             raise UsageError("--max-trials and --max-concurrent must be at least 1")
+        if request.heartbeat_s <= 0:
+            raise UsageError(f"--heartbeat {request.heartbeat_s}: expected a number of seconds > 0")
         if request.timeout_s is not None and request.timeout_s <= 0:
             raise UsageError(f"--timeout {request.timeout_s}: expected a number of seconds > 0")
         self.network = find_network(request.network)
@@ -156,6 +160,12 @@ class StudyController:
 
     # ---------------------------------------------------------------------------------- run
 
+    @property
+    def stale_after(self) -> float | None:
+        """Seconds without a heartbeat after which a running trial of a shared study is taken as
+        interrupted (None: this worker is the study's only one)."""
+        return 3 * self.request.heartbeat_s if self.request.storage else None
+
     def run(self) -> StudyResult:
         study = open_study(
             self.dir,
@@ -164,8 +174,12 @@ class StudyController:
             resume=self.request.resume,
             sampler_factory=self.algorithm.make_sampler,
             pruner=self.algorithm.make_pruner(self.max_epochs),
+            storage_url=self.request.storage,
         )
-        recover_interrupted(study, self.registry, self.metric, _read_lines)
+        if self.request.storage:
+            logger.info("study %s: shared storage %s", self.name, redact_url(self.request.storage))
+        recover_interrupted(study, self.registry, self.metric, _read_lines, stale_after=self.stale_after)
+        self._last_beat = 0.0
         logger.info(
             "study %s: %s, %s %s, space: %s",
             self.name,
@@ -195,19 +209,48 @@ class StudyController:
                     )
                     self._stop_running(study, "stopped at --timeout")
                 break
-            while (
-                self.pool.free_slots
-                and len(counted_trials(study)) + len(self.running) < self.request.max_trials
-            ):
+            self._heartbeat(study)
+            while self.pool.free_slots and self._budget_used(study) < self.request.max_trials:
                 self._launch(study)
-            if not self.running:
+            if not self.running and not self._others_running(study):
                 break
             changed = self._poll(study)
             if changed:
                 self._progress(study)
                 self._after_change(study)
-            if self.running:
+            if self.running or self._others_running(study):
                 time.sleep(self.poll_s)
+
+    # ------------------------------------------------------------------------- shared study
+
+    def _running_in_storage(self, study: Any) -> list[Any]:
+        import optuna
+
+        return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+
+    def _budget_used(self, study: Any) -> int:
+        """Trials that count against --max-trials: finished ones, and every running one (this
+        worker's, and with a shared storage the other workers' too)."""
+        if not self.request.storage:
+            return len(counted_trials(study)) + len(self.running)
+        running = {t.number for t in self._running_in_storage(study)} | set(self.running)
+        return len(counted_trials(study)) + len(running)
+
+    def _others_running(self, study: Any) -> bool:
+        """A shared study's trials that other workers run: this worker stays to take them over
+        if their worker dies, until none is left."""
+        if not self.request.storage:
+            return False
+        return any(t.number not in self.running for t in self._running_in_storage(study))
+
+    def _heartbeat(self, study: Any) -> None:
+        if not self.request.storage or time.monotonic() - self._last_beat < self.request.heartbeat_s:
+            return
+        self._last_beat = time.monotonic()
+        beat(study, [run.trial for run in self.running.values()])
+        recover_interrupted(
+            study, self.registry, self.metric, _read_lines, stale_after=self.stale_after, own=set(self.running)
+        )
 
     # ------------------------------------------------------------------------------- launch
 
@@ -226,6 +269,8 @@ class StudyController:
         trial.set_user_attr("results_dir", prepared.job.results_dir)
         handle = self.pool.submit(prepared, restart=prepared.resumed)
         self.running[trial.number] = _Running(trial, handle)
+        if self.request.storage:
+            beat(study, [trial])
         logger.info("trial %d: job %s %s", trial.number, prepared.job.id, _fmt_params(values))
 
     def _prepare(self, trial: Any, values: dict[str, Any], resume_job: str | None) -> Any:
