@@ -137,7 +137,7 @@ def test_bad_requests_fail_before_any_job(ws, data):
         (dict(model="mae", eval_dataset_uri="/nope"), "--eval-dataset-uri /nope: no such file"),
         (dict(model="mae", base_checkpoint="/no/ckpt.pth"), "--base-checkpoint /no/ckpt.pth: no such file"),
         (dict(model="mae", platform="lsf"), "unknown platform 'lsf'"),
-        (dict(model="mae", platform="ray", yes=True), "platform ray has no runner files"),
+        (dict(model="mae", platform="ray", yes=True), "unknown platform 'ray'"),
     ]
     for kwargs, message in cases:
         kwargs.setdefault("train_dataset_uri", str(data["train"]))

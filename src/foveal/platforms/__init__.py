@@ -1,7 +1,7 @@
 """Execution platforms: where a job runs, what it needs to get there, and its runner files.
 
 Every platform registers a :class:`Platform` by name (``local``, ``slurm``, ``kubernetes``,
-``docker``, ``ray``). A platform declares its settings (credentials included) with the
+``docker``; Ray is not one: nothing here submits to it, so it is not listed). A platform declares its settings (credentials included) with the
 environment variable each one is read from; values may also come from a credentials file
 (``$FOVEAL_CREDENTIALS_FILE``, default ``~/.config/foveal/credentials.yaml``)::
 
@@ -295,17 +295,6 @@ def _builtin_platforms() -> None:
             clients=("docker",),
             runner_file="docker_run.sh",
             writer="foveal.platforms.docker:DockerRunner",
-        )
-    )
-    register_platform(
-        Platform(
-            "ray",
-            "Ray cluster (listed for planning; runner files are not written in this version).",
-            settings=(
-                S("address", "RAY_ADDRESS", "cluster address, e.g. ray://head:10001", required=True),
-                S("runtime_env", "FOVEAL_RAY_RUNTIME_ENV", "runtime_env JSON file"),
-            ),
-            clients=("ray",),
         )
     )
 
