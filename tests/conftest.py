@@ -153,6 +153,97 @@ def postgres_url() -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+# --------------------------------------------------------------------------- SLURM
+
+_SLURM_CONF = """ClusterName=foveal
+SlurmctldHost={host}(127.0.0.1)
+SlurmctldPort={ctld_port}
+SlurmdPort={d_port}
+AuthType=auth/munge
+AuthInfo=socket={root}/munge.sock
+CredType=cred/munge
+SlurmUser=root
+SlurmdUser=root
+StateSaveLocation={root}/state
+SlurmdSpoolDir={root}/spool
+SlurmctldPidFile={root}/slurmctld.pid
+SlurmdPidFile={root}/slurmd.pid
+SlurmctldLogFile={root}/log/slurmctld.log
+SlurmdLogFile={root}/log/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/none
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+MpiDefault=none
+ReturnToService=2
+MinJobAge=600
+NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=2000 State=UNKNOWN
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+"""
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[dict[str, str]]:
+    """A one-node SLURM cluster on loopback (Debian's slurmctld, slurmd and munge; .ci/run installs
+    them): its own munge key and socket, config, state and logs in a temporary folder, free ports;
+    stopped after the session. Yields the environment its clients need (``SLURM_CONF``).
+    slurmd runs as root, so the fixture needs root (CI has it)."""
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+    import time
+
+    need = ("slurmctld", "slurmd", "munged", "mungekey", "sbatch", "squeue", "scancel", "scontrol")
+    missing = [n for n in need if shutil.which(n) is None and not Path(f"/usr/sbin/{n}").exists()]
+    why = (f"no SLURM/munge ({', '.join(missing)}): apt-get install slurmctld slurmd munge" if missing
+           else "slurmd needs root" if os.geteuid() != 0 else "")  # fmt: skip
+    if why:
+        if os.environ.get("FOVEAL_REQUIRE_SERVICES") == "1":
+            pytest.fail(why)
+        pytest.skip(why)
+    sbin = lambda name: shutil.which(name) or f"/usr/sbin/{name}"  # noqa: E731
+    root = Path(tempfile.mkdtemp(prefix="foveal-slurm-"))
+    for sub in ("state", "spool", "log"):
+        (root / sub).mkdir()
+    host = socket.gethostname().split(".")[0]
+    conf = root / "slurm.conf"
+    conf.write_text(_SLURM_CONF.format(host=host, root=root, ctld_port=_free_port(), d_port=_free_port(),
+                                       cpus=os.cpu_count() or 1))  # fmt: skip
+    env = {**os.environ, "SLURM_CONF": str(conf)}
+    run = lambda *cmd: subprocess.run(list(cmd), check=True, capture_output=True, text=True, env=env)  # noqa: E731
+    run(sbin("mungekey"), "-c", "-k", str(root / "munge.key"))
+    run(sbin("munged"), "--force", f"--key-file={root / 'munge.key'}", f"--socket={root / 'munge.sock'}",
+        f"--pid-file={root / 'munged.pid'}", f"--log-file={root / 'log' / 'munged.log'}",
+        f"--seed-file={root / 'munge.seed'}")  # fmt: skip
+    try:
+        run(sbin("slurmctld"))
+        run(sbin("slurmd"))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            state = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, env=env).stdout
+            if state.strip() == "idle":
+                break
+            time.sleep(0.5)
+        else:
+            raise RuntimeError(f"the SLURM node never became idle: {(root / 'log' / 'slurmctld.log').read_text()[-1500:]}")
+        yield {"SLURM_CONF": str(conf)}
+    finally:
+        subprocess.run(["scontrol", "shutdown"], capture_output=True, env=env)
+        for pid_file in ("slurmd.pid", "slurmctld.pid", "munged.pid"):
+            try:
+                os.kill(int((root / pid_file).read_text().split()[0]), 15)
+            except (OSError, ValueError):
+                pass
+        time.sleep(0.5)
+        shutil.rmtree(root, ignore_errors=True)
+
+
 # --------------------------------------------------------------------------- S3 (moto server)
 
 

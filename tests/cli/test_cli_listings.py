@@ -73,7 +73,7 @@ def test_image_resolve_json(capsys):
     assert (
         info["source"] == "model.image"
         and info["key"] == "foveal-pytorch"
-        and info["image"].startswith("ghcr.io/")
+        and info["image"].startswith("localhost/foveal:")
     )
     assert info["versions_file"].endswith("images.yaml")
     assert {"python", "torch", "cuda"} <= set(info["environment"])
@@ -98,7 +98,7 @@ def test_image_resolve_json(capsys):
         and "environment" not in info
     )
     code, out, _ = run(capsys, "image", "resolve", "--model", "mae")
-    assert code == 0 and out.startswith("image: ghcr.io/") and "torch:" in out
+    assert code == 0 and out.startswith("image: localhost/foveal:") and "torch:" in out
 
 
 def test_image_resolve_errors_are_one_line(capsys):

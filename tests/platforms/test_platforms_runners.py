@@ -117,6 +117,7 @@ def test_slurm_submit_and_track_through_fake_clients(job, tmp_path, monkeypatch)
         "runner_file": str(path),
         "scheduler_id": "4242",
         "submit_command": shlex.join(["sbatch", "--parsable", str(path)]),
+        "cancel_argv": None,  # no scancel on this PATH (tests/platforms/test_slurm_cluster.py has one)
     }
     assert runner.poll("4242") == "RUNNING"
     (folder / "left_queue").touch()

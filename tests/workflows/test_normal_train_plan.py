@@ -196,7 +196,7 @@ def test_remote_image_needs_confirmation(ws, data):
     asked = []
     with pytest.raises(UsageError, match="not confirmed; pass --image IMAGE"):
         _plan(ws, **base, confirm=lambda q: asked.append(q) or False)
-    assert asked and asked[0].startswith("Run on slurm in image ghcr.io/foveal/foveal:")
+    assert asked and asked[0].startswith("Run on slurm in image localhost/foveal:")
     assert _plan(ws, **base, image="my/img:1").environment == {
         "platform": "slurm", "image": "my/img:1", "source": "--image", "confirmed": "--image"
     }  # fmt: skip

@@ -70,3 +70,22 @@ def resolve(
     )
     for key, value in (info.get("environment") or {}).items():
         typer.echo(f"{key}: {value}")
+
+
+@image_app.command("build")
+def build(
+    variant: str = typer.Option("cuda", "--variant", help="cpu, cuda (GPU platforms) or tensorrt."),
+    builder: str = typer.Option(None, "--builder", help="docker, podman or buildah (default: the first found)."),
+    tag: str = typer.Option(None, "--tag", help="Image tag (default: the versions file's reference)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the build command; build nothing."),
+    fmt: Format = typer.Option(Format.text, "--format", help="text or json"),
+) -> None:
+    """Build Foveal's container image from this source checkout (foveal/platforms/container/Dockerfile)
+    and tag it as the default image reference the remote platforms use."""
+    from foveal.platforms.images import build_command, build_image
+
+    plan = build_command(variant, builder, tag) if dry_run else build_image(variant, builder, tag)
+    if fmt is Format.json:
+        echo_json(plan)
+        return
+    typer.echo(" ".join(plan["argv"]) if dry_run else f"built {plan['tag']} with {plan['builder']}")

@@ -111,6 +111,9 @@ def normal_train(
     export: bool = typer.Option(False, "--export", help="Export the trained model to ONNX."),
     monitor: bool = typer.Option(None, "--monitor/--no-monitor", help="Status lines while it runs."),
     monitor_interval: float = typer.Option(5.0, "--monitor-interval", help="Minutes between status lines."),
+    poll_interval: float = typer.Option(
+        15.0, "--poll-interval", min=0.1, help="Seconds between scheduler polls of a submitted job (remote platforms)."
+    ),
     workspace: Path = typer.Option(None, "--workspace", "-w", help="Workspace folder."),
     fmt: Format = typer.Option(Format.text, "--format", help="text or json"),
 ) -> None:
@@ -151,6 +154,7 @@ def normal_train(
         export=export,
         monitor=True if args["monitor"] is None else args["monitor"],
         monitor_interval_s=args["monitor_interval"] * 60.0,
+        remote_poll_s=poll_interval,
         overrides=list(overrides or []),
         confirm=_confirm if tty else None,
         emit=lambda line: typer.echo(line, err=True),

@@ -67,8 +67,31 @@ def cancel(job_id: str | Job, workspace: WorkspaceLike = None) -> Job:
 
 
 def cancel_job(job_id: str | Job, workspace: WorkspaceLike = None) -> tuple[Job, bool]:
-    """:func:`cancel`, and whether a local process group was found and stopped."""
+    """:func:`cancel`, and whether a local process group was found and stopped, or the job's
+    scheduler accepted its cancel command (``runner.json``'s ``cancel_argv``: ``scancel``...)."""
     registry = _registry(workspace)
     job = registry.request_cancel(job_id.id if isinstance(job_id, Job) else job_id)
-    stopped = stop_job_processes(job)
+    stopped = stop_job_processes(job) or _cancel_submitted(job)
     return registry.get(job.id), stopped
+
+
+def _cancel_submitted(job: Job) -> bool:
+    """Run the cancel command a platform recorded when it submitted the job (e.g. ``scancel ID``)."""
+    import json
+    import subprocess
+
+    try:
+        record = json.loads((Path(job.results_dir) / "runner.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    argv = record.get("cancel_argv")
+    if not argv:
+        return False
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise JobError(f"job {job.id}: {argv[0]} failed: {exc}") from None
+    if done.returncode != 0:
+        detail = (done.stderr or done.stdout).strip().splitlines()
+        raise JobError(f"job {job.id}: {' '.join(argv)} exited {done.returncode}: {detail[0] if detail else ''}")
+    return True

@@ -259,6 +259,12 @@ def _builtin_platforms() -> None:
                 S("time_limit", "FOVEAL_SLURM_TIME", "wall-clock limit", default="04:00:00"),
                 S("gpus_per_node", "FOVEAL_SLURM_GPUS", "GPUs per node", default="1"),
                 S("container_runtime", "FOVEAL_SLURM_CONTAINER", "pyxis/enroot: srun --container-image"),
+                S(
+                    "python",
+                    "FOVEAL_SLURM_PYTHON",
+                    "the nodes' Python with foveal installed (container_runtime none)",
+                    default="python",
+                ),
             ),
             clients=("sbatch", "squeue", "sacct"),
             runner_file="job.sbatch",

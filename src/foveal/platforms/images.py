@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import platform as _platform
+import shutil
 import sys
 from functools import lru_cache
 from importlib import resources
@@ -121,3 +122,86 @@ def describe_image(network: Any, action: str, platform_name: str = "local") -> d
         # Local jobs never use the container: they run in this interpreter.
         out["environment"] = local_environment()
     return out
+
+
+# ------------------------------------------------------------------------------ building
+
+BUILDERS = ("docker", "podman", "buildah")
+# variant -> (versions-file key of its tag, build arguments)
+VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
+    "cpu": ("foveal-cpu", {"TORCH_INDEX": "https://download.pytorch.org/whl/cpu"}),
+    "cuda": ("foveal-pytorch", {}),
+    "tensorrt": ("foveal-tensorrt", {"EXTRAS": "tasks,postgres,tensorrt"}),
+}
+
+
+def dockerfile() -> Path:
+    """The Dockerfile shipped with the package (``foveal/platforms/container/Dockerfile``)."""
+    return Path(str(resources.files("foveal.platforms").joinpath("container/Dockerfile")))
+
+
+def source_root() -> Path | None:
+    """The Foveal source checkout this package runs from (its pyproject.toml), or None."""
+    here = Path(__file__).resolve()
+    for folder in here.parents:
+        project = folder / "pyproject.toml"
+        if project.is_file() and 'name = "foveal"' in project.read_text(encoding="utf-8"):
+            return folder
+    return None
+
+
+def build_command(
+    variant: str = "cuda", builder: str | None = None, tag: str | None = None, context: Path | None = None
+) -> dict[str, Any]:
+    """What ``foveal image build`` runs: ``{"argv", "tag", "builder", "context", "dockerfile"}``.
+
+    Raises:
+        UsageError: an unknown variant or builder, none of docker/podman/buildah installed, or no
+            source checkout to build from.
+    """
+    from foveal.errors import UsageError
+
+    if variant not in VARIANTS:
+        raise UsageError(f"--variant {variant!r}: expected one of {', '.join(VARIANTS)}")
+    if builder is not None and builder not in BUILDERS:
+        raise UsageError(f"--builder {builder!r}: expected one of {', '.join(BUILDERS)}")
+    chosen = builder or next((b for b in BUILDERS if shutil.which(b)), None)
+    context = context or source_root()
+    if context is None:
+        raise UsageError(
+            "foveal image build needs a Foveal source checkout (pyproject.toml, src/) as its build context; "
+            "run it from a clone of the repository (pip install -e .)"
+        )
+    key, args = VARIANTS[variant]
+    tag = tag or load_versions().get(key) or f"localhost/foveal:{variant}"
+    build = ["build"] if chosen != "buildah" else ["bud"]
+    argv = [chosen or BUILDERS[0], *build, "-f", str(dockerfile()), "-t", tag]
+    for name, value in args.items():
+        argv += ["--build-arg", f"{name}={value}"]
+    argv.append(str(context))
+    return {"argv": argv, "tag": tag, "builder": chosen, "context": str(context), "dockerfile": str(dockerfile()),
+            "variant": variant}  # fmt: skip
+
+
+def build_image(variant: str = "cuda", builder: str | None = None, tag: str | None = None) -> dict[str, Any]:
+    """Build the image with the builder found (docker, podman or buildah); returns
+    :func:`build_command`'s record. The builder's output goes to this process's stdout/stderr.
+
+    Raises:
+        UsageError: see :func:`build_command`; the builder failing (its exit code and last line).
+    """
+    import subprocess
+
+    from foveal.errors import UsageError
+
+    plan = build_command(variant, builder, tag)
+    if plan["builder"] is None:
+        raise UsageError(
+            f"no image builder found (one of {', '.join(BUILDERS)}); install one, or run by hand: "
+            + " ".join(plan["argv"])
+        )
+    done = subprocess.run(plan["argv"], stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        last = [line for line in (done.stderr or "").splitlines() if line.strip()]
+        raise UsageError(f"{plan['builder']} build failed (exit {done.returncode}): {last[-1] if last else 'no output'}")
+    return plan

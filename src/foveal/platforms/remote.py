@@ -22,7 +22,7 @@ from foveal.jobs.lifecycle import check_action, find_network, job_encryption_key
 from foveal.jobs.model import Job, JobStatus
 from foveal.jobs.registry import JobRegistry
 from foveal.jobs.workspace import Workspace
-from foveal.platforms.runner import TERMINAL, Runner, RunnerJob
+from foveal.platforms.runner import TERMINAL, UNKNOWN, Runner, RunnerJob
 from foveal.secrets import is_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -135,6 +135,13 @@ def wait_remote(
         if on_poll is not None:
             on_poll(job, state)
         if job.status.is_terminal:
+            # The job records its end before its process exits: give the scheduler a moment to
+            # see the job leave, so that the state returned is the scheduler's final one.
+            for _ in range(max(1, int(30 / max(poll_s, 0.1)))):
+                if state in TERMINAL or state == UNKNOWN:
+                    break
+                sleep(min(poll_s, 1.0))
+                state = runner.poll(scheduler_id)
             return job, state
         if state in TERMINAL:
             job = registry.get(job_id)  # it may have recorded its end between the two reads

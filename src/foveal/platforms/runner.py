@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from foveal.errors import SubmitError
-from foveal.platforms import Platform, ResolvedSettings, find_platform
+from foveal.platforms import Platform, ResolvedSettings, find_platform, resolve_settings
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,8 @@ class Runner:
 
     def __init__(self, settings: ResolvedSettings | None = None) -> None:
         self.platform: Platform = find_platform(self.platform_name)
-        self.settings = settings or ResolvedSettings(self.platform.name)
+        # No settings given: read them as the workflow does (environment, credentials file).
+        self.settings = settings or resolve_settings(self.platform)
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -112,6 +113,11 @@ class Runner:
     def parse_poll(self, outputs: list[str]) -> str:
         raise NotImplementedError
 
+    def cancel_argv(self, scheduler_id: str) -> list[str] | None:
+        """The command that cancels a submitted job (recorded in ``runner.json``, which
+        ``foveal jobs cancel`` runs); None when the engine has none."""
+        return None
+
     def can_submit(self) -> bool:
         return self.submit_argv(Path("x")) is not None
 
@@ -134,6 +140,7 @@ class Runner:
             "runner_file": str(path),
             "scheduler_id": scheduler_id,
             "submit_command": shlex.join(argv),
+            "cancel_argv": self.cancel_argv(scheduler_id),
         }
         (Path(job.results_dir) / RUNNER_RECORD).write_text(json.dumps(record, indent=2) + "\n")
         return scheduler_id

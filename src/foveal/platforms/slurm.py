@@ -1,5 +1,6 @@
 """SLURM: an sbatch script per job, submitted with ``sbatch --parsable`` (locally, or over SSH
-to the login node), tracked with ``squeue`` then ``sacct`` once the job left the queue.
+to the login node), tracked with ``squeue``, then ``sacct`` once the job left the queue (or
+``scontrol show job`` on a cluster without accounting), cancelled with ``scancel``.
 
 The script runs the job with ``srun`` inside the confirmed container image through pyxis/enroot
 (``--container-image``, the workspace mounted at the same path) unless
@@ -9,6 +10,7 @@ filesystem shared by the login and compute nodes.
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 from pathlib import Path
@@ -75,7 +77,7 @@ class SlurmRunner(Runner):
         if runtime != "none":
             srun += [f"--container-image={job.image}", f"--container-mounts={job.workspace}:{job.workspace}"]
             srun.append(f"--container-workdir={results}")
-        command = job_command(job.job_id, job.workspace)
+        command = job_command(job.job_id, job.workspace, python=get("python") or "python")
         lines += [
             "",
             "set -euo pipefail",
@@ -125,14 +127,23 @@ class SlurmRunner(Runner):
     def poll_argv(self, scheduler_id: str) -> list[list[str]]:
         squeue = self._client("squeue") or ["squeue"]
         sacct = self._client("sacct") or ["sacct"]
+        scontrol = self._client("scontrol") or ["scontrol"]
         return [
             [*squeue, "-h", "-j", scheduler_id, "-o", "%T"],
             [*sacct, "-n", "-X", "-P", "-j", scheduler_id, "-o", "State"],
+            [*scontrol, "show", "job", "-o", scheduler_id],
         ]
 
     def parse_poll(self, outputs: list[str]) -> str:
-        for output in outputs:  # squeue while queued/running, then sacct's accounting record
-            words = output.split()
-            if words:
-                return _STATES.get(words[0].upper().rstrip("+"), UNKNOWN)
+        # squeue while queued/running, then sacct's accounting record, then scontrol's record of
+        # a recently finished job (clusters without accounting: sacct says it is disabled)
+        for output in outputs:
+            found = re.search(r"\bJobState=(\S+)", output)
+            words = [found[1]] if found else output.split()
+            if words and words[0].upper().rstrip("+") in _STATES:
+                return _STATES[words[0].upper().rstrip("+")]
         return UNKNOWN
+
+    def cancel_argv(self, scheduler_id: str) -> list[str] | None:
+        client = self._client("scancel")
+        return None if client is None else [*client, scheduler_id]
