@@ -111,6 +111,9 @@ def normal_train(
     export: bool = typer.Option(False, "--export", help="Export the trained model to ONNX."),
     monitor: bool = typer.Option(None, "--monitor/--no-monitor", help="Status lines while it runs."),
     monitor_interval: float = typer.Option(5.0, "--monitor-interval", help="Minutes between status lines."),
+    submit: bool = typer.Option(
+        True, "--submit/--no-submit", help="Remote platforms: submit the runner files, or only write them."
+    ),
     poll_interval: float = typer.Option(
         15.0, "--poll-interval", min=0.1, help="Seconds between scheduler polls of a submitted job (remote platforms)."
     ),
@@ -155,6 +158,7 @@ def normal_train(
         monitor=True if args["monitor"] is None else args["monitor"],
         monitor_interval_s=args["monitor_interval"] * 60.0,
         remote_poll_s=poll_interval,
+        submit=submit,
         overrides=list(overrides or []),
         confirm=_confirm if tty else None,
         emit=lambda line: typer.echo(line, err=True),

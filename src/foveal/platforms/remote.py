@@ -88,11 +88,13 @@ def launch_remote(
     image: str,
     needs_s3: bool = False,
     wait: bool = True,
+    submit: bool = True,
     poll_s: float = 15.0,
     on_poll: Callable[[Job, str], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> RemoteOutcome:
-    """Write the runner file; submit and (``wait``) track it when the client is installed."""
+    """Write the runner file; submit (unless ``submit`` is False) and (``wait``) track it when the
+    client is installed."""
     spec: dict[str, Any] = job.spec
     nodes = int(((spec.get("train") or {}).get("num_nodes")) or 1) if job.action == "train" else 1
     target = RunnerJob(
@@ -107,7 +109,7 @@ def launch_remote(
         encrypted=is_fingerprint(spec.get("encryption_key")),
     )
     path = runner.write(target)
-    if not runner.can_submit():
+    if not submit or not runner.can_submit():
         return RemoteOutcome(job, path, None, None, False, runner.manual_submit_hint(path))
     scheduler_id = runner.submit(target, path)
     logger.info("job %s submitted to %s as %s", job.id, runner.platform.name, scheduler_id)

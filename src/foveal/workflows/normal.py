@@ -76,6 +76,7 @@ class NormalTrainRequest:
     emit: Callable[[str], None] = logger.info
     debug: bool = False
     remote_poll_s: float = 15.0
+    submit: bool = True  # remote platforms: False writes the runner files only
 
 
 @dataclass
@@ -363,6 +364,7 @@ def _run_remote(run: _Run, action: str, parent_id: str | None) -> tuple[Any, dic
         image=plan.environment["image"],
         needs_s3=needs_s3((run.request.train_dataset_uri, run.request.eval_dataset_uri)),
         poll_s=run.request.remote_poll_s,
+        submit=run.request.submit,
     )
     run.request.emit(f"{action}: job {job.id}: runner file {outcome.runner_file}")
     extra = {

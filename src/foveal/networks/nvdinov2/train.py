@@ -146,7 +146,8 @@ def build_val_loader(cfg: NVDINOv2Config, cache_dir: Path) -> DataLoader | None:
         cfg.train.validation_interval,
         what,
     )
-    return make_loader(dataset, cfg.dataset.batch_size, cfg.dataset.workers, train=False, persistent=False)
+    # workers persist: the same loader is read at every validation interval
+    return make_loader(dataset, cfg.dataset.batch_size, cfg.dataset.workers, train=False)
 
 
 def knn_protocol(cfg: NVDINOv2Config) -> KnnProtocol:
