@@ -222,7 +222,7 @@ class FovealCheckpoint(Checkpoint):
             files = {FULL_KIND: path.name, **self._save_handoff_weights(trainer.lightning_module, epoch, step)}
             update_latest_link(path, self.dirpath / (self.latest_link or latest_link_name(self.network)))
             self._record(files, epoch, step, trainer)
-        logger.info("saved checkpoint %s", path)
+            logger.info("saved checkpoint %s", path)  # rank 0 writes it: the others say nothing
 
     def _save_handoff_weights(self, module: L.LightningModule, epoch: int, step: int) -> dict[str, str]:
         """The module's weights-only files of this step (``handoff_weights()``: kind -> (state

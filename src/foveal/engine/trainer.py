@@ -91,15 +91,50 @@ class TrainerSettings:
         return per_node * self.num_nodes
 
 
+def orchestrator_layout(train: TrainConfig) -> tuple[int, int, list[int]]:
+    """``(num_nodes, num_gpus, gpu_ids)``: the spec's, or, when an orchestrator launched this
+    process as one node of several, TAO's multi-node variables: ``WORLD_SIZE`` nodes,
+    ``NUM_GPU_PER_NODE`` GPUs each (default: the spec's ``num_gpus``); Lightning reads
+    ``NODE_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` itself. Under torchrun (``LOCAL_RANK``
+    set, ``WORLD_SIZE`` counting processes) or SLURM (Lightning's SLURM environment) the spec
+    stands."""
+    world = os.environ.get("WORLD_SIZE")
+    if not world or "LOCAL_RANK" in os.environ or "SLURM_NTASKS" in os.environ:
+        return train.num_nodes, train.num_gpus, list(train.gpu_ids)
+    try:
+        nodes = int(world)
+        gpus = int(os.environ.get("NUM_GPU_PER_NODE") or train.num_gpus)
+    except ValueError:
+        raise SpecError(
+            SpecIssue(
+                "WORLD_SIZE",
+                f"WORLD_SIZE={world!r} / NUM_GPU_PER_NODE={os.environ.get('NUM_GPU_PER_NODE')!r}: expected whole numbers",
+                "unset them, or set the number of nodes and the GPUs per node",
+            )
+        ) from None
+    logger.warning(
+        "multi-node: WORLD_SIZE=%d nodes x NUM_GPU_PER_NODE=%d replace train.num_nodes/num_gpus/gpu_ids "
+        "(NODE_RANK=%s, MASTER_ADDR=%s, MASTER_PORT=%s)",
+        nodes,
+        gpus,
+        os.environ.get("NODE_RANK", "0"),
+        os.environ.get("MASTER_ADDR", "localhost"),
+        os.environ.get("MASTER_PORT", "(Lightning's default)"),
+    )
+    return nodes, gpus, list(range(gpus))
+
+
 def trainer_settings(train: TrainConfig) -> TrainerSettings:
-    """The spec -> Trainer mapping: devices (TAO's num_gpus / gpu_ids), strategy (DDP / FSDP only
-    when more than one process trains), precision, accumulation, epochs and intervals."""
-    accelerator, devices = resolve_devices(train.num_gpus, train.gpu_ids)
-    processes = (len(devices) if isinstance(devices, list) else devices) * train.num_nodes
+    """The spec -> Trainer mapping: devices (TAO's num_gpus / gpu_ids, or an orchestrator's
+    multi-node variables: :func:`orchestrator_layout`), strategy (DDP / FSDP only when more than
+    one process trains), precision, accumulation, epochs and intervals."""
+    num_nodes, num_gpus, gpu_ids = orchestrator_layout(train)
+    accelerator, devices = resolve_devices(num_gpus, gpu_ids)
+    processes = (len(devices) if isinstance(devices, list) else devices) * num_nodes
     return TrainerSettings(
         accelerator=accelerator,
         devices=devices,
-        num_nodes=train.num_nodes,
+        num_nodes=num_nodes,
         strategy=train.distributed_strategy if processes > 1 else "auto",
         precision=resolve_precision(train.precision, accelerator),
         accumulate_grad_batches=train.accum_grad_batches,
