@@ -100,3 +100,18 @@ def test_a_submitted_job_cancelled_with_scancel_is_recorded_canceled(slurm_env, 
     while _scheduler_state(outcome.scheduler_id, slurm_env) == "COMPLETING" and time.monotonic() < deadline:
         time.sleep(0.5)
     assert _scheduler_state(outcome.scheduler_id, slurm_env) == "CANCELLED"
+
+
+def test_a_two_task_srun_trains_with_ddp(slurm_env, images, tmp_path):
+    """`srun --ntasks-per-node=2`: Lightning's SLURM environment ranks the two processes srun started (gloo on
+    CPU); 16 images at batch 8 over 2 ranks is one step per epoch, and rank 0 alone saves."""
+    import os
+
+    argv = ["srun", "-N", "1", "--ntasks-per-node=2", "--export=ALL", sys.executable, "-m", "foveal.cli.main", "-w", str(tmp_path),
+            "mae", "train", *TINY_MAE, "train.num_epochs=1", f"dataset.train_data_sources={images}",
+            "train.distributed_strategy=ddp"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "LOCAL_RANK", "NODE_RANK")}
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, env={**env, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    saved = sorted(tmp_path.glob("results/*/model_epoch_*.pth"))
+    assert [p.name for p in saved] == ["model_epoch_001_step_00001.pth"]

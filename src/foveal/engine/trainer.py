@@ -91,6 +91,19 @@ class TrainerSettings:
         return per_node * self.num_nodes
 
 
+def slurm_layout() -> tuple[int, int] | None:
+    """``(nodes, tasks per node)`` of an ``srun`` with several tasks (Lightning's SLURM
+    environment then ranks the processes srun started); None outside such a step."""
+    try:
+        tasks = int(os.environ.get("SLURM_NTASKS", "0"))
+        nodes = int(os.environ.get("SLURM_NNODES", os.environ.get("SLURM_JOB_NUM_NODES", "1")))
+    except ValueError:
+        return None
+    if tasks <= 1 or "SLURM_STEP_ID" not in os.environ or os.environ.get("SLURM_JOB_NAME") in ("bash", "interactive"):
+        return None
+    return max(1, nodes), max(1, tasks // max(1, nodes))
+
+
 def orchestrator_layout(train: TrainConfig) -> tuple[int, int, list[int]]:
     """``(num_nodes, num_gpus, gpu_ids)``: the spec's, or, when an orchestrator launched this
     process as one node of several, TAO's multi-node variables: ``WORLD_SIZE`` nodes,
@@ -98,6 +111,9 @@ def orchestrator_layout(train: TrainConfig) -> tuple[int, int, list[int]]:
     ``NODE_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` itself. Under torchrun (``LOCAL_RANK``
     set, ``WORLD_SIZE`` counting processes) or SLURM (Lightning's SLURM environment) the spec
     stands."""
+    slurm = slurm_layout()
+    if slurm is not None:
+        return slurm[0], train.num_gpus, list(train.gpu_ids)
     world = os.environ.get("WORLD_SIZE")
     if not world or "LOCAL_RANK" in os.environ or "SLURM_NTASKS" in os.environ:
         return train.num_nodes, train.num_gpus, list(train.gpu_ids)
@@ -130,6 +146,9 @@ def trainer_settings(train: TrainConfig) -> TrainerSettings:
     one process trains), precision, accumulation, epochs and intervals."""
     num_nodes, num_gpus, gpu_ids = orchestrator_layout(train)
     accelerator, devices = resolve_devices(num_gpus, gpu_ids)
+    slurm = slurm_layout()
+    if slurm is not None and accelerator == "cpu":  # srun's tasks are the CPU processes of each node
+        devices = slurm[1]
     processes = (len(devices) if isinstance(devices, list) else devices) * num_nodes
     return TrainerSettings(
         accelerator=accelerator,
