@@ -115,3 +115,15 @@ def test_a_two_task_srun_trains_with_ddp(slurm_env, images, tmp_path):
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     saved = sorted(tmp_path.glob("results/*/model_epoch_*.pth"))
     assert [p.name for p in saved] == ["model_epoch_001_step_00001.pth"]
+
+
+def test_an_automl_study_runs_its_trials_as_slurm_jobs(slurm_env, images, tmp_path, capsys):
+    args = ["automl", "mae", "-w", str(tmp_path), "--platform", "slurm", "--algorithm", "random",
+            "--max-trials", "2", "--max-concurrent", "2", "--params", "train.optim.lr", "--study", "onslurm",
+            "--format", "json", *TINY_MAE, "train.num_epochs=1", f"dataset.train_data_sources={images}"]  # fmt: skip
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [t["state"] for t in result["trials"]] == ["COMPLETE", "COMPLETE"] and result["best_checkpoint"]
+    for trial in result["trials"]:
+        record = json.loads((Path(trial["results_dir"]) / "runner.json").read_text())
+        assert record["platform"] == "slurm" and _scheduler_state(record["scheduler_id"], slurm_env) == "COMPLETED"

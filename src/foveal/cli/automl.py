@@ -59,6 +59,9 @@ def automl(
         "or journal:///shared/path/study.log. Workers with the same --study join it. Default: the "
         "workspace's SQLite file (one worker).",
     ),
+    platform: str = typer.Option(
+        "local", "--platform", help="Where trials run: local, or slurm (each trial an sbatch job; sbatch here)."
+    ),
     heartbeat: float = typer.Option(
         30.0, "--heartbeat", help="Seconds between a worker's heartbeats; a trial unseen for 3 is rerun."
     ),
@@ -96,6 +99,7 @@ def automl(
         parent_job_id=parent,
         storage=storage,
         heartbeat_s=heartbeat,
+        platform=platform,
         on_progress=progress,
     )
     result = run_study(request)

@@ -157,3 +157,97 @@ def wait_remote(
             status = JobStatus.CANCELED if state == "CANCELED" else JobStatus.ERROR
             return registry.finish(job_id, status, message=message), state
         sleep(poll_s)
+
+
+# ------------------------------------------------------------------------------ AutoML on a scheduler
+
+
+class RemoteJobHandle:
+    """A submitted job, with the local handle's interface (``poll``, ``job``, ``cancel``) for the
+    AutoML controller: the registry row (the job records its own progress and end) first, the
+    scheduler's state for a job that died without recording it."""
+
+    def __init__(self, job: Job, runner: Runner, scheduler_id: str, workspace: Workspace):
+        self.job_id = job.id
+        self.results_dir = Path(job.results_dir)
+        self.scheduler_id = scheduler_id
+        self.log_path = self.results_dir / "logs"
+        self.runner = runner
+        self._registry = JobRegistry(workspace.db_path)
+
+    def job(self) -> Job:
+        return self._registry.get(self.job_id)
+
+    def poll(self) -> int | None:
+        """None while it runs; 0 when it ended Done, 1 otherwise (as a process's exit code)."""
+        job = self.job()
+        if not job.status.is_terminal:
+            state = self.runner.poll(self.scheduler_id)
+            if state not in TERMINAL:
+                return None
+            job = self.job()
+            if not job.status.is_terminal:
+                status = JobStatus.CANCELED if state == "CANCELED" else JobStatus.ERROR
+                job = self._registry.finish(
+                    self.job_id, status, message=f"{self.runner.platform.name} job {self.scheduler_id} ended ({state})"
+                )
+        return 0 if job.status is JobStatus.DONE else 1
+
+    def cancel(self, grace_s: float = 10.0) -> Job:
+        import subprocess
+
+        self._registry.request_cancel(self.job_id)
+        argv = self.runner.cancel_argv(self.scheduler_id)
+        if argv:
+            subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        deadline = time.monotonic() + grace_s
+        while self.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        job = self.job()
+        if not job.status.is_terminal:
+            job = self._registry.finish(self.job_id, JobStatus.CANCELED, message="canceled by the AutoML study")
+        return job
+
+
+class RemotePool:
+    """At most ``max_concurrent`` jobs submitted to a scheduler at once (the local pool's
+    interface): AutoML trials as SLURM jobs. Each trial is a job the controller prepared; it is
+    written and submitted like any job of the platform."""
+
+    def __init__(self, workspace: Workspace, runner: Runner, image: str, max_concurrent: int | None = None):
+        self.workspace = workspace
+        self.runner = runner
+        self.image = image
+        self.max_concurrent = int(max_concurrent or 1)
+        if self.max_concurrent < 1:
+            raise ValueError(f"max_concurrent must be >= 1, got {max_concurrent}")
+        if not runner.can_submit():
+            raise UsageError(
+                f"AutoML on {runner.platform.name}: its client is not installed here; run the study on its login node"
+            )
+        self.running: dict[str, RemoteJobHandle] = {}
+
+    @property
+    def free_slots(self) -> int:
+        return max(0, self.max_concurrent - len(self.running))
+
+    def submit(self, prepared: Any, **_: Any) -> RemoteJobHandle:
+        if not self.free_slots:
+            raise RuntimeError(f"{self.max_concurrent} jobs already run; wait for one to finish")
+        outcome = launch_remote(prepared.job, self.runner, self.workspace, image=self.image, wait=False)
+        if not outcome.scheduler_id:
+            raise UsageError(f"{self.runner.platform.name}: the trial was not submitted ({outcome.hint})")
+        handle = RemoteJobHandle(prepared.job, self.runner, outcome.scheduler_id, self.workspace)
+        self.running[handle.job_id] = handle
+        return handle
+
+    def reap(self) -> list[RemoteJobHandle]:
+        done = [h for h in self.running.values() if h.poll() is not None]
+        for handle in done:
+            del self.running[handle.job_id]
+        return done
+
+    def cancel_all(self, grace_s: float = 10.0) -> None:
+        for handle in list(self.running.values()):
+            handle.cancel(grace_s)
+        self.running.clear()

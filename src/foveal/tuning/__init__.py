@@ -48,6 +48,8 @@ class StudyRequest:
             ``journal:///path``; see :mod:`foveal.tuning.study`); None: the workspace's SQLite.
         heartbeat_s: how often a worker records that its trials are alive; a running trial
             not seen for 3 heartbeats is taken as interrupted and run again.
+        platform: where the trials run: ``local`` (subprocesses sharing this machine) or a
+            scheduler whose client is installed here (``slurm``: each trial an sbatch job).
         on_progress: called after every change with ``{"trials_done", "trials_total",
             "best_value", "best_trial", "running"}``.
     """
@@ -70,6 +72,7 @@ class StudyRequest:
     parent_job_id: str | None = None
     storage: str | None = None
     heartbeat_s: float = 30.0
+    platform: str = "local"
     on_progress: Callable[[dict], None] | None = None
 
 

@@ -99,7 +99,7 @@ class StudyController:
         # Each trial gets train.num_gpus GPUs of its own (CPU: its share of the cores); without
         # --max-concurrent, as many trials run at once as the GPUs allow (1 on CPU).
         gpus_per_trial = int(self.base.get("train", {}).get("num_gpus") or 1)
-        self.pool = LocalPool(self.workspace, request.max_concurrent, gpus_per_job=gpus_per_trial)
+        self.pool: Any = self._pool(gpus_per_trial)
 
     def _params(self) -> list[str] | None:
         """The keys to search: the request's, else the schema's defaults, less the keys that
@@ -159,6 +159,20 @@ class StudyController:
         }
 
     # ---------------------------------------------------------------------------------- run
+
+    def _pool(self, gpus_per_trial: int) -> Any:
+        """Where trials run: the local pool, or a scheduler's (each trial one of its jobs)."""
+        from foveal.platforms import find_platform
+
+        platform = find_platform(self.request.platform)
+        if not platform.remote:
+            return LocalPool(self.workspace, self.request.max_concurrent, gpus_per_job=gpus_per_trial)
+        from foveal.platforms.images import resolve_image
+        from foveal.platforms.remote import RemotePool
+        from foveal.platforms.runner import get_runner
+
+        image = resolve_image(self.network, "train")["image"]
+        return RemotePool(self.workspace, get_runner(platform.name), image, self.request.max_concurrent)
 
     @property
     def stale_after(self) -> float | None:
