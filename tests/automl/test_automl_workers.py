@@ -4,6 +4,7 @@ leaving nothing Running: its trial is rerun by the surviving worker."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -19,7 +20,8 @@ pytestmark = pytest.mark.integration
 
 
 def _worker(ws: Path, storage: str, overrides: list[str], *extra: str) -> subprocess.Popen:
-    args = ["automl", "mae", "-w", str(ws), "--storage", storage, "--study", "shared", "--algorithm", "random",
+    # The URL (with its password) in the environment, not on the command line where ps shows it.
+    args = ["automl", "mae", "-w", str(ws), "--study", "shared", "--algorithm", "random",
             "--max-trials", "6", "--max-concurrent", "1", "--heartbeat", "1", "--params", "train.optim.lr",
             *extra, *overrides]  # fmt: skip
     return subprocess.Popen(
@@ -27,6 +29,7 @@ def _worker(ws: Path, storage: str, overrides: list[str], *extra: str) -> subpro
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "FOVEAL_AUTOML_STORAGE": storage},
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
@@ -56,6 +59,8 @@ def test_two_workers_share_a_postgres_study_and_survive_a_killed_one(postgres_ur
     first = _worker(tmp_path, postgres_url, overrides)
     _wait_for(lambda: len(_trials(postgres_url)) >= 1, 120, "the first worker's study")
     second = _worker(tmp_path, postgres_url, overrides)
+    password = postgres_url.split(":")[2].split("@")[0]
+    assert password not in Path(f"/proc/{second.pid}/cmdline").read_bytes().decode(errors="replace")
     try:
         _wait_for(
             lambda: sum(t.state.name == "RUNNING" for t in _trials(postgres_url)) == 2, 120, "a trial per worker"
@@ -82,7 +87,7 @@ def test_two_workers_share_a_postgres_study_and_survive_a_killed_one(postgres_ur
     assert rerun.state.name == "COMPLETE" and rerun.params == victim.params
     assert rerun.user_attrs["job_id"] == victim.user_attrs["job_id"]  # the job resumed, not restarted
     assert not pid_alive(orphan["pid"])  # the dead worker's trial process was stopped
-    assert postgres_url.split(":")[2].split("@")[0] not in err  # the password never printed
+    assert password not in err  # the password never printed
 
 
 def test_journal_storage_and_bad_storages(tmp_path, tiny_mae, capsys):

@@ -55,9 +55,11 @@ def automl(
     storage: str = typer.Option(
         None,
         "--storage",
+        envvar="FOVEAL_AUTOML_STORAGE",
         help="A shared study storage for several workers: postgresql://user@host/db (any SQLAlchemy URL) "
         "or journal:///shared/path/study.log. Workers with the same --study join it. Default: the "
-        "workspace's SQLite file (one worker).",
+        "workspace's SQLite file (one worker). Keep the password off the command line: PGPASSWORD, "
+        "~/.pgpass, or the whole URL in $FOVEAL_AUTOML_STORAGE.",
     ),
     platform: str = typer.Option(
         "local", "--platform", help="Where trials run: local, or slurm (each trial an sbatch job; sbatch here)."
