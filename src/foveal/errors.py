@@ -145,6 +145,10 @@ class OnnxFileError(UsageError):
     """An ONNX file given to an action cannot be read as an ONNX model."""
 
 
+class GpuOutOfMemoryError(UsageError):
+    """Training ran out of GPU memory: a setting to change (batch, image size, model), exit 2."""
+
+
 class TensorRTUnavailableError(UsageError):
     """The ``tensorrt`` package (or a GPU for it) is not available on this machine."""
 
@@ -238,6 +242,7 @@ __all__ = [
     "ExportVerificationError",
     "ExporterUnavailableError",
     "FovealError",
+    "GpuOutOfMemoryError",
     "HandoffError",
     "JobError",
     "JobNotFoundError",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sys
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -33,7 +34,7 @@ from foveal.engine.checkpoint_io import SafeCheckpointIO
 from foveal.engine.progress import PlainProgress, StatusCallback
 from foveal.engine.status import StatusWriter
 from foveal.engine.tracking import Tracking
-from foveal.errors import CheckpointError, SpecError, SpecIssue
+from foveal.errors import CheckpointError, GpuOutOfMemoryError, SpecError, SpecIssue
 from foveal.spec.common import PRECISION_ALIASES, TrainConfig, device_ids
 
 logger = logging.getLogger(__name__)
@@ -483,8 +484,13 @@ def fit(
     ckpt_path: str | os.PathLike[str] | None = None,
     *,
     datamodule: L.LightningDataModule | None = None,
+    memory_hint: str | None = None,
 ) -> None:
     """``trainer.fit`` with a validated, ``weights_only``-safe resume.
+
+    CUDA running out of memory is one line (:class:`GpuOutOfMemoryError`, exit 2) naming the
+    per-GPU batch size, ``memory_hint`` (the network's image size and backbone, by spec key) and
+    what to change.
 
     The checkpoint is read once with ``torch.load(weights_only=True)`` and checked (a Foveal
     full checkpoint of this trainer's network); that dict is handed to Lightning through
@@ -519,6 +525,23 @@ def fit(
                 datamodule=datamodule,
                 ckpt_path=None if ckpt_path is None else str(ckpt_path),
             )
+    except torch.OutOfMemoryError as exc:  # torch.cuda.OutOfMemoryError
+        raise out_of_memory(exc, trainer, train_loader, memory_hint) from None
     finally:
         if isinstance(io, SafeCheckpointIO):
             io.clear_preloaded()
+
+
+def out_of_memory(exc: BaseException, trainer: L.Trainer, loader: Any, hint: str | None) -> GpuOutOfMemoryError:
+    """The one line a CUDA out-of-memory error becomes (the cache is emptied first)."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    batch = getattr(loader, "batch_size", None)
+    where = f"epoch {trainer.current_epoch + 1}, step {trainer.global_step}"
+    tried = re.search(r"Tried to allocate [0-9.]+ [KMGT]?i?B", str(exc))
+    what = ", ".join(x for x in (f"per-GPU batch {batch}" if batch else "", hint or "") if x)
+    return GpuOutOfMemoryError(
+        f"CUDA out of memory at {where} ({what}{'; ' + tried[0].lower() if tried else ''}): lower the batch size, "
+        "the image size or the backbone (a smaller ViT), or turn on activation checkpointing where the network "
+        "has it (train.activation_checkpointing); train.precision=bf16 halves activations"
+    )

@@ -261,7 +261,8 @@ def train(cfg: ClassificationConfig, ctx: ActionContext) -> ActionResult:
         latest_link=LATEST_LINK,
         steps_per_epoch=len(train_loader),
     )
-    fit(trainer, module, train_loader, val_loader, ckpt_path=ckpt)
+    fit(trainer, module, train_loader, val_loader, ckpt_path=ckpt,
+        memory_hint=f"dataset.img_size={cfg.dataset.img_size}, model.backbone.type={cfg.model.backbone.type}")  # fmt: skip
     kpis = {k: float(v) for k, v in trainer.callback_metrics.items() if _is_train_kpi(k)}
     return ActionResult(kpis=kpis, artifacts=checkpoint_artifacts(ctx.results_dir))
 

@@ -115,7 +115,8 @@ def train(cfg: Any, ctx: ActionContext) -> ActionResult:
         gradient_clip_val=cfg.train.clip_grad_norm or None, steps_per_epoch=len(train_loader),
     )  # fmt: skip
     before = _zero_shot_score(model, task, adapter, val_loader, val_set) if ckpt is None else {}
-    fit(trainer, module, train_loader, val_loader, ckpt_path=ckpt)
+    fit(trainer, module, train_loader, val_loader, ckpt_path=ckpt,
+        memory_hint=f"model.hf_model_dir={Path(folder).name}")  # fmt: skip
     kpis = {k: float(v) for k, v in trainer.callback_metrics.items() if k in ("train_loss",) or k.startswith("val_")}
     kpis.update(before)
     return ActionResult(kpis=kpis, artifacts=checkpoint_artifacts(ctx.results_dir))

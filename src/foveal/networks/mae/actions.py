@@ -88,7 +88,10 @@ def train(cfg: MAEConfig, ctx: ActionContext) -> ActionResult:
             cfg, ctx, start if resume is None else None
         )
     trainer = _trainer(cfg, ctx, len(train_loader), *monitor)
-    fit(trainer, module, train_loader, val_loader, ckpt_path=resume)
+    fit(
+        trainer, module, train_loader, val_loader, ckpt_path=resume,
+        memory_hint=f"dataset.augmentation.input_size={cfg.dataset.augmentation.input_size}, model.arch={cfg.model.arch}",
+    )  # fmt: skip
     kpis = {k: float(v) for k, v in trainer.callback_metrics.items() if k in _TRAIN_KPIS}
     return ActionResult(kpis=kpis, artifacts=checkpoint_artifacts(ctx.results_dir))
 

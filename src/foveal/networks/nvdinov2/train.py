@@ -87,7 +87,7 @@ def train(cfg: NVDINOv2Config, ctx: ActionContext) -> ActionResult:
     )
     trainer = _trainer(cfg, ctx, config_dict, steps_per_epoch)
     try:
-        fit(trainer, module, loader, val_loader, ckpt_path=resume)
+        fit(trainer, module, loader, val_loader, ckpt_path=resume, memory_hint=memory_hint(cfg))
     except NonFiniteLossError as exc:
         message = str(exc).split(" Try ")[0]
         raise NonFiniteLossError(
@@ -112,6 +112,16 @@ def build_loader(cfg: NVDINOv2Config, cache_dir: Path) -> DataLoader:
         train=True,
         collate_fn=MultiCropCollate((grid, grid), cfg.train.masking),
         pin_memory=cfg.dataset.pin_memory,
+    )
+
+
+def memory_hint(cfg: NVDINOv2Config) -> str:
+    """What sizes the memory of a step, by spec key (for the out-of-memory line)."""
+    t = cfg.dataset.transform
+    return (
+        f"dataset.transform.global_crops_size={t.global_crops_size} x {t.n_global_crops}, "
+        f"local_crops_size={t.local_crops_size} x {t.n_local_crops}, "
+        f"model.backbone.student_type={cfg.model.backbone.student_type}"
     )
 
 

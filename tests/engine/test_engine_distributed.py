@@ -1,5 +1,6 @@
-"""TAO's multi-node variables outside SLURM: WORLD_SIZE nodes x NUM_GPU_PER_NODE, NODE_RANK,
-MASTER_ADDR, MASTER_PORT. Two processes on loopback train as two nodes with DDP (gloo on CPU)."""
+"""Distributed layout and GPU errors: TAO's multi-node variables outside SLURM (WORLD_SIZE nodes x
+NUM_GPU_PER_NODE, NODE_RANK, MASTER_ADDR, MASTER_PORT; two processes on loopback train as two
+nodes with DDP, gloo on CPU), and CUDA out-of-memory as one line (simulated on CPU)."""
 
 from __future__ import annotations
 
@@ -59,3 +60,27 @@ def test_two_processes_train_as_two_nodes_with_ddp(tmp_path):
     saved = sorted(Path(tmp_path / "node0").glob("results/*/model_epoch_*.pth"))
     assert [p.name for p in saved] == ["model_epoch_001_step_00002.pth"]
     assert not list(Path(tmp_path / "node1").glob("results/*/model_epoch_*.pth"))
+
+
+def test_cuda_out_of_memory_is_one_line_with_what_to_change(tmp_path, capsys, monkeypatch):
+    """Simulated on CPU: the training step raises what CUDA raises when memory runs out."""
+    import torch
+
+    from foveal.cli.main import main
+    from foveal.networks.mae.module import MAEPretrainModule
+
+    def oom(self, batch, batch_idx):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.1 GiB total)")
+
+    monkeypatch.setattr(MAEPretrainModule, "training_step", oom)
+    data = make_demo_dataset(tmp_path / "data", num_train=16, num_val=0, num_test=0, image_size=32,
+                             num_workers=1, archives=False)  # fmt: skip
+    code = main(["-w", str(tmp_path / "ws"), "mae", "train", "model.arch=vit_tiny_patch16", "model.decoder_embed_dim=16",
+                 "dataset.augmentation.input_size=32", "dataset.batch_size=8", "dataset.num_workers_per_gpu=0",
+                 f"dataset.train_data_sources={data['images_train']}"])  # fmt: skip
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if line.startswith("error:")]
+    assert code == 2 and len(err) == 1, err
+    line = err[0]
+    for part in ("CUDA out of memory at epoch 1, step 0", "per-GPU batch 8", "dataset.augmentation.input_size=32",
+                 "model.arch=vit_tiny_patch16", "tried to allocate 2.00 gib", "activation checkpointing"):  # fmt: skip
+        assert part in line, line
