@@ -126,4 +126,8 @@ def test_an_automl_study_runs_its_trials_as_slurm_jobs(slurm_env, images, tmp_pa
     assert [t["state"] for t in result["trials"]] == ["COMPLETE", "COMPLETE"] and result["best_checkpoint"]
     for trial in result["trials"]:
         record = json.loads((Path(trial["results_dir"]) / "runner.json").read_text())
-        assert record["platform"] == "slurm" and _scheduler_state(record["scheduler_id"], slurm_env) == "COMPLETED"
+        assert record["platform"] == "slurm"
+        deadline = time.monotonic() + 60  # the job records Done just before its process exits
+        while _scheduler_state(record["scheduler_id"], slurm_env) != "COMPLETED" and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _scheduler_state(record["scheduler_id"], slurm_env) == "COMPLETED"

@@ -137,7 +137,8 @@ def test_clip_with_its_tokenizer_ports_as_zero_shot_and_runs_the_normal_train_wo
     assert code == 0, out
     stages = {line.split("\t")[0]: line.split("\t")[2] for line in out.splitlines() if line.count("\t") >= 3}
     assert stages == {"stage": "status", "train": "Done", "evaluate": "Done", "export": "Done"}, out
-    assert "AutoML (bayesian, 2 trials); metric val_top1 (maximize)" in out and "zero_shot_top1=" in out
+    assert "AutoML (bayesian, 2 trials, trials ranked on val_top1 (maximize)); metric val_top1 (maximize)" in out
+    assert "zero_shot_top1=" in out
 
 
 def test_a_zero_shot_spec_without_a_tokenizer_is_one_line(tmp_path, capsys):

@@ -414,7 +414,8 @@ def build_trainer(
     if limit_val_batches is not None:
         kwargs["limit_val_batches"] = limit_val_batches
     kwargs.update(trainer_kwargs)
-    return L.Trainer(**kwargs)
+    with _third_party_warnings_quiet():  # some are raised while the Trainer looks at its environment
+        return L.Trainer(**kwargs)
 
 
 def _quiet_lightning(verbose: bool) -> None:
@@ -459,6 +460,8 @@ _LIGHTNING_NOISE = (
     r".*is smaller than the logging interval.*",
     # a frozen backbone (freeze_backbone, freeze_norm) stays in eval mode on purpose
     r".*module\(s\) in eval mode at the start of training.*",
+    # a machine with SLURM's clients installed, running a job outside an srun step
+    r".*The `srun` command is available on your system but is not used.*",
 )
 
 
