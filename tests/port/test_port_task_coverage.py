@@ -22,7 +22,8 @@ from auto_tiny import MAPPINGS, NotBuildable, architectures, save_tiny, unbuilda
 from foveal.port import port_hf
 from foveal.port.mapping import NATIVE_TYPES
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# port_coverage: ~6 min on 2 cores, outside the README's suite; .ci/run runs it as its own step
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.port_coverage]
 
 # (task, model_type) -> why the port fails (measured; see the module docstring)
 _NO_TRAINING = "transformers' head does not train (\"does not support training\"): no loss of its own to port"
