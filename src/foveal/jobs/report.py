@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from foveal.engine.status import read_status
+from foveal.engine.tracking import flatten
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ def embed_png(data: bytes, caption: str, alt: str | None = None) -> str:
 
 def figure(draw: Any, caption: str, size: tuple[float, float] = (6.4, 3.6)) -> str:
     """``draw(ax)`` on a new matplotlib figure, embedded as a PNG."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=size, dpi=100)
     try:
         draw(ax)
@@ -109,7 +110,7 @@ def embed_figure(fig: Any, caption: str) -> str:
     return embed_png(buffer.getvalue(), caption)
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -160,24 +161,13 @@ def step_curves(results_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
 def spec_differences(spec: Mapping[str, Any], defaults: Mapping[str, Any]) -> list[dict[str, Any]]:
     """``[{"key", "value", "default"}]`` for every leaf of ``spec`` that differs from ``defaults``."""
-    flat_spec, flat_default = _flatten(spec), _flatten(defaults)
+    flat_spec, flat_default = flatten(spec), flatten(defaults)
     keys = sorted(set(flat_spec) | set(flat_default))
     return [
         {"key": k, "value": flat_spec.get(k), "default": flat_default.get(k)}
         for k in keys
         if flat_spec.get(k) != flat_default.get(k)
     ]
-
-
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            out.update(_flatten(value, name + "."))
-        else:
-            out[name] = value
-    return out
 
 
 def pictures(folders: Sequence[Path], limit: int = MAX_PICTURES) -> list[tuple[Path, Path]]:
@@ -220,7 +210,7 @@ def curve_figures(
         if len(points) >= 1:
             groups.setdefault(_group(name), []).append(name)
     out = []
-    plt = _pyplot()
+    plt = pyplot()
     for group, names in groups.items():
         cols = min(3, len(names))
         rows = math.ceil(len(names) / cols)

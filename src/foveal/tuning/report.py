@@ -19,6 +19,7 @@ from typing import Any
 
 from foveal.engine.checkpoint_index import select_checkpoint
 from foveal.jobs.registry import JobRegistry
+from foveal.jobs.report import pyplot
 from foveal.networks.registry import Network
 from foveal.tuning.study import counted_trials, trial_state
 
@@ -191,7 +192,7 @@ def plot_history(study: Any, metric: str, direction: str, path: Path) -> Path:
 
     import optuna
 
-    plt = _pyplot()
+    plt = pyplot()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         ax = optuna.visualization.matplotlib.plot_optimization_history(study, target_name=metric)
@@ -206,7 +207,7 @@ def plot_history(study: Any, metric: str, direction: str, path: Path) -> Path:
 
 def plot_importance(importance: dict[str, float], path: Path) -> Path:
     """Horizontal bars of :func:`param_importance` (the figure beside param_importance.json)."""
-    plt = _pyplot()
+    plt = pyplot()
     names, values = list(importance), list(importance.values())
     fig, ax = plt.subplots(figsize=(7, 0.5 * len(names) + 1.5))
     ax.barh(names[::-1], values[::-1])
@@ -215,15 +216,6 @@ def plot_importance(importance: dict[str, float], path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def write_study_page(folder: Path, name: str, metric: str, direction: str, rows: list[dict[str, Any]]) -> Path:

@@ -230,16 +230,6 @@ def open_study(
         for key, value in settings.items():
             study.set_user_attr(key, value)
         return study
-        study = optuna.create_study(
-            study_name=name,
-            storage=storage,
-            direction=settings["direction"],
-            sampler=sampler_factory(settings["seed"]),
-            pruner=pruner,
-        )
-        for key, value in settings.items():
-            study.set_user_attr(key, value)
-        return study
     existing = optuna.load_study(study_name=name, storage=storage)
     stored = existing.user_attrs
     for _ in range(20):  # a worker that just created the study may still be writing its settings
