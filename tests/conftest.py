@@ -273,3 +273,12 @@ def s3(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     return boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+
+
+@pytest.fixture
+def fake_tensorrt(monkeypatch: pytest.MonkeyPatch) -> dict:
+    """``import tensorrt`` gives an ONNX Runtime-backed stand-in for this test (tests/fake_tensorrt.py);
+    the fixture's value records what the builder and runtime were asked to do."""
+    import fake_tensorrt as fake
+
+    return fake.install(monkeypatch)

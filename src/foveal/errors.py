@@ -153,6 +153,10 @@ class TensorRTUnavailableError(UsageError):
     """The ``tensorrt`` package (or a GPU for it) is not available on this machine."""
 
 
+class EngineFileError(UsageError):
+    """A TensorRT engine file given to an action is missing or cannot be loaded by this TensorRT."""
+
+
 # ------------------------------------------------------------------------------------- exit 1
 
 
@@ -257,6 +261,7 @@ __all__ = [
     "SubmitError",
     "Terminated",
     "TensorRTUnavailableError",
+    "EngineFileError",
     "UsageError",
     "exit_code",
     "is_expected",

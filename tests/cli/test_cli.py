@@ -115,16 +115,6 @@ def test_unsupported_combinations_are_refused_before_the_job(capsys, tmp_path):
         (
             [
                 "classification",
-                "evaluate",
-                "evaluate.checkpoint=x.pth",
-                "dataset.val_dataset.images_dir=v",
-                "evaluate.trt_engine=m.engine",
-            ],
-            "evaluate.trt_engine: running evaluate on a TensorRT engine",
-        ),
-        (
-            [
-                "classification",
                 "train",
                 "dataset.train_dataset.images_dir=d",
                 "train.pretrained_model_path=a.pth",
@@ -145,16 +135,6 @@ def test_unsupported_combinations_are_refused_before_the_job(capsys, tmp_path):
                 "dataset.augmentation.interpolation=random",
             ],
             "dataset.augmentation.interpolation: 'random' is not supported yet",
-        ),
-        (
-            [
-                "mae",
-                "inference",
-                "inference.checkpoint=x.pth",
-                "dataset.test_data_sources=t",
-                "inference.trt_engine=m",
-            ],
-            "inference.trt_engine",
         ),
         (
             [

@@ -192,7 +192,7 @@ def test_engine_build_flow_with_a_dynamic_batch(dynamic_onnx, tmp_path, monkeypa
     assert calls["profile_added"]
     assert result["tensorrt_version"] == "10.3.0" and result["data_type"] == "fp16"
     assert result["file_size_bytes"] == len(b"serialized-engine")
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.engine"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.engine", "model.engine.json"]
 
 
 def test_tensorrt_8_gets_the_explicit_batch_flag_and_int8_its_calibrator(tmp_path, monkeypatch):

@@ -43,9 +43,6 @@ NOT_IN_FOVEAL = {
     "classification_pyt__tpb__distill.yaml": "TAO's distill action",
     "classification_pyt__skillbank__spec_template_quantize.yaml": "TAO's quantize action",
     "classification_pyt__tpb__quantize.yaml": "TAO's quantize action",
-    # TAO-Deploy's evaluate / inference on a TensorRT engine (issue 18)
-    "classification_pyt__skillbank__spec_template_deploy_evaluate.yaml": "on a TensorRT engine is not supported",
-    "classification_pyt__skillbank__spec_template_deploy_inference.yaml": "on a TensorRT engine is not supported",
 }
 # Hydra-style additions a file's own ${...} references need (TAO's launcher passes them the same way)
 EXTRA = {"classification_pyt__tpb__experiment_spec.yaml": ["+root_dir=/data/imagenet"]}

@@ -248,8 +248,10 @@ def build_tao_train_transform(aug: TaoAugmentation, rng: RandomSource | None = N
     return Compose(steps)
 
 
-def build_tao_eval_transform(img_size: int, mean: Sequence[float], std: Sequence[float]) -> Compose:
-    """Evaluation: squash-resize to ``img_size`` (bilinear), to tensor, normalise."""
+def build_tao_eval_transform(
+    img_size: int | tuple[int, int], mean: Sequence[float], std: Sequence[float]
+) -> Compose:
+    """Evaluation: squash-resize to ``img_size`` (a side, or (height, width); bilinear), to tensor, normalise."""
     return Compose([SquashResize(img_size), ToTensor(), Normalize(mean, std)])
 
 

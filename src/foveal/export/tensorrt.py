@@ -165,6 +165,8 @@ def _builder_config(trt, builder, data_type: str, workspace_bytes: int, int8_cal
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
     else:  # TensorRT < 8.4
         config.max_workspace_size = workspace_bytes
+    if data_type == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)  # TF32 is on by default; fp32 engines match PyTorch
     if data_type in ("fp16", "int8"):
         if not getattr(builder, "platform_has_fast_fp16", True):
             logger.warning("this GPU has no fast fp16; TensorRT may pick slower kernels")
@@ -232,7 +234,8 @@ def build_trt_engine(
 
     Returns:
         ``engine_file``, ``onnx_file``, ``data_type``, ``tensorrt_version``, ``profiles``,
-        ``workspace_size_mb``, ``file_size_bytes``, ``seconds``.
+        ``workspace_size_mb``, ``file_size_bytes``, ``seconds``, ``metadata_file`` (``<engine>.json``:
+        this and the ONNX file's metadata, read by evaluate / inference on the engine).
 
     Raises:
         TensorRTUnavailableError: ``tensorrt`` is not installed.
@@ -276,7 +279,7 @@ def build_trt_engine(
         )
     _write_atomically(serialized, engine_file)
     cache.save(config)
-    return {
+    info = {
         "engine_file": str(engine_file),
         "onnx_file": str(onnx_file),
         "data_type": data_type,
@@ -286,3 +289,8 @@ def build_trt_engine(
         "file_size_bytes": engine_file.stat().st_size,
         "seconds": time.perf_counter() - start,
     }
+    from foveal.export.trt_runtime import write_engine_metadata
+
+    proto = _load_onnx(onnx_file)
+    info["metadata_file"] = str(write_engine_metadata(engine_file, info, {p.key: p.value for p in proto.metadata_props}))
+    return info

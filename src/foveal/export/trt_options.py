@@ -142,6 +142,8 @@ def make_calibrator(
     if files and preprocess is None:
         raise EngineBuildError("INT8 calibration needs the model's preprocessing to read images")
 
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # TensorRT reads GPU memory; cpu: tests
+
     class _Calibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self) -> None:
             super().__init__()
@@ -158,7 +160,7 @@ def make_calibrator(
             self.index += settings.batch_size
             assert preprocess is not None
             batch = torch.stack([preprocess(f) for f in chunk]).float().contiguous()
-            self.device_batch = batch.cuda()  # kept alive until the next call
+            self.device_batch = batch.to(device)  # kept alive until the next call
             return [int(self.device_batch.data_ptr())]
 
         def read_calibration_cache(self) -> bytes | None:

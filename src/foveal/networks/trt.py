@@ -1,4 +1,5 @@
-"""The gen_trt_engine action, the same for every network: ONNX file -> TensorRT engine.
+"""TensorRT for every network: the gen_trt_engine action (ONNX file -> engine), and the engine
+that evaluate / inference run when their section names ``trt_engine`` (TAO-Deploy's actions).
 
 Every TAO-Deploy key of the section reaches the builder: ``tensorrt.data_type`` (any case),
 ``workspace_size``, the min/opt/max batch profile (or ``batch_size`` for one fixed batch),
@@ -152,3 +153,69 @@ def trt_engine_action(network: str, preprocess: Preprocess | None = None) -> Act
         return ActionResult(artifacts={"trt_engine": str(engine)}, message=f"built {engine}: {info}")
 
     return gen_trt_engine
+
+
+# ------------------------------------------------------------------- evaluate / inference on an engine
+
+
+def open_engine(section: Any, action: str, network: str) -> Any:
+    """The `TrtPredictor` of ``<action>.trt_engine``, or None when it is empty.
+
+    Raises:
+        SpecError: the engine was built from another network's export (its ``<engine>.json`` says).
+    """
+    from foveal.export.trt_runtime import TrtPredictor, meta_value
+
+    path = getattr(section, "trt_engine", None)
+    if not path:
+        return None
+    import torch
+
+    gpu_ids = list(getattr(section, "gpu_ids", None) or [0])
+    device = f"cuda:{gpu_ids[0]}" if torch.cuda.is_available() else None
+    predictor = TrtPredictor(path, device=device)
+    built_from = meta_value(predictor.metadata, "network")
+    if built_from and built_from != network:
+        raise SpecError(
+            SpecIssue(
+                f"{action}.trt_engine",
+                f"{path} was built from a {built_from} model's ONNX file, not {network}'s",
+                f"run it with 'foveal {built_from} {action}', or build an engine from this network's export",
+            )
+        )
+    if not predictor.metadata:
+        logger.warning(
+            "%s has no %s.json beside it (not built by Foveal's gen_trt_engine): the spec's preprocessing and "
+            "class folders are used",
+            path,
+            Path(path).name,
+        )
+    checkpoint = getattr(section, "checkpoint", None)
+    logger.info(
+        "%s on the %s TensorRT engine %s%s",
+        action,
+        predictor.data_type or "",
+        path,
+        f"; {action}.checkpoint {checkpoint} runs beside it for the TensorRT-vs-PyTorch agreement" if checkpoint else "",
+    )
+    return predictor
+
+
+def agreement_kpis(report: dict[str, Any] | None) -> dict[str, float]:
+    """KPIs of an engine-vs-PyTorch agreement report (empty without one), warning when it is outside
+    the engine data type's tolerance."""
+    if not report:
+        return {}
+    if report.get("within_tolerance") is False:
+        logger.warning(
+            "TensorRT %s engine vs PyTorch: max |diff| %.3g (relative %.3g) is above the %s tolerance %.3g",
+            report["data_type"],
+            report["max_abs_diff"],
+            report["relative_max_diff"],
+            report["data_type"],
+            report["tolerance"],
+        )
+    kpis = {"trt_vs_pytorch_max_abs_diff": float(report["max_abs_diff"])}
+    if "top1_agreement" in report:
+        kpis["trt_vs_pytorch_top1_agreement"] = float(report["top1_agreement"])
+    return kpis

@@ -209,9 +209,15 @@ class EvaluateConfig:
     gpu_ids: list[int] = field(default_factory=lambda: [0], valid_min=0, description="GPU indices.")
     num_nodes: int = field(1, valid_min=1, description="Number of nodes.")
     checkpoint: str | None = field(
-        None, required=("evaluate",), parent_param=True, description="Checkpoint to evaluate."
+        None,
+        required=("evaluate",),
+        required_unless="trt_engine",
+        parent_param=True,
+        description="Checkpoint to evaluate (with trt_engine: the PyTorch side of the agreement check).",
     )
-    trt_engine: str | None = field(None, description="TensorRT engine to evaluate instead of the checkpoint.")
+    trt_engine: str | None = field(
+        None, description="TensorRT engine (gen_trt_engine) to evaluate; needs the tensorrt package and a GPU."
+    )
     batch_size: int = field(-1, valid_min=-1, description="Batch size (-1: use dataset.batch_size).")
     results_dir: str | None = field(None, description="Where this action writes.")
 
@@ -222,9 +228,15 @@ class InferenceConfig:
     gpu_ids: list[int] = field(default_factory=lambda: [0], valid_min=0, description="GPU indices.")
     num_nodes: int = field(1, valid_min=1, description="Number of nodes.")
     checkpoint: str | None = field(
-        None, required=("inference",), parent_param=True, description="Checkpoint to run."
+        None,
+        required=("inference",),
+        required_unless="trt_engine",
+        parent_param=True,
+        description="Checkpoint to run (with trt_engine: the PyTorch side of the agreement check).",
     )
-    trt_engine: str | None = field(None, description="TensorRT engine to run instead of the checkpoint.")
+    trt_engine: str | None = field(
+        None, description="TensorRT engine (gen_trt_engine) to run; needs the tensorrt package and a GPU."
+    )
     batch_size: int = field(-1, valid_min=-1, description="Batch size (-1: use dataset.batch_size).")
     results_dir: str | None = field(None, description="Where this action writes.")
 
@@ -359,13 +371,4 @@ def check_sections(cfg: object, action: str | None) -> list[SpecIssue]:
     train = getattr(cfg, "train", None)
     if isinstance(train, TrainConfig) and action in (None, "train"):
         issues += check_train(train)
-    section = getattr(cfg, action, None) if action in ("evaluate", "inference") else None
-    if section is not None and getattr(section, "trt_engine", None):
-        issues.append(
-            SpecIssue(
-                f"{action}.trt_engine",
-                f"running {action} on a TensorRT engine is not supported in this version",
-                f"leave it empty to run the PyTorch checkpoint ({action}.checkpoint)",
-            )
-        )
     return issues

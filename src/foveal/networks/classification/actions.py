@@ -1,13 +1,15 @@
 """classification actions: train, evaluate, inference, export, gen_trt_engine (TAO classification_pyt).
 
 Every action but train rebuilds the model from the checkpoint alone (network name, resolved
-config and class list travel inside it), so a spec only has to name the checkpoint.
+config and class list travel inside it), so a spec only has to name the checkpoint; evaluate and
+inference run a TensorRT engine instead when ``trt_engine`` is set (TAO-Deploy's specs).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,7 @@ from foveal.networks.classification.model import Classifier, build_classifier, f
 from foveal.networks.classification.resolve import monitor_metric
 from foveal.networks.registry import ActionContext, ActionResult
 from foveal.networks.trt import trt_engine_action
-from foveal.spec import build_config, required, to_dict
+from foveal.spec import SpecError, SpecIssue, build_config, required, to_dict
 from foveal.spec.common import run_batch_size
 
 logger = logging.getLogger(__name__)
@@ -299,37 +301,118 @@ def load_classifier(path: str | Path, weights: str = "auto") -> tuple[Classifier
     return model.eval(), cfg, classes
 
 
-def _predict(model: Classifier, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
+@dataclass
+class _Scorer:
+    """What evaluate / inference run: the checkpoint's classifier, a TensorRT engine
+    (``<action>.trt_engine``), or both, the checkpoint then giving the engine's agreement."""
+
+    classes: list[str] | None  # None: the class folders' (an engine without its metadata)
+    img_size: int | tuple[int, int]
+    mean: list[float]
+    std: list[float]
+    weights: str  # "ema" | "live" | "tensorrt fp16" ...
+    model: Classifier | None = None
+    engine: Any = None
+    meter: Any = None
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C) logits (an engine ending in a softmax: log-probabilities, the same ranking and loss)."""
+        reference = self.model(images).float() if self.model is not None else None
+        if self.engine is None:
+            assert reference is not None
+            return reference
+        out = next(iter(self.engine.run(images).values()))
+        probabilities = out if self.engine.metadata.get("metadata", {}).get("output") == "probabilities" else None
+        if self.meter is not None and reference is not None:
+            self.meter.add(reference.softmax(1), probabilities if probabilities is not None else out.softmax(1))
+        return probabilities.clamp_min(1e-12).log() if probabilities is not None else out
+
+    def agreement(self) -> dict[str, Any] | None:
+        return self.meter.report() if self.meter is not None else None
+
+
+def _scorer(cfg: ClassificationConfig, action: str) -> _Scorer:
+    """`_Scorer` of ``evaluate`` / ``inference``: preprocessing and classes from the checkpoint, or
+    from the engine's ``<engine>.json`` (else the spec's ``dataset``) when only an engine is given."""
+    from foveal.export.trt_runtime import AgreementMeter, meta_value
+    from foveal.networks.trt import open_engine
+
+    section = getattr(cfg, action)
+    engine = open_engine(section, action, NETWORK)
+    model = trained_cfg = classes = None
+    if section.checkpoint or engine is None:
+        model, trained_cfg, classes = load_classifier(required(section.checkpoint, f"{action}.checkpoint"))
+    if engine is None:
+        assert model is not None and trained_cfg is not None
+        aug = trained_cfg.dataset.augmentation
+        return _Scorer(classes, trained_cfg.dataset.img_size, list(aug.mean), list(aug.std), model.weights_kind, model)
+    meta, aug = engine.metadata, cfg.dataset.augmentation
+    shape = meta_value(meta, "input_shape")
+    size = (int(shape[1]), int(shape[2])) if shape else cfg.dataset.img_size
+    engine_classes = meta_value(meta, "classes")
+    if classes is not None and engine_classes is not None and list(engine_classes) != classes:
+        raise SpecError(
+            SpecIssue(
+                f"{action}.trt_engine",
+                f"the engine's classes {engine_classes[:5]} differ from {action}.checkpoint's {classes[:5]}",
+                "build the engine from this checkpoint's export, or leave the checkpoint empty",
+            )
+        )
+    if engine_classes is None and classes is None:
+        engine_classes = read_classes(cfg.dataset.classes_file, cfg.dataset.root_dir, Path("."))[0]
+    meter = AgreementMeter(engine.data_type, "class probabilities") if model is not None else None
+    return _Scorer(
+        engine_classes if engine_classes is not None else classes,
+        size,
+        list(meta_value(meta, "mean", aug.mean)),
+        list(meta_value(meta, "std", aug.std)),
+        f"tensorrt {engine.data_type or ''}".strip(),
+        model,
+        engine,
+        meter,
+    )
+
+
+def _evaluation_images(cfg: ClassificationConfig) -> str:
+    """``dataset.val_dataset.images_dir``, or TAO-Deploy's ``dataset.test_dataset.images_dir``."""
+    data = cfg.dataset
+    return required(data.val_dataset.images_dir or data.test_dataset.images_dir, "dataset.val_dataset.images_dir")
+
+
+def _predict(scorer: _Scorer, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
     logits, targets = [], []
     with torch.inference_mode():
         for images, target in loader:
-            logits.append(model(images).float())
+            logits.append(scorer(images))
             targets.append(target)
     return torch.cat(logits), torch.cat(targets)
 
 
 def evaluate(cfg: ClassificationConfig, ctx: ActionContext) -> ActionResult:
     """Top-k accuracy, per-class precision/recall/F1, confusion matrix (JSON + PNG), loss, and
-    TAO's ``result.csv`` (per-image class probabilities, prediction and truth)."""
+    TAO's ``result.csv`` (per-image class probabilities, prediction and truth). On
+    ``evaluate.trt_engine`` the engine's; with a checkpoint too, the TensorRT-vs-PyTorch agreement."""
     from foveal.networks.classification.outputs import write_evaluation_csv
     from foveal.networks.classification.plots import draw_confusion_matrix
+    from foveal.networks.trt import agreement_kpis
 
-    model, trained_cfg, classes = load_classifier(required(cfg.evaluate.checkpoint, "evaluate.checkpoint"))
-    aug = trained_cfg.dataset.augmentation
-    root = resolve_dataset(
-        required(cfg.dataset.val_dataset.images_dir, "dataset.val_dataset.images_dir"), ctx.cache_dir
-    )
+    scorer = _scorer(cfg, "evaluate")
+    root = resolve_dataset(_evaluation_images(cfg), ctx.cache_dir)
     dataset = _labeled(
         root,
-        build_tao_eval_transform(trained_cfg.dataset.img_size, aug.mean, aug.std),
-        classes,
+        build_tao_eval_transform(scorer.img_size, scorer.mean, scorer.std),
+        scorer.classes,
         "dataset.val_dataset.images_dir",
     )
+    classes = dataset.classes
     batch = run_batch_size(cfg.evaluate, cfg.dataset.batch_size)
     loader = make_loader(dataset, batch, cfg.dataset.workers, train=False)
-    logits, targets = _predict(model, loader)
+    logits, targets = _predict(scorer, loader)
     report = classification_report(logits, targets, classes, topk=tuple(cfg.model.head.topk))
-    report["weights"] = model.weights_kind
+    report["weights"] = scorer.weights
+    trt = scorer.agreement()
+    if trt is not None:
+        report["tensorrt_vs_pytorch"] = trt
     results = ctx.results_dir / "results.json"
     results.write_text(json.dumps(report, indent=2))
     table = write_evaluation_csv(ctx.results_dir / "result.csv", dataset.files, logits, targets, classes)
@@ -337,41 +420,61 @@ def evaluate(cfg: ClassificationConfig, ctx: ActionContext) -> ActionResult:
         report["confusion_matrix"],
         classes,
         ctx.results_dir / "confusion_matrix.png",
-        title=f"top-1 {report['top1']:.4f} on {report['num_images']} images ({model.weights_kind} weights)",
+        title=f"top-1 {report['top1']:.4f} on {report['num_images']} images ({scorer.weights} weights)",
     )
     kpis: dict[str, float] = {
         k: v for k, v in report.items() if (k.startswith("top") or k in ("loss", "macro_f1")) and isinstance(v, float)
     }
+    kpis.update(agreement_kpis(trt))
     return ActionResult(
         kpis=kpis,
         artifacts={"results": str(results), "result_csv": str(table), "confusion_matrix": str(png)},
-        message=f"top-1 {report['top1']:.4f} on {len(dataset)} images",
+        message=f"top-1 {report['top1']:.4f} on {len(dataset)} images"
+        + (f" ({scorer.weights} engine)" if scorer.engine is not None else ""),
     )
 
 
 def inference(cfg: ClassificationConfig, ctx: ActionContext) -> ActionResult:
     """TAO's ``result.csv`` (image, predicted class, score; then Foveal's top-k columns) for an
     image file, a folder or an archive, and annotated images of every
-    ``inference.vis_after_n_batches``-th batch in ``visualize/``."""
+    ``inference.vis_after_n_batches``-th batch in ``visualize/``; on ``inference.trt_engine``
+    the engine's (with a checkpoint too: ``tensorrt_vs_pytorch.json``)."""
     from foveal.data.files import resolve_image_inputs
     from foveal.networks.classification.outputs import InferenceWriter
+    from foveal.networks.trt import agreement_kpis
 
-    model, trained_cfg, classes = load_classifier(required(cfg.inference.checkpoint, "inference.checkpoint"))
-    aug = trained_cfg.dataset.augmentation
-    transform = build_tao_eval_transform(trained_cfg.dataset.img_size, aug.mean, aug.std)
+    scorer = _scorer(cfg, "inference")
+    transform = build_tao_eval_transform(scorer.img_size, scorer.mean, scorer.std)
     dataset = resolve_image_inputs(
         required(cfg.dataset.test_dataset.images_dir, "dataset.test_dataset.images_dir"),
         ctx.cache_dir,
         transform,
     )
+    classes = scorer.classes
+    if classes is None:  # an engine built elsewhere, without its <engine>.json
+        classes = read_classes(cfg.dataset.classes_file, cfg.dataset.root_dir, Path("."))[0]
+    if classes is None:
+        raise SpecError(
+            SpecIssue(
+                "dataset.classes_file",
+                f"{cfg.inference.trt_engine} has no .json beside it naming its classes",
+                "set dataset.classes_file (one class per line, in training order)",
+            )
+        )
     batch = run_batch_size(cfg.inference, cfg.dataset.batch_size)
     writer = InferenceWriter(ctx.results_dir, classes, cfg.inference.vis_after_n_batches)
     with writer, torch.inference_mode():
         for images, paths in make_loader(dataset, batch, cfg.dataset.workers, train=False):
-            writer.add(paths, model(images).float().softmax(dim=1))
+            writer.add(paths, scorer(images).softmax(dim=1))
+    artifacts = {"results": str(writer.csv_path), "visualize": str(writer.vis_dir)}
+    trt = scorer.agreement()
+    if trt is not None:
+        agreement_file = ctx.results_dir / "tensorrt_vs_pytorch.json"
+        agreement_file.write_text(json.dumps(trt, indent=2))
+        artifacts["tensorrt_vs_pytorch"] = str(agreement_file)
     return ActionResult(
-        kpis={"num_images": float(writer.count)},
-        artifacts={"results": str(writer.csv_path), "visualize": str(writer.vis_dir)},
+        kpis={"num_images": float(writer.count), **agreement_kpis(trt)},
+        artifacts=artifacts,
         message=f"{writer.count} images -> {writer.csv_path}",
     )
 

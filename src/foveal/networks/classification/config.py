@@ -147,10 +147,9 @@ class TrainImagesDir:
 class ValImagesDir:
     images_dir: str | None = field(
         None,
-        required=("evaluate",),
         popular=True,
-        description="Validation images, one subfolder per class: read by evaluate, and during train (empty: no "
-        "validation).",
+        description="Validation images, one subfolder per class: read by evaluate (TAO-Deploy's specs give "
+        "dataset.test_dataset.images_dir instead), and during train (empty: no validation).",
     )
 
 

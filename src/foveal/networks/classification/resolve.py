@@ -214,6 +214,15 @@ def resolve(cfg: ClassificationConfig, action: str | None = None) -> Classificat
     _check_data(issues, cfg.dataset.augmentation)
     _check_train(issues, cfg.train)
     _check_tao_only(issues, cfg, action)
+    data = cfg.dataset
+    if action == "evaluate" and not (data.val_dataset.images_dir or data.test_dataset.images_dir):
+        issues.append(
+            SpecIssue(
+                "dataset.val_dataset.images_dir",
+                "required for evaluate but not set",
+                "set dataset.val_dataset.images_dir=... (TAO-Deploy's dataset.test_dataset.images_dir also works)",
+            )
+        )
     if issues:
         raise SpecError(issues)
     out = copy.deepcopy(cfg)

@@ -414,6 +414,7 @@ class NVDINOv2InferenceConfig(InferenceConfig):
     checkpoint: str | None = field(
         None,
         required=("inference",),
+        required_unless="trt_engine",
         parent_param=True,
         description="Backbone checkpoint (student_epoch_*.pth or teacher_epoch_*.pth) to embed images with.",
     )
@@ -427,6 +428,7 @@ class NVDINOv2EvaluateConfig(EvaluateConfig):
     checkpoint: str | None = field(
         None,
         required=("evaluate",),
+        required_unless="trt_engine",
         parent_param=True,
         description="Backbone checkpoint (student_epoch_*.pth or teacher_epoch_*.pth) to evaluate.",
     )
