@@ -2,7 +2,8 @@
 the peer's figures from the same run, and the ratio ours / peer).
 
 Cases: MAE pretraining vs HF ``ViTMAEForPreTraining``; the NVDINOv2 step (2 global + 8 local
-crops, teacher included) on our ViT vs HF ``Dinov2Model``; the largest NVDINOv2 vit_l/14 batch at
+crops, teacher included) on our ViT vs HF ``Dinov2Model``; that step with the crops packed into one
+pass (``train.pack_crops``) vs two passes; the largest NVDINOv2 vit_l/14 batch at
 518 px (CUDA only); the decode + multi-crop data pipeline vs the vit_s/14 step. MFU = analytic
 model FLOPs/s (bench/README.md) / a dense matmul peak measured at the start (bf16 on CUDA).
 
@@ -23,12 +24,12 @@ from pathlib import Path
 
 import nvdinov2_step as nv
 import torch
-from suite_cases import DinoSizes, MaeSizes, Timing, dino_case, mae_case, memory_case
+from suite_cases import DinoSizes, MaeSizes, Timing, dino_case, mae_case, memory_case, packing_case
 from suite_common import Row, mae_vs_hf, matmul_peak, table
 from suite_pipeline import data_case, onnx_cases
 
 logger = logging.getLogger("bench.suite")
-CASES = ("mae", "nvdinov2", "memory", "data", "onnx")
+CASES = ("mae", "nvdinov2", "packing", "memory", "data", "onnx")
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,7 @@ def run_suite(
     thunks = {
         "mae": lambda: [mae_case(profile.mae, device, bf16, ceiling, timing)],
         "nvdinov2": lambda: [dino_case(a, profile.dino, device, bf16, ceiling, timing) for a in profile.dino.archs],
+        "packing": lambda: [packing_case(profile.dino.archs[0], profile.dino, device, bf16, ceiling, timing)],
         "memory": lambda: [memory_case(profile.memory_arch, profile.memory, device, profile.memory_max_batch)],
         "data": lambda: [
             data_case(

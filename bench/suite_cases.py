@@ -99,13 +99,15 @@ def _nv_args(s: DinoSizes, batch: int, bf16: bool) -> argparse.Namespace:
 def build_dino(
     kind: str, arch: str, s: DinoSizes, device: torch.device
 ) -> tuple[NVDINOv2Method, torch.optim.Optimizer]:
-    """The method on our ViT (``kind="ours"``) or on HF ``Dinov2Model`` (``"hf"``), fused AdamW."""
+    """The method on our ViT (``kind="ours"``; ``"packed"``: its crops in one packed pass) or on HF
+    ``Dinov2Model`` (``"hf"``), fused AdamW."""
     dim, depth, heads = nv.SIZES[arch]
     settings = MethodSettings(
         num_prototypes=s.prototypes,
         head_hidden_dim=s.head_hidden,
         head_bottleneck_dim=s.bottleneck,
         n_global_crops=s.n_global,
+        pack_crops=kind == "packed",
     )
 
     def backbone() -> torch.nn.Module:
@@ -158,6 +160,32 @@ def dino_case(
         peer_name="HF Dinov2Model (sdpa), same method",
         target="MFU >= 40 % (vit_b)" if arch == "vit_b" else "",
         note=f"{flops / s.batch / 1e9:.3g} GFLOP/img/step; teacher fwd included",
+    )
+
+
+def packing_case(
+    arch: str, s: DinoSizes, device: torch.device, bf16: bool, ceiling: float, timing: Timing
+) -> Row:
+    """train.pack_crops: the nvdinov2 step with the student's crops in one packed pass
+    (block-diagonal attention) vs the same ViT in two passes, interleaved."""
+    torch.manual_seed(0)
+    args = _nv_args(s, s.batch, bf16)
+    batch = nv.make_batch(args, device)
+    contenders = {kind: build_dino(kind, arch, s, device) for kind in ("packed", "ours")}
+    steps = {k: (lambda m=m, o=o: nv.step(m, o, batch, args)) for k, (m, o) in contenders.items()}
+    measured = interleaved(steps, device, **vars(timing))
+    registers = contenders["ours"][0].student["backbone"].num_register_tokens
+    flops = dino_step_flops(arch, s, s.batch, int(batch["masks"].sum()), registers)
+    packed, separate = (side(*measured[k], s.batch, flops, ceiling) for k in ("packed", "ours"))
+    del contenders, steps
+    return Row(
+        case=f"nvdinov2 {arch}/14 crop packing (train.pack_crops)",
+        batch=str(s.batch),
+        ours=packed,
+        peer=separate,
+        peer_name="same ViT, global and local crops in two passes",
+        target="ratio > 1 to turn it on by default",
+        note="one packed sequence, SDPA per crop size",
     )
 
 

@@ -187,3 +187,16 @@ def test_sigkill_then_same_command_resumes(tmp_path, data):
     ]
     assert epochs_logged and epochs_logged[0] == done_before + 1 and epochs_logged[-1] == 12
     assert load_checkpoint(killed_dir / "classifier_model_latest.pth")["epoch"] == 12
+
+
+@pytest.mark.slow
+def test_train_with_every_speed_option_on(data, tmp_path):
+    """train.activation_checkpointing, channels_last and torch_compile together on ConvNeXt V2: the
+    job trains, its checkpoint has the eager model's keys, and evaluate reads it."""
+    ws = Workspace(tmp_path / "ws")
+    job = _train(ws, str(data["labeled_train"]), "model.backbone.type=convnextv2_atto", "train.num_epochs=1",
+                 "train.activation_checkpointing=true", "train.channels_last=true", "train.torch_compile=true")  # fmt: skip
+    assert job.status is JobStatus.DONE and job.kpis["train_loss"] > 0
+    ev = run_job("classification", "evaluate", parent_id=job.id, workspace=ws,
+                 overrides=[f"dataset.val_dataset.images_dir={data['labeled_val']}"])  # fmt: skip
+    assert ev.status is JobStatus.DONE and 0 <= ev.kpis["top1"] <= 1

@@ -267,3 +267,45 @@ def test_pretraining_on_a_labeled_val_set_reports_online_knn(tiny_backbones, dat
     for line in epochs:
         assert {"val_loss", "val_knn_top1", "val_feature_std", "val_effective_rank"} <= set(line["kpi"])
     assert 0 <= job.kpis["val_knn_top1"] <= 1
+
+
+def test_deploy_both_stages_on_tensorrt_engines(pretrain, finetune, data, ws, fake_tensorrt):
+    """export -> gen_trt_engine (the ONNX Runtime-backed fake TensorRT) -> evaluate / inference on
+    the engine alone (as TAO-Deploy), then beside its checkpoint (the agreement report)."""
+    from safetensors.torch import load_file
+
+    engines = {}
+    for stage, job in (("pretrain", pretrain), ("finetune", finetune)):
+        exp = run_job("mae", "export", parent_id=job.id, workspace=ws)
+        gen = run_job(
+            "mae", "gen_trt_engine", overrides=[f"gen_trt_engine.onnx_file={exp.artifacts['onnx']}",
+                                                "gen_trt_engine.tensorrt.max_batch_size=4"], workspace=ws,
+        )  # fmt: skip
+        engines[stage] = gen.artifacts["trt_engine"]
+    labeled = [f"dataset.val_data_sources={data['labeled_test']}", f"dataset.train_data_sources={data['labeled_train']}"]
+
+    ev = run_job("mae", "evaluate", overrides=[*labeled, f"evaluate.trt_engine={engines['finetune']}"], workspace=ws)
+    on_checkpoint = run_job("mae", "evaluate", parent_id=finetune.id, overrides=labeled[:1], workspace=ws)
+    assert ev.kpis["top1"] == on_checkpoint.kpis["top1"] and ev.kpis["loss"] == pytest.approx(on_checkpoint.kpis["loss"], abs=1e-5)
+
+    ev = run_job("mae", "evaluate", overrides=[*labeled, f"evaluate.trt_engine={engines['pretrain']}"], workspace=ws)
+    report = json.loads((Path(ev.results_dir) / "results.json").read_text())
+    assert report["reconstruction_loss"] is None and "decoder" in report["reconstruction"]
+    on_checkpoint = run_job("mae", "evaluate", parent_id=pretrain.id, overrides=labeled, workspace=ws)
+    assert ev.kpis["knn_top1_avg"] == on_checkpoint.kpis["knn_top1_avg"]
+
+    images = [f"dataset.test_data_sources={data['images_test']}"]
+    inf = run_job(
+        "mae", "inference", parent_id=pretrain.id, overrides=[*images, f"inference.trt_engine={engines['pretrain']}"],
+        workspace=ws,
+    )  # fmt: skip
+    agreement = json.loads(Path(inf.artifacts["tensorrt_vs_pytorch"]).read_text())
+    assert agreement["compared"] == "class token" and agreement["within_tolerance"] and agreement["max_abs_diff"] < 1e-4
+    assert "reconstruction" not in inf.artifacts and inf.kpis["trt_vs_pytorch_max_abs_diff"] < 1e-4
+    plain = run_job("mae", "inference", parent_id=pretrain.id, overrides=images, workspace=ws)
+    torch.testing.assert_close(load_file(inf.artifacts["embeddings"])["embedding"],
+                               load_file(plain.artifacts["embeddings"])["embedding"], atol=1e-4, rtol=0)  # fmt: skip
+
+    with pytest.raises(SpecError, match="is a mae finetune engine but inference.checkpoint is a pretrain checkpoint"):
+        run_job("mae", "inference", parent_id=pretrain.id,
+                overrides=[*images, f"inference.trt_engine={engines['finetune']}"], workspace=ws)  # fmt: skip

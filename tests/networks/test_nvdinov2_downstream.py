@@ -390,3 +390,44 @@ def test_gen_trt_engine_takes_the_input_size_from_the_onnx_file(tmp_path, monkey
     cfg.gen_trt_engine.input_height, cfg.gen_trt_engine.input_width = 64, 64  # explicit sizes win
     gen_trt_engine(cfg, ctx)
     assert seen["input_shape"] == (3, 64, 64)
+
+
+# ------------------------------------------------------------------------------ TensorRT
+
+
+def test_evaluate_and_inference_on_a_tensorrt_engine(backbone_file, ws, tmp_path, fake_tensorrt) -> None:
+    """export -> gen_trt_engine (the ONNX Runtime-backed fake TensorRT) -> evaluate / inference on
+    the engine alone, matching the checkpoint's numbers, and beside it (the agreement report)."""
+    onnx_file = tmp_path / "dino.onnx"
+    run_job("nvdinov2", "export", overrides=[f"export.checkpoint={backbone_file}", f"export.onnx_file={onnx_file}"],
+            workspace=ws)  # fmt: skip
+    gen = run_job(
+        "nvdinov2", "gen_trt_engine",
+        overrides=[f"gen_trt_engine.onnx_file={onnx_file}", "gen_trt_engine.tensorrt.max_batch_size=4"], workspace=ws,
+    )  # fmt: skip
+    engine = gen.artifacts["trt_engine"]
+    common = ["dataset.workers=0", "dataset.batch_size=5", f"dataset.val_dataset.images_dir={_labeled(tmp_path / 'sep', True)}"]
+    on_engine = run_job("nvdinov2", "evaluate", overrides=[*common, f"evaluate.trt_engine={engine}"], workspace=ws)
+    on_checkpoint = run_job("nvdinov2", "evaluate", overrides=[*common, f"evaluate.checkpoint={backbone_file}"], workspace=ws)
+    assert on_engine.kpis == on_checkpoint.kpis
+    report = json.loads((Path(on_engine.results_dir) / "results.json").read_text())
+    assert report["trt_engine"] == engine and report["input_size"] == 32 and report["backbone"] == "student vit_t"
+
+    images = tmp_path / "images"
+    for i in range(5):
+        _image(images / f"img_{i}.png", (40 * i, 90, 200 - 30 * i), i)
+    overrides = [f"dataset.test_dataset.images_dir={images}", "dataset.workers=0", "inference.batch_size=5"]
+    both = run_job("nvdinov2", "inference",
+                   overrides=[*overrides, f"inference.trt_engine={engine}", f"inference.checkpoint={backbone_file}"],
+                   workspace=ws)  # fmt: skip
+    plain = run_job("nvdinov2", "inference", overrides=[*overrides, f"inference.checkpoint={backbone_file}"], workspace=ws)
+    np.testing.assert_allclose(np.load(both.artifacts["features"]), np.load(plain.artifacts["features"]), atol=1e-4)
+    agreement = json.loads(Path(both.artifacts["tensorrt_vs_pytorch"]).read_text())
+    assert agreement["compared"] == "class token" and agreement["within_tolerance"] and agreement["max_abs_diff"] < 1e-4
+    assert Path(both.artifacts["pca"]).is_file() and fake_tensorrt["executions"] >= 6  # batches of 5 in chunks of 4
+
+    with pytest.raises(SpecError, match=r"inference\.trt_engine: .* was built from a mae model's ONNX file"):
+        mae_engine = tmp_path / "mae.engine"
+        mae_engine.write_bytes(Path(engine).read_bytes())
+        Path(f"{mae_engine}.json").write_text(json.dumps({"metadata": {"network": "mae"}}))
+        run_job("nvdinov2", "inference", overrides=[*overrides, f"inference.trt_engine={mae_engine}"], workspace=ws)

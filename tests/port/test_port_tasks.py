@@ -188,28 +188,33 @@ def test_grounding_dino_ports_as_an_open_vocabulary_detector_and_runs_the_normal
     assert "zero_shot_mAP50=" in out and "metric val_mAP50 (maximize)" in out
 
 
-def test_a_ported_segmenter_builds_a_tensorrt_engine_from_its_export(tmp_path, monkeypatch):
-    """gen_trt_engine of a task network: the export job's ONNX (named outputs, dynamic batch) goes to
-    TensorRT's builder with the spec's profile (a fake TensorRT here; the real one runs in the GPU
-    device check)."""
-    import importlib.util
-    import sys
-
+def test_a_ported_segmenter_deploys_on_a_tensorrt_engine(tmp_path, monkeypatch):
+    """gen_trt_engine of a task network, then evaluate and inference on the engine: the export job's
+    ONNX (named outputs, dynamic batch) goes to TensorRT's builder with the spec's fp16 profile and
+    the engine runs in place of the checkpoint (an ONNX Runtime-backed fake TensorRT here,
+    tests/fake_tensorrt.py; the real one runs in the GPU device check)."""
+    import fake_tensorrt
     from foveal.jobs.lifecycle import run_job
 
-    spec = importlib.util.spec_from_file_location("trt_fakes", Path(__file__).parents[1] / "export" /
-                                                  "test_export_tensorrt.py")  # fmt: skip
-    fakes = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fakes)
     ws = tmp_path / "ws"
     report = foveal.port_hf(save_tiny_task_model("segformer", tmp_path / "seg"), name="seg", workspace=ws)
     export = run_job("seg", "export", parent_id=report.jobs["train"], workspace=ws)
-    trt, calls = fakes._fake_tensorrt(input_shape=(-1, 3, 64, 64), input_name="pixel_values")
-    monkeypatch.setitem(sys.modules, "tensorrt", trt)  # after the export: torch's exporter probes for it
+    calls = fake_tensorrt.install(monkeypatch)  # after the export: torch's exporter probes for tensorrt
     engine = run_job("seg", "gen_trt_engine", parent_id=export.id, workspace=ws,
                      overrides={"gen_trt_engine.tensorrt.data_type": "fp16",
                                 "gen_trt_engine.tensorrt.max_batch_size": 4})  # fmt: skip
-    assert engine.status == "Done" and Path(engine.artifacts["trt_engine"]).read_bytes() == b"serialized-engine"
-    assert calls["parsed"] == export.artifacts["onnx"] and calls["flags"] == ["FP16"]
+    assert engine.status == "Done" and calls["flags"] == ["FP16"]
     (low, _, high), = calls["profiles"].values()
     assert low[0] == 1 and high[0] == 4 and low[1:] == [3, 64, 64]
+
+    root = ws / "cache" / "port_tasks_64"
+    data = {"dataset.segment.root_dir": str(root), "dataset.segment.predict_split": "val", "dataset.workers": 0}
+    trt = {"evaluate.trt_engine": engine.artifacts["trt_engine"]}
+    on_engine = run_job("seg", "evaluate", workspace=ws, overrides={**data, **trt})
+    on_checkpoint = run_job("seg", "evaluate", parent_id=report.jobs["train"], workspace=ws, overrides=data)
+    assert on_engine.kpis["mIoU"] == pytest.approx(on_checkpoint.kpis["mIoU"], abs=0.02)  # fp16 logits
+    both = run_job("seg", "inference", parent_id=report.jobs["train"], workspace=ws,
+                   overrides={**data, "inference.trt_engine": engine.artifacts["trt_engine"]})  # fmt: skip
+    agreement = json.loads(Path(both.artifacts["tensorrt_vs_pytorch"]).read_text())
+    assert agreement["compared"] == "logits" and agreement["data_type"] == "fp16" and agreement["within_tolerance"]
+    assert 0 < agreement["max_abs_diff"] and len(list(Path(both.artifacts["masks"]).glob("*.png"))) == 4

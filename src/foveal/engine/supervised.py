@@ -21,6 +21,7 @@ from foveal.engine.ema import WeightEma
 from foveal.engine.mixup import Mixup, MixupSettings, soft_target_cross_entropy
 from foveal.engine.optim import param_groups
 from foveal.engine.schedules import lr_multiplier
+from foveal.engine.speed import SpeedOptionsMixin
 from foveal.nn.classifier import Classifier
 
 
@@ -95,7 +96,7 @@ def build_optimizer(
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-class ClassificationModule(L.LightningModule):
+class ClassificationModule(SpeedOptionsMixin, L.LightningModule):
     """Cross-entropy fine-tuning with label smoothing, Mixup/CutMix, weight EMA, top-1/top-5 and
     a warm-up schedule.
 
@@ -163,12 +164,12 @@ class ClassificationModule(L.LightningModule):
         images, target = batch
         if self.mixup_settings is not None:
             images, soft = self._mixer(self.mixup_settings)(images, target)
-            logits = self(images)
+            logits = self.train_step_forward(images)
             loss = soft_target_cross_entropy(logits, soft, self._weight())
             # Top-1 against the dominant class of the mixed target.
             target = soft.argmax(dim=1)
         else:
-            logits = self(images)
+            logits = self.train_step_forward(images)
             loss = self._loss(logits, target, self.label_smoothing)
         top1 = (logits.argmax(dim=1) == target).float().mean()
         self.log(

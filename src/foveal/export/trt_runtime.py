@@ -146,6 +146,11 @@ class TrtPredictor:
         return low, high
 
     @property
+    def input_shapes(self) -> dict[str, list[int]]:
+        """Declared input shapes, -1 for a dynamic dimension."""
+        return {name: list(self._shapes[name]) for name in self.input_names}
+
+    @property
     def data_type(self) -> str | None:
         return self.metadata.get("data_type")
 

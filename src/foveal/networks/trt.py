@@ -219,3 +219,27 @@ def agreement_kpis(report: dict[str, Any] | None) -> dict[str, float]:
     if "top1_agreement" in report:
         kpis["trt_vs_pytorch_top1_agreement"] = float(report["top1_agreement"])
     return kpis
+
+
+class EngineLogits:
+    """``images -> (B, C) logits`` from the engine of an exported classifier (output ``logits``, or
+    ``probabilities`` of a graph ending in a softmax: their log, the same ranking and loss). With
+    the PyTorch ``reference`` beside it, every batch also adds both class probabilities to the
+    agreement meter."""
+
+    def __init__(self, engine: Any, reference: Callable[[Any], Any] | None = None) -> None:
+        from foveal.export.trt_runtime import AgreementMeter
+
+        self.engine, self.reference = engine, reference
+        self.probabilities = (engine.metadata.get("metadata") or {}).get("output") == "probabilities"
+        self.meter = AgreementMeter(engine.data_type, "class probabilities") if reference is not None else None
+
+    def __call__(self, images: Any) -> Any:
+        out = next(iter(self.engine.run(images).values()))
+        probabilities = out if self.probabilities else out.softmax(1)
+        if self.meter is not None and self.reference is not None:
+            self.meter.add(self.reference(images).float().softmax(1), probabilities)
+        return out.clamp_min(1e-12).log() if self.probabilities else out
+
+    def agreement(self) -> dict[str, Any] | None:
+        return self.meter.report() if self.meter is not None else None

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from foveal.nn.packing import PackedLayout, packed_attention
+
 FFN_LAYERS = ("mlp", "swiglu", "swiglufused")
 ACT_LAYERS = ("gelu", "gelu_tanh", "quick_gelu", "silu", "relu")
 
@@ -70,13 +72,16 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, N, D) -> (B, N, D)."""
+    def forward(self, x: torch.Tensor, packing: PackedLayout | None = None) -> torch.Tensor:
+        """(B, N, D) -> (B, N, D); with ``packing``, x is (1, S, D) of packed images and each
+        attends to its own tokens only (:mod:`foveal.nn.packing`)."""
         b, n, d = x.shape
         # (B, N, 3*D) -> (3, B, heads, N, D/heads)
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        if self.fused:
+        if packing is not None:
+            x = packed_attention(q, k, v, packing)
+        elif self.fused:
             x = F.scaled_dot_product_attention(q, k, v)
         else:
             attn = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, heads, N, N)
@@ -148,10 +153,13 @@ class DropPath(nn.Module):
         super().__init__()
         self.drop_prob = drop_prob
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, packing: PackedLayout | None = None) -> torch.Tensor:
         if self.drop_prob == 0.0 or not self.training:
             return x
         keep = 1.0 - self.drop_prob
+        if packing is not None:  # per packed image, spread over its tokens
+            mask = packing.per_token(x.new_empty(packing.num_images).bernoulli_(keep)).view(1, -1, 1)
+            return x * mask / keep
         mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
         return x * mask / keep
 
@@ -190,7 +198,14 @@ class Block(nn.Module):
         self.ls2 = LayerScale(dim, init_values) if init_values is not None else nn.Identity()
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, N, D) -> (B, N, D)."""
-        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x))))
-        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+    def forward(self, x: torch.Tensor, packing: PackedLayout | None = None) -> torch.Tensor:
+        """(B, N, D) -> (B, N, D); ``packing``: x holds packed images (see :class:`Attention`)."""
+        if packing is None:
+            x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x))))
+            return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        x = x + _drop(self.drop_path1, self.ls1(self.attn(self.norm1(x), packing)), packing)
+        return x + _drop(self.drop_path2, self.ls2(self.mlp(self.norm2(x))), packing)
+
+
+def _drop(drop_path: nn.Module, x: torch.Tensor, packing: PackedLayout) -> torch.Tensor:
+    return drop_path(x, packing) if isinstance(drop_path, DropPath) else x

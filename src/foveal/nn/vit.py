@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from foveal.nn.layers import Block, LayerScale, PatchEmbed
+from foveal.nn.packing import PackedLayout, pack, unpack
 from foveal.nn.pos_embed import build_2d_sincos_pos_embed, resample_patch_pos_embed
 
 logger = logging.getLogger(__name__)
@@ -211,13 +212,14 @@ class VisionTransformer(nn.Module):
             return cls
         return torch.cat([cls, self.register_tokens.expand(batch_size, -1, -1)], dim=1)
 
-    def forward_blocks(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Run all blocks on any token sequence (B, T, D) -> (B, T, D); no final norm."""
+    def forward_blocks(self, tokens: torch.Tensor, packing: PackedLayout | None = None) -> torch.Tensor:
+        """Run all blocks on any token sequence (B, T, D) -> (B, T, D); no final norm.
+        ``packing``: tokens are packed images, (1, S, D) (:mod:`foveal.nn.packing`)."""
         for block in self.blocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
-                tokens = checkpoint(block, tokens, use_reentrant=False)
+                tokens = checkpoint(block, tokens, packing, use_reentrant=False)
             else:
-                tokens = block(tokens)
+                tokens = block(tokens, packing)
         return tokens
 
     def _embed(self, x: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
@@ -247,6 +249,40 @@ class VisionTransformer(nn.Module):
             "x_prenorm": x_prenorm,
             "masks": masks,
         }
+
+    def forward_features_list(
+        self,
+        xs: Sequence[torch.Tensor],
+        masks: Sequence[torch.Tensor | None] | None = None,
+        backend: str = "grouped",
+    ) -> list[dict]:
+        """`forward_features` of several image batches (e.g. global and local crops) in ONE pass:
+        their tokens packed into one sequence with block-diagonal attention (DINOv2's
+        ``forward_features_list``). The same outputs as separate calls, up to float rounding
+        (and the draws of stochastic depth, which are per image in both).
+
+        Args:
+            xs: batches (B_i, C, H_i, W_i).
+            masks: per batch, None or bool (B_i, N_i).
+            backend: how attention is restricted (:data:`foveal.nn.packing.BACKENDS`).
+        """
+        masks = list(masks) if masks is not None else [None] * len(xs)
+        if len(masks) != len(xs):
+            raise ValueError(f"{len(xs)} batches but {len(masks)} masks")
+        packed, layout = pack([self._embed(x, m) for x, m in zip(xs, masks, strict=True)], backend)
+        prenorm = unpack(self.forward_blocks(packed, layout), layout)
+        first_patch = self.num_prefix_tokens
+        out = []
+        for x_prenorm, mask in zip(prenorm, masks, strict=True):
+            x_norm = self.norm(x_prenorm)
+            out.append({
+                "x_norm_clstoken": x_norm[:, 0],
+                "x_norm_regtokens": x_norm[:, 1:first_patch],
+                "x_norm_patchtokens": x_norm[:, first_patch:],
+                "x_prenorm": x_prenorm,
+                "masks": mask,
+            })  # fmt: skip
+        return out
 
     def forward_head(self, features: dict, pre_logits: bool = False) -> torch.Tensor:
         """Pool ``forward_features`` output ((B, D) cls or mean patch token) and apply the head."""

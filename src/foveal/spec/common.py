@@ -204,6 +204,23 @@ class TrainConfig:
 
 
 @dataclass
+class SpeedOptions:
+    """Speed and memory switches of a ``train`` section (:mod:`foveal.engine.speed`)."""
+
+    activation_checkpointing: bool = field(
+        False, description="Recompute the backbone's block activations in backward: less memory, slower steps."
+    )
+    torch_compile: bool = field(
+        False,
+        description="Run the training forward through torch.compile (the first steps pay the compilation; on "
+        "CPU it needs a C++ compiler).",
+    )
+    channels_last: bool = field(
+        False, description="ConvNeXt V2 backbones in channels-last memory layout (faster convolutions on GPUs)."
+    )
+
+
+@dataclass
 class EvaluateConfig:
     num_gpus: int = field(1, valid_min=1, description="Number of GPUs.")
     gpu_ids: list[int] = field(default_factory=lambda: [0], valid_min=0, description="GPU indices.")

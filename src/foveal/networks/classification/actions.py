@@ -21,6 +21,7 @@ from foveal.data.tao_augment import TaoAugmentation, build_tao_eval_transform, b
 from foveal.engine import checkpoint_artifacts, fit, load_checkpoint, resolve_resume_checkpoint
 from foveal.engine.metrics import classification_report
 from foveal.engine.mixup import MixupSettings
+from foveal.engine.speed import apply_speed_options
 from foveal.engine.supervised import ClassificationModule, OptimSettings
 from foveal.engine.trainer import prepare_training, trainer_for
 from foveal.errors import DatasetError
@@ -245,6 +246,7 @@ def train(cfg: ClassificationConfig, ctx: ActionContext) -> ActionResult:
         ema_decay=cfg.train.ema_decay if cfg.train.enable_ema else None,
         topk=tuple(cfg.model.head.topk),
     )
+    apply_speed_options(module, cfg.train)
     monitor, mode = monitor_metric(cfg.train.optim.monitor_name)
     if val_loader is None and monitor.startswith("val_"):
         logger.info("no validation set: the best checkpoint is picked by train_loss, not %s", monitor)
@@ -312,30 +314,24 @@ class _Scorer:
     std: list[float]
     weights: str  # "ema" | "live" | "tensorrt fp16" ...
     model: Classifier | None = None
-    engine: Any = None
-    meter: Any = None
+    engine: Any = None  # an EngineLogits
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C) logits (an engine ending in a softmax: log-probabilities, the same ranking and loss)."""
-        reference = self.model(images).float() if self.model is not None else None
-        if self.engine is None:
-            assert reference is not None
-            return reference
-        out = next(iter(self.engine.run(images).values()))
-        probabilities = out if self.engine.metadata.get("metadata", {}).get("output") == "probabilities" else None
-        if self.meter is not None and reference is not None:
-            self.meter.add(reference.softmax(1), probabilities if probabilities is not None else out.softmax(1))
-        return probabilities.clamp_min(1e-12).log() if probabilities is not None else out
+        if self.engine is not None:
+            return self.engine(images)
+        assert self.model is not None
+        return self.model(images).float()
 
     def agreement(self) -> dict[str, Any] | None:
-        return self.meter.report() if self.meter is not None else None
+        return self.engine.agreement() if self.engine is not None else None
 
 
 def _scorer(cfg: ClassificationConfig, action: str) -> _Scorer:
     """`_Scorer` of ``evaluate`` / ``inference``: preprocessing and classes from the checkpoint, or
     from the engine's ``<engine>.json`` (else the spec's ``dataset``) when only an engine is given."""
-    from foveal.export.trt_runtime import AgreementMeter, meta_value
-    from foveal.networks.trt import open_engine
+    from foveal.export.trt_runtime import meta_value
+    from foveal.networks.trt import EngineLogits, open_engine
 
     section = getattr(cfg, action)
     engine = open_engine(section, action, NETWORK)
@@ -360,7 +356,6 @@ def _scorer(cfg: ClassificationConfig, action: str) -> _Scorer:
         )
     if engine_classes is None and classes is None:
         engine_classes = read_classes(cfg.dataset.classes_file, cfg.dataset.root_dir, Path("."))[0]
-    meter = AgreementMeter(engine.data_type, "class probabilities") if model is not None else None
     return _Scorer(
         engine_classes if engine_classes is not None else classes,
         size,
@@ -368,8 +363,7 @@ def _scorer(cfg: ClassificationConfig, action: str) -> _Scorer:
         list(meta_value(meta, "std", aug.std)),
         f"tensorrt {engine.data_type or ''}".strip(),
         model,
-        engine,
-        meter,
+        EngineLogits(engine, model),
     )
 
 

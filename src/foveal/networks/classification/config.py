@@ -22,6 +22,7 @@ from foveal.spec.common import (
     ExportConfig,
     GenTrtEngineConfig,
     InferenceConfig,
+    SpeedOptions,
     TensorRTConfig,
     TrainConfig,
 )
@@ -358,7 +359,7 @@ class OptimConfig:
 
 
 @dataclass
-class ClassificationTrainConfig(TrainConfig):
+class ClassificationTrainConfig(SpeedOptions, TrainConfig):
     pretrained_model_path: str | None = field(
         None, parent_param=True, description="A whole classifier checkpoint (backbone + head) to start from."
     )

@@ -46,7 +46,7 @@ from foveal.networks.hf_task.model import (
 from foveal.networks.hf_task.tasks import TASKS, InferenceFiles, transform
 from foveal.networks.registry import ActionContext, ActionResult
 from foveal.networks.trt import trt_engine_action
-from foveal.spec import build_config, required, to_dict
+from foveal.spec import SpecError, SpecIssue, build_config, required, to_dict
 from foveal.spec.common import run_batch_size
 
 logger = logging.getLogger(__name__)
@@ -189,27 +189,94 @@ def load_task_checkpoint(path: str | Path, network: str) -> tuple[torch.nn.Modul
     return model.eval(), cfg, list(ckpt.get("classes") or []), task
 
 
+def _depth_scale(cfg: Any) -> float:
+    """Depth PNG units per metre of a depth spec (``dataset.depth.depth_scale``); 1000 otherwise."""
+    depth = getattr(cfg.dataset, "depth", None)
+    return float(depth.depth_scale) if depth is not None else 1000.0
+
+
+class _Outputs:
+    """What evaluate / inference run: the checkpoint's model, a TensorRT engine
+    (``<action>.trt_engine``), or both, the checkpoint then giving the engine's agreement on the
+    task's first output (``logits`` / ``predicted_depth``)."""
+
+    def __init__(self, cfg: Any, action: str, task: str) -> None:
+        from foveal.export.trt_runtime import AgreementMeter, meta_value
+        from foveal.networks.trt import open_engine
+
+        section = getattr(cfg, action)
+        self.task, self.model, self.meter = task, None, None
+        self.engine = open_engine(section, action, NETWORKS[task])
+        if section.checkpoint or self.engine is None:
+            self.model, trained, self.classes, _ = load_task_checkpoint(
+                required(section.checkpoint, f"{action}.checkpoint"), NETWORKS[task]
+            )
+            _copy_preprocessing(cfg, trained)
+            self.img_size = trained.dataset.img_size
+            self.depth_scale = _depth_scale(trained)
+        if self.engine is None:
+            return
+        meta = self.engine.metadata
+        built_for = meta_value(meta, "task")
+        if built_for and built_for != task:
+            raise SpecError(SpecIssue(f"{action}.trt_engine", f"is a {built_for} engine, this spec is {task}",
+                                      "build the engine from this task's export"))  # fmt: skip
+        missing = [name for name in TASK_OUTPUTS[task] if name not in self.engine.output_names]
+        if missing:
+            raise SpecError(SpecIssue(f"{action}.trt_engine", f"has outputs {self.engine.output_names}, not {missing}",
+                                      "build the engine from this network's export"))  # fmt: skip
+        if self.model is None:
+            aug = cfg.dataset.augmentation
+            aug.mean = list(meta_value(meta, "mean", aug.mean))
+            aug.std = list(meta_value(meta, "std", aug.std))
+            shape = meta_value(meta, "input_shape")
+            self.img_size = int(shape[1]) if shape else cfg.dataset.img_size
+            self.classes = list(meta_value(meta, "classes") or [])
+            self.depth_scale = float(meta_value(meta, "depth_scale", _depth_scale(cfg)))
+        else:
+            self.meter = AgreementMeter(self.engine.data_type, TASK_OUTPUTS[task][0])
+
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        reference = task_outputs(self.model, self.task, images) if self.model is not None else None
+        if self.engine is None:
+            assert reference is not None
+            return reference
+        out = self.engine.run(images)
+        got = tuple(out[name] for name in TASK_OUTPUTS[self.task])
+        if self.meter is not None and reference is not None:
+            self.meter.add(reference[0], got[0])
+        return got
+
+    def agreement(self) -> dict[str, Any] | None:
+        return self.meter.report() if self.meter is not None else None
+
+
 def evaluate(cfg: Any, ctx: ActionContext) -> ActionResult:
-    """The task's metrics on the evaluation split (``results.json``; KPIs in status.json)."""
+    """The task's metrics on the evaluation split (``results.json``; KPIs in status.json); on
+    ``evaluate.trt_engine`` the engine's, with a checkpoint too the TensorRT-vs-PyTorch agreement."""
+    from foveal.networks.trt import agreement_kpis
+
     task = task_of(cfg)
     adapter = TASKS[task]
-    model, trained, classes, _ = load_task_checkpoint(required(cfg.evaluate.checkpoint, "evaluate.checkpoint"),
-                                                      NETWORKS[task])  # fmt: skip
-    _copy_preprocessing(cfg, trained)
-    dataset, _ = adapter.datasets(cfg, ctx, "test", classes=classes or None, img_size=trained.dataset.img_size)
+    outputs = _Outputs(cfg, "evaluate", task)
+    classes = outputs.classes
+    dataset, _ = adapter.datasets(cfg, ctx, "test", classes=classes or None, img_size=outputs.img_size)
     loader = make_loader(dataset, run_batch_size(cfg.evaluate, cfg.dataset.batch_size), cfg.dataset.workers,
                          train=False, collate_fn=adapter.collate)  # fmt: skip
     meter = adapter.meter(dataset)
     with torch.inference_mode():
         for images, target in loader:
-            adapter.update(meter, task_outputs(model, task, images), target, dataset)
+            adapter.update(meter, outputs(images), target, dataset)
     scores = adapter.scores(meter)
     scores["num_images"] = len(dataset)
     if classes:
         scores["classes"] = classes
+    trt = outputs.agreement()
+    if trt is not None:
+        scores["tensorrt_vs_pytorch"] = trt
     results = ctx.results_dir / "results.json"
     results.write_text(json.dumps(scores, indent=2), encoding="utf-8")
-    kpis = {k: float(v) for k, v in scores.items() if k in adapter.kpis}
+    kpis = {k: float(v) for k, v in scores.items() if k in adapter.kpis} | agreement_kpis(trt)
     line = ", ".join(f"{k} {v:.4f}" for k, v in kpis.items())
     return ActionResult(kpis=kpis, artifacts={"results": str(results)}, message=f"{line} on {len(dataset)} images")
 
@@ -233,24 +300,29 @@ def _inference_images(cfg: Any, task: str) -> str:
 
 def inference(cfg: Any, ctx: ActionContext) -> ActionResult:
     """Detection: ``results.json`` (boxes, scores, labels per image) and drawn boxes; segmentation:
-    mask PNGs and overlays; depth: 16-bit depth PNGs and colour maps."""
+    mask PNGs and overlays; depth: 16-bit depth PNGs and colour maps. On ``inference.trt_engine``
+    the engine's (with a checkpoint too: ``tensorrt_vs_pytorch.json``)."""
     from foveal.data.files import resolve_image_inputs
+    from foveal.networks.trt import agreement_kpis
 
     task = task_of(cfg)
-    model, trained, classes, _ = load_task_checkpoint(required(cfg.inference.checkpoint, "inference.checkpoint"),
-                                                      NETWORKS[task])  # fmt: skip
-    _copy_preprocessing(cfg, trained)
-    tf = transform(cfg, False, trained.dataset.img_size)
+    outputs = _Outputs(cfg, "inference", task)
+    tf = transform(cfg, False, outputs.img_size)
     dataset = resolve_image_inputs(_inference_images(cfg, task), ctx.cache_dir, tf.image)
-    scale = trained.dataset.depth.depth_scale if task == "depth-estimation" else 1000.0
-    files = InferenceFiles(ctx.results_dir, task, classes, cfg.inference.conf_threshold, scale)
+    scale = outputs.depth_scale if task == "depth-estimation" else 1000.0
+    files = InferenceFiles(ctx.results_dir, task, outputs.classes, cfg.inference.conf_threshold, scale)
     with torch.inference_mode():
         for images, paths in make_loader(dataset, run_batch_size(cfg.inference, cfg.dataset.batch_size),
                                          cfg.dataset.workers, train=False):  # fmt: skip
-            files.add(tuple(o.float() for o in task_outputs(model, task, images)), list(paths))
+            files.add(tuple(o.float() for o in outputs(images)), list(paths))
     results = files.close()
     artifacts = {"results": str(results), **{name: str(ctx.results_dir / name) for name in files.folders}}
-    return ActionResult(kpis={"num_images": float(files.count)}, artifacts=artifacts,
+    trt = outputs.agreement()
+    if trt is not None:
+        agreement_file = ctx.results_dir / "tensorrt_vs_pytorch.json"
+        agreement_file.write_text(json.dumps(trt, indent=2))
+        artifacts["tensorrt_vs_pytorch"] = str(agreement_file)
+    return ActionResult(kpis={"num_images": float(files.count), **agreement_kpis(trt)}, artifacts=artifacts,
                         message=f"{files.count} images -> {results}")  # fmt: skip
 
 
@@ -272,7 +344,8 @@ def export(cfg: Any, ctx: ActionContext) -> ActionResult:
     aug = trained.dataset.augmentation
     metadata = {"network": NETWORKS[task], "task": task, "classes": json.dumps(classes),
                 "input_shape": json.dumps([section.input_channel, height, width]),
-                "mean": json.dumps(list(aug.mean)), "std": json.dumps(list(aug.std))}  # fmt: skip
+                "mean": json.dumps(list(aug.mean)), "std": json.dumps(list(aug.std)),
+                "depth_scale": str(_depth_scale(trained))}  # fmt: skip
     example = torch.randn(batch, section.input_channel, height, width, generator=torch.Generator().manual_seed(0))
     report = export_onnx(TaskGraph(model, task).eval(), example, onnx_file, opset_version=section.opset_version,
                          dynamic_batch=dynamic, input_names=("pixel_values",), output_names=TASK_OUTPUTS[task],

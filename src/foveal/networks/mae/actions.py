@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from foveal.data import (
 )
 from foveal.engine import checkpoint_artifacts, fit, load_checkpoint, resolve_resume_checkpoint
 from foveal.engine.online_eval import LearningWatch, OnlineEvaluation
+from foveal.engine.speed import apply_speed_options
 from foveal.engine.trainer import prepare_training, trainer_for
 from foveal.errors import CheckpointError, DatasetError
 from foveal.networks.mae import checkpoints
@@ -177,6 +179,7 @@ def _pretrain_setup(cfg: MAEConfig, ctx: ActionContext, start: str | None) -> tu
         online=OnlineEvaluation() if val_loader is not None else None,  # DINO's kNN: k=20, T=0.07
         watch=LearningWatch(feature_dim=int(getattr(encoder_of(model), "num_features", 0)) or None, hints=WATCH_HINTS),
     )
+    apply_speed_options(module, cfg.train)
     monitor = cfg.train.optim.monitor_name
     if monitor == "val_loss" and val_loader is None:
         logger.warning("train.optim.monitor_name=val_loss without dataset.val_data_sources; using train_loss")
@@ -233,6 +236,7 @@ def _finetune_setup(cfg: MAEConfig, ctx: ActionContext, start: str | None) -> tu
         mixup=mixup_settings_from_mae(aug, len(classes)),
         arch=cfg.model.arch,
     )
+    apply_speed_options(module, cfg.train)
     monitor = ("val_top1", "max") if val_loader is not None else ("train_loss", "min")
     return module, train_loader, val_loader, monitor
 
@@ -251,63 +255,156 @@ def _check_num_classes(num_classes: int | None, found: int, where: str) -> None:
 # ------------------------------------------------------------------------------------ evaluate
 
 
+@dataclass
+class _Run:
+    """What evaluate / inference run: the checkpoint's model, a TensorRT engine
+    (``<action>.trt_engine``), or both, the checkpoint then giving the engine's agreement."""
+
+    stage: str
+    classes: list[str]  # empty: the class folders' (an engine without its metadata)
+    input_size: int
+    mean: list[float]
+    std: list[float]
+    arch: str
+    loaded: checkpoints.Trained | None
+    engine: Any = None  # finetune: EngineLogits; pretrain: EngineBackbone
+    meter: Any = None  # pretrain engine beside a checkpoint
+    source: str = ""  # the engine or checkpoint file, for messages
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        if self.engine is not None:
+            return self.engine(images)
+        assert self.loaded is not None
+        return self.loaded.model(images).float()
+
+    def encoder(self) -> Any:
+        if self.engine is not None:
+            return self.engine
+        assert self.loaded is not None
+        return encoder_of(self.loaded.model)
+
+    def agreement(self) -> dict[str, Any] | None:
+        if self.meter is not None:
+            return self.meter.report()
+        return self.engine.agreement() if hasattr(self.engine, "agreement") else None
+
+
+def _run(cfg: MAEConfig, action: str) -> _Run:
+    """`_Run` of ``evaluate`` / ``inference``: preprocessing from the checkpoint, or from the
+    engine's ``<engine>.json`` (else the spec's ``dataset.augmentation``) when only an engine is given."""
+    from foveal.export.trt_runtime import AgreementMeter, EngineBackbone, meta_value
+    from foveal.networks.trt import EngineLogits, open_engine
+
+    section = getattr(cfg, action)
+    engine = open_engine(section, action, NETWORK)
+    loaded = None
+    if section.checkpoint or engine is None:
+        loaded = checkpoints.load_trained(required(section.checkpoint, f"{action}.checkpoint"))
+    if engine is None:
+        assert loaded is not None
+        aug = loaded.cfg.dataset.augmentation
+        return _Run(loaded.stage, loaded.classes, aug.input_size, list(aug.mean), list(aug.std), loaded.cfg.model.arch,
+                    loaded, source=str(loaded.path))  # fmt: skip
+    meta, aug = engine.metadata, cfg.dataset.augmentation
+    stage = meta_value(meta, "stage") or ("finetune" if engine.output_names == ["logits"] else "pretrain")
+    if loaded is not None and loaded.stage != stage:
+        raise SpecError(
+            SpecIssue(
+                f"{action}.trt_engine",
+                f"is a mae {stage} engine but {action}.checkpoint is a {loaded.stage} checkpoint",
+                f"give the {stage} checkpoint it was exported from, or leave {action}.checkpoint empty",
+            )
+        )
+    height, width = meta_value(meta, "input_height"), meta_value(meta, "input_width")
+    if height and width and int(height) != int(width):
+        raise SpecError(
+            SpecIssue(f"{action}.trt_engine", f"takes {width}x{height} images; mae evaluates square ones",
+                      "build the engine from an export with export.input_height == export.input_width")  # fmt: skip
+        )
+    size = int(height or meta_value(meta, "input_size") or aug.input_size)
+    classes = list(meta_value(meta, "classes") or (loaded.classes if loaded else []))
+    arch = str(meta_value(meta, "arch") or cfg.model.arch)
+    run = _Run(stage, classes, size, list(meta_value(meta, "mean", aug.mean)), list(meta_value(meta, "std", aug.std)),
+               arch, loaded, source=str(engine.engine_file))  # fmt: skip
+    if stage == "finetune":
+        run.engine = EngineLogits(engine, loaded.model if loaded else None)
+        return run
+    vit = "cls_token" in engine.output_names
+    names = {"cls_token": "x_norm_clstoken", "patch_tokens": "x_norm_patchtokens"} if vit else {"embedding": "x_norm_clstoken"}
+    compare = None
+    if loaded is not None:
+        run.meter = AgreementMeter(engine.data_type, "class token" if vit else "embedding")
+        compare = ("x_norm_clstoken", encoder_of(loaded.model), run.meter)
+    run.engine = EngineBackbone(engine, names, has_class_token=vit, compare=compare)
+    return run
+
+
 def evaluate(cfg: MAEConfig, ctx: ActionContext) -> ActionResult:
     """Finetune: top-1/top-5, per-class metrics, confusion matrix. Pretrain: reconstruction loss
-    and, when the validation images are in class folders, kNN top-1. Both -> results.json."""
-    loaded = checkpoints.load_trained(required(cfg.evaluate.checkpoint, "evaluate.checkpoint"))
+    and, when the validation images are in class folders, kNN top-1. Both -> results.json. On
+    ``evaluate.trt_engine`` the engine's (a pretrain engine holds the encoder: kNN only); with a
+    checkpoint too, the TensorRT-vs-PyTorch agreement."""
+    from foveal.networks.trt import agreement_kpis
+
+    run = _run(cfg, "evaluate")
     root = resolve_dataset(required(cfg.dataset.val_data_sources, "dataset.val_data_sources"), ctx.cache_dir)
-    if loaded.stage == "finetune":
-        report = _evaluate_finetune(cfg, loaded, root)
+    if run.stage == "finetune":
+        report = _evaluate_finetune(cfg, run, root)
         kpis: dict[str, float] = {k: report[k] for k in ("top1", "top5", "loss") if k in report}
         message = f"top-1 {report['top1']:.4f} on {report['num_images']} images"
     else:
-        report = _evaluate_pretrain(cfg, ctx, loaded, root)
-        kpis = {k: v for k, v in report.items() if k.startswith(("reconstruction_loss", "knn_top1"))}
+        report = _evaluate_pretrain(cfg, ctx, run, root)
+        kpis = {
+            k: v for k, v in report.items() if k.startswith(("reconstruction_loss", "knn_top1")) and v is not None
+        }
         knn = report.get("knn_top1_avg")
-        message = f"reconstruction loss {report['reconstruction_loss']:.4f}" + (
+        loss = report["reconstruction_loss"]
+        message = (f"reconstruction loss {loss:.4f}" if loss is not None else "reconstruction loss: not in the engine") + (
             f", kNN top-1 {knn:.4f}" if knn is not None else f" ({report['knn']})"
         )
+    trt = run.agreement()
+    if trt is not None:
+        report["tensorrt_vs_pytorch"] = trt
+    kpis.update(agreement_kpis(trt))
+    if run.engine is not None:
+        message += " (TensorRT engine)"
     out = ctx.results_dir / "results.json"
-    out.write_text(json.dumps({"stage": loaded.stage, **report}, indent=2))
+    out.write_text(json.dumps({"stage": run.stage, **report}, indent=2))
     return ActionResult(kpis=kpis, artifacts={"results": str(out)}, message=message)
 
 
-def _evaluate_finetune(cfg: MAEConfig, loaded: checkpoints.Trained, root: Path) -> dict[str, Any]:
+def _evaluate_finetune(cfg: MAEConfig, run: _Run, root: Path) -> dict[str, Any]:
     from foveal.engine.metrics import classification_report
 
-    _check_num_classes(cfg.model.num_classes, len(loaded.classes), f"checkpoint {loaded.path}")
-    aug = loaded.cfg.dataset.augmentation
-    tf = build_eval_transform(aug.input_size, aug.mean, aug.std)
-    dataset = LabeledImageFolderDataset(root, transform=tf, classes=loaded.classes)
+    if run.classes:
+        _check_num_classes(cfg.model.num_classes, len(run.classes), run.source)
+    tf = build_eval_transform(run.input_size, run.mean, run.std)
+    dataset = LabeledImageFolderDataset(root, transform=tf, classes=run.classes or None)
     logits, targets = [], []
     with torch.inference_mode():
         for images, target in make_loader(
             dataset, run_batch_size(cfg.evaluate, cfg.dataset.batch_size), cfg.dataset.num_workers_per_gpu, train=False
         ):
-            logits.append(loaded.model(images).float())
+            logits.append(run.logits(images))
             targets.append(target)
-    return classification_report(torch.cat(logits), torch.cat(targets), loaded.classes)
+    return classification_report(torch.cat(logits), torch.cat(targets), dataset.classes)
 
 
-def _evaluate_pretrain(
-    cfg: MAEConfig, ctx: ActionContext, loaded: checkpoints.Trained, root: Path
-) -> dict[str, Any]:
+def _evaluate_pretrain(cfg: MAEConfig, ctx: ActionContext, run: _Run, root: Path) -> dict[str, Any]:
     from foveal.engine.features import extract_features, knn_top1
-    from foveal.errors import DatasetError
     from foveal.networks.mae.evaluation import reconstruction_loss
-    from foveal.networks.mae.models import encoder_of
 
-    aug = loaded.cfg.dataset.augmentation
-    tf = build_eval_transform(aug.input_size, aug.mean, aug.std)
+    tf = build_eval_transform(run.input_size, run.mean, run.std)
     batch, workers = run_batch_size(cfg.evaluate, cfg.dataset.batch_size), cfg.dataset.num_workers_per_gpu
     images = ImageFolderDataset(root, transform=tf, recursive=True)
-    report: dict[str, Any] = {
-        "num_images": len(images),
-        "mask_ratio": loaded.cfg.train.mask_ratio,
-        "reconstruction_loss": reconstruction_loss(
-            loaded.model, make_loader(images, batch, workers, train=False)
-        ),
-    }
+    report: dict[str, Any] = {"num_images": len(images)}
+    if run.engine is None:
+        assert run.loaded is not None
+        report["mask_ratio"] = run.loaded.cfg.train.mask_ratio
+        report["reconstruction_loss"] = reconstruction_loss(run.loaded.model, make_loader(images, batch, workers, train=False))
+    else:
+        report["reconstruction_loss"] = None
+        report["reconstruction"] = "skipped: the engine holds the exported encoder, not the decoder"
     if not cfg.dataset.train_data_sources:
         report["knn"] = "skipped: kNN needs labeled training images in dataset.train_data_sources"
         return report
@@ -319,7 +416,7 @@ def _evaluate_pretrain(
     except DatasetError as exc:
         report["knn"] = f"skipped: {str(exc).splitlines()[0]}"
         return report
-    encoder = encoder_of(loaded.model)
+    encoder = run.encoder()
     train_feats = extract_features(encoder, make_loader(train_set, batch, workers, train=False))
     val_feats = extract_features(encoder, make_loader(val_set, batch, workers, train=False))
     pairs = {"avg": (train_feats.avg, val_feats.avg)}
@@ -336,58 +433,69 @@ def _evaluate_pretrain(
 
 def inference(cfg: MAEConfig, ctx: ActionContext) -> ActionResult:
     """Finetune: results.csv (path, class index, class name, score). Pretrain: every image's
-    embedding (embeddings.safetensors + embeddings.csv) and reconstruction.png."""
-    loaded = checkpoints.load_trained(required(cfg.inference.checkpoint, "inference.checkpoint"))
-    aug = loaded.cfg.dataset.augmentation
+    embedding (embeddings.safetensors + embeddings.csv) and reconstruction.png (checkpoints only:
+    an engine holds the encoder). On ``inference.trt_engine`` the engine's; with a checkpoint too,
+    ``tensorrt_vs_pytorch.json``."""
+    from foveal.networks.trt import agreement_kpis
+
+    run = _run(cfg, "inference")
     root = resolve_dataset(
         required(cfg.dataset.test_data_sources, "dataset.test_data_sources"), ctx.cache_dir
     )
-    tf = build_eval_transform(aug.input_size, aug.mean, aug.std)
+    tf = build_eval_transform(run.input_size, run.mean, run.std)
     dataset = ImageFolderDataset(root, transform=tf, recursive=True, return_path=True)
     loader = make_loader(dataset, run_batch_size(cfg.inference, cfg.dataset.batch_size), cfg.dataset.num_workers_per_gpu, train=False)
-    if loaded.stage == "finetune":
-        _check_num_classes(cfg.model.num_classes, len(loaded.classes), f"checkpoint {loaded.path}")
-        artifacts = {"results": str(_write_predictions(loaded, loader, ctx.results_dir / "results.csv"))}
+    if run.stage == "finetune":
+        if run.classes:
+            _check_num_classes(cfg.model.num_classes, len(run.classes), run.source)
+        artifacts = {"results": str(_write_predictions(run, loader, ctx.results_dir / "results.csv"))}
     else:
-        artifacts = _write_embeddings(loaded, loader, ctx.results_dir)
-        grid_images = torch.stack([dataset[i][0] for i in range(min(GRID_IMAGES, len(dataset)))])
-        from foveal.networks.mae.visualize import save_reconstruction_grid
+        artifacts = _write_embeddings(run, loader, ctx.results_dir)
+        if run.engine is None:
+            assert run.loaded is not None
+            grid_images = torch.stack([dataset[i][0] for i in range(min(GRID_IMAGES, len(dataset)))])
+            from foveal.networks.mae.visualize import save_reconstruction_grid
 
-        png = save_reconstruction_grid(
-            loaded.model, grid_images, ctx.results_dir / "reconstruction.png", aug.mean, aug.std
-        )
-        artifacts["reconstruction"] = str(png)
+            png = save_reconstruction_grid(
+                run.loaded.model, grid_images, ctx.results_dir / "reconstruction.png", run.mean, run.std
+            )
+            artifacts["reconstruction"] = str(png)
+    trt = run.agreement()
+    if trt is not None:
+        agreement_file = ctx.results_dir / "tensorrt_vs_pytorch.json"
+        agreement_file.write_text(json.dumps(trt, indent=2))
+        artifacts["tensorrt_vs_pytorch"] = str(agreement_file)
     return ActionResult(
-        kpis={"num_images": float(len(dataset))},
+        kpis={"num_images": float(len(dataset)), **agreement_kpis(trt)},
         artifacts=artifacts,
         message=f"{len(dataset)} images -> {', '.join(Path(p).name for p in artifacts.values())}",
     )
 
 
-def _write_predictions(loaded: checkpoints.Trained, loader: DataLoader, out: Path) -> Path:
+def _write_predictions(run: _Run, loader: DataLoader, out: Path) -> Path:
     with out.open("w", newline="") as f, torch.inference_mode():
         writer = csv.writer(f)
         writer.writerow(["path", "class_index", "class_name", "score"])
         for images, paths in loader:
-            scores, idx = loaded.model(images).float().softmax(dim=1).max(dim=1)
+            scores, idx = run.logits(images).float().softmax(dim=1).max(dim=1)
             for path, score, i in zip(paths, scores.tolist(), idx.tolist(), strict=True):
-                writer.writerow([path, i, loaded.classes[i], f"{score:.6f}"])
+                writer.writerow([path, i, run.classes[i] if i < len(run.classes) else str(i), f"{score:.6f}"])
     return out
 
 
-def _write_embeddings(loaded: checkpoints.Trained, loader: DataLoader, results_dir: Path) -> dict[str, str]:
+def _write_embeddings(run: _Run, loader: DataLoader, results_dir: Path) -> dict[str, str]:
     from safetensors.torch import save_file
 
     from foveal.engine.features import extract_features
-    from foveal.networks.mae.models import encoder_of
 
-    feats = extract_features(encoder_of(loaded.model), loader)
+    with torch.inference_mode():
+        feats = extract_features(run.encoder(), loader)
     paths = feats.extras
     tensors = {"embedding": feats.avg.contiguous()}
     if feats.cls is not None:
         tensors["cls_token"] = feats.cls.contiguous()
     out = results_dir / "embeddings.safetensors"
-    save_file(tensors, str(out), metadata={"arch": loaded.cfg.model.arch, "rows": "embeddings.csv"})
+    save_file(tensors, str(out), metadata={"arch": run.arch, "rows": "embeddings.csv"})
     index = results_dir / "embeddings.csv"
     with index.open("w", newline="") as f:
         writer = csv.writer(f)

@@ -20,6 +20,7 @@ from foveal.spec.common import (
     ExportConfig,
     GenTrtEngineConfig,
     InferenceConfig,
+    SpeedOptions,
     TensorRTConfig,
     TrainConfig,
     check_sections,
@@ -259,7 +260,7 @@ class OptimConfig:
 
 
 @dataclass
-class MAETrainConfig(TrainConfig):
+class MAETrainConfig(SpeedOptions, TrainConfig):
     stage: str = field(
         "pretrain",
         valid_options=("pretrain", "finetune"),

@@ -19,6 +19,7 @@ from foveal.engine.features import has_class_token, pooled
 from foveal.engine.mixup import MixupSettings
 from foveal.engine.online_eval import LearningWatch, OnlineEvalHooks, OnlineEvaluation
 from foveal.engine.optim import param_groups
+from foveal.engine.speed import SpeedOptionsMixin
 from foveal.engine.supervised import ClassificationModule, OptimSettings, build_optimizer
 from foveal.networks.mae.config import AugmentationConfig, OptimConfig
 from foveal.networks.mae.models import encoder_of
@@ -54,7 +55,7 @@ def mixup_settings_from_mae(aug: AugmentationConfig, num_classes: int) -> MixupS
     return MixupSettings.from_augmentation(aug, num_classes, aug.smoothing)
 
 
-class MAEPretrainModule(OnlineEvalHooks, L.LightningModule):
+class MAEPretrainModule(SpeedOptionsMixin, OnlineEvalHooks, L.LightningModule):
     """Masked reconstruction: ``train_loss`` per step, ``val_loss`` on fixed masks; with ``online``,
     the encoder's pooled features of the validation images too (kNN top-1 when they are labeled,
     collapse monitors always: :mod:`foveal.engine.online_eval`).
@@ -96,7 +97,7 @@ class MAEPretrainModule(OnlineEvalHooks, L.LightningModule):
         return self.model(imgs)
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        loss, _ = self.model(batch)
+        loss, _ = self.train_step_forward(batch)
         self.log(
             "train_loss",
             loss,

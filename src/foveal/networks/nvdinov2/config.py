@@ -400,6 +400,12 @@ class NVDINOv2TrainConfig(TrainConfig):
         description="Compile the student and teacher backbones with torch.compile: the first steps of each crop "
         "size pay the compilation; on CPU it needs a C++ compiler.",
     )
+    pack_crops: bool = field(
+        False,
+        description="Run the student's global and local crops as one packed sequence with block-diagonal "
+        "attention (DINOv2's forward_features_list, what TAO's xFormers path does): the same losses, one pass "
+        "through the per-token layers. Off until the GPU device check measures its gain.",
+    )
     optim: OptimConfig = section(OptimConfig, description="Optimizer.")
     schedulers: SchedulersConfig = section(SchedulersConfig, description="Per-step schedules.")
     loss: LossConfig = section(LossConfig, description="Loss weights and teacher centering.")

@@ -94,11 +94,11 @@ def evaluate(cfg: NVDINOv2Config, ctx: ActionContext) -> ActionResult:
     val set's class folders, else a stratified ``evaluate.reference_fraction`` of the val set
     (seeded by ``evaluate.seed``); the log and results.json say which.
     """
-    from foveal.networks.nvdinov2.checkpoints import load_backbone_file
-    from foveal.networks.nvdinov2.inference import input_size
+    from foveal.networks.nvdinov2.inference import EngineLoaded, input_size, load_for
+    from foveal.networks.trt import agreement_kpis
 
     e = cfg.evaluate
-    loaded = load_backbone_file(required(e.checkpoint, "evaluate.checkpoint"), key="evaluate.checkpoint")
+    loaded = load_for(cfg, "evaluate")
     ref, val, reference, classes = _features(cfg, ctx, loaded)
     ref_cls, val_cls = _cls(ref), _cls(val)
     knn = knn_top1(ref_cls, ref.labels(), val_cls, val.labels(), k=e.knn_k, temperature=e.knn_temperature)
@@ -130,9 +130,14 @@ def evaluate(cfg: NVDINOv2Config, ctx: ActionContext) -> ActionResult:
         "checkpoint": str(loaded.path),
         "backbone": f"{loaded.kind} {loaded.arch}",
     }
+    trt = loaded.meter.report() if isinstance(loaded, EngineLoaded) and loaded.meter is not None else None
+    if isinstance(loaded, EngineLoaded):
+        report["trt_engine"] = str(loaded.path)
+    if trt is not None:
+        report["tensorrt_vs_pytorch"] = trt
     out = ctx.results_dir / "results.json"
     out.write_text(json.dumps(report, indent=2))
-    kpis = {"knn_top1": knn} | ({"linear_probe_top1": probe} if probe is not None else {})
+    kpis = {"knn_top1": knn} | ({"linear_probe_top1": probe} if probe is not None else {}) | agreement_kpis(trt)
     probe_text = f", linear-probe top-1 {probe:.4f}" if probe is not None else ""
     return ActionResult(
         kpis=kpis,

@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +41,10 @@ from foveal.data import (
     build_eval_transform,
     make_loader,
 )
-from foveal.networks.nvdinov2.checkpoints import LoadedBackbone, load_backbone_file
+from foveal.networks.nvdinov2.checkpoints import NETWORK, LoadedBackbone, load_backbone_file
 from foveal.networks.nvdinov2.config import NVDINOv2Config
 from foveal.networks.registry import ActionContext, ActionResult
-from foveal.spec import required
+from foveal.spec import SpecError, SpecIssue, required
 from foveal.spec.common import run_batch_size
 
 logger = logging.getLogger(__name__)
@@ -51,12 +52,71 @@ PCA_IMAGES = 4  # rows of pca.png
 PCA_TILE = 128  # pixels per tile side in pca.png
 
 
-def input_size(loaded: LoadedBackbone) -> int:
-    """Square input side for inference/evaluate: the checkpoint's global crop size."""
+@dataclass
+class EngineLoaded:
+    """A TensorRT engine of an exported backbone, standing in for `LoadedBackbone` in evaluate and
+    inference (``<action>.trt_engine``); ``meter`` holds its agreement with the checkpoint when
+    one is given beside it."""
+
+    backbone: Any  # an EngineBackbone: forward_features, patch_size
+    kind: str
+    arch: str
+    path: Path
+    side: int
+    meter: Any = None
+
+    @property
+    def description(self) -> str:
+        return f"TensorRT engine {self.path} ({self.kind} {self.arch} backbone)"
+
+
+def input_size(loaded: LoadedBackbone | EngineLoaded) -> int:
+    """Square input side for inference/evaluate: the checkpoint's global crop size, or the engine's."""
+    if isinstance(loaded, EngineLoaded):
+        return loaded.side
     return int(loaded.cfg.dataset.transform.global_crops_size)
 
 
-def eval_transform(loaded: LoadedBackbone) -> Any:
+def load_for(cfg: NVDINOv2Config, action: str) -> LoadedBackbone | EngineLoaded:
+    """What ``evaluate`` / ``inference`` embed images with: ``<action>.checkpoint``'s backbone, or
+    ``<action>.trt_engine`` (with the checkpoint too: compared on the class token)."""
+    from foveal.export.trt_runtime import AgreementMeter, EngineBackbone, meta_value
+    from foveal.networks.trt import open_engine
+
+    section = getattr(cfg, action)
+    engine = open_engine(section, action, NETWORK)
+    loaded = None
+    if section.checkpoint or engine is None:
+        loaded = load_backbone_file(required(section.checkpoint, f"{action}.checkpoint"), key=f"{action}.checkpoint")
+    if engine is None:
+        assert loaded is not None
+        return loaded
+    meta = engine.metadata
+    declared = engine.input_shapes.get("input") or [-1, 3, -1, -1]
+    height, width = meta_value(meta, "input_size") or declared[2:]
+    if int(height) != int(width) or int(height) <= 0:
+        raise SpecError(
+            SpecIssue(f"{action}.trt_engine", f"takes {width}x{height} images; evaluate and inference embed square ones",
+                      "build the engine from an export with a square export.input_height / input_width")  # fmt: skip
+        )
+    patch = int(meta_value(meta, "patch_size") or (loaded.backbone.patch_size if loaded else cfg.model.backbone.patch_size))
+    meter = compare = None
+    if loaded is not None:
+        meter = AgreementMeter(engine.data_type, "class token")
+        compare = ("x_norm_clstoken", loaded.backbone, meter)
+    backbone = EngineBackbone(
+        engine,
+        {"cls_token": "x_norm_clstoken", "patch_tokens": "x_norm_patchtokens"},
+        patch_size=patch,
+        has_class_token=True,
+        compare=compare,
+    )
+    kind = str(meta_value(meta, "kind") or (loaded.kind if loaded else "exported"))
+    arch = str(meta_value(meta, "arch") or (loaded.arch if loaded else cfg.model.backbone.teacher_type))
+    return EngineLoaded(backbone, kind, arch, engine.engine_file, int(height), meter)
+
+
+def eval_transform(loaded: LoadedBackbone | EngineLoaded) -> Any:
     """Resize the shorter side and centre-crop to :func:`input_size`, then ImageNet-normalise."""
     return build_eval_transform(input_size(loaded), IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, crop_pct=1.0)
 
@@ -114,7 +174,7 @@ def pca_picks(num_images: int, batch: int, every: int) -> list[int]:
     return sorted(picks)
 
 
-def save_pca_figure(loaded: LoadedBackbone, images: torch.Tensor, out: Path) -> Path:
+def save_pca_figure(loaded: LoadedBackbone | EngineLoaded, images: torch.Tensor, out: Path) -> Path:
     """Write ``out``: each row an input image (B, 3, H, W, normalised) beside its PCA colours."""
     with torch.inference_mode():
         tokens = loaded.backbone.forward_features(images)["x_norm_patchtokens"]
@@ -138,7 +198,7 @@ def save_pca_figure(loaded: LoadedBackbone, images: torch.Tensor, out: Path) -> 
 # ------------------------------------------------------------------------------ action
 
 
-def _write_features(loaded: LoadedBackbone, loader: DataLoader, results_dir: Path) -> tuple[int, int, dict]:
+def _write_features(loaded: LoadedBackbone | EngineLoaded, loader: DataLoader, results_dir: Path) -> tuple[int, int, dict]:
     """Stream batches into inference.csv; returns (rows, feature dim, artifacts)."""
     csv_path = results_dir / "inference.csv"
     features: list[np.ndarray] = []
@@ -161,12 +221,12 @@ def _write_features(loaded: LoadedBackbone, loader: DataLoader, results_dir: Pat
 
 
 def inference(cfg: NVDINOv2Config, ctx: ActionContext) -> ActionResult:
-    """Embed every image of ``dataset.test_dataset.images_dir`` (recursive) with the backbone."""
+    """Embed every image of ``dataset.test_dataset.images_dir`` (recursive) with the backbone, or
+    the TensorRT engine of ``inference.trt_engine`` (with a checkpoint too: ``tensorrt_vs_pytorch.json``)."""
     from foveal.data import resolve_dataset
+    from foveal.networks.trt import agreement_kpis
 
-    loaded = load_backbone_file(
-        required(cfg.inference.checkpoint, "inference.checkpoint"), key="inference.checkpoint"
-    )
+    loaded = load_for(cfg, "inference")
     root = resolve_dataset(
         required(cfg.dataset.test_dataset.images_dir, "dataset.test_dataset.images_dir"), ctx.cache_dir
     )
@@ -184,8 +244,13 @@ def inference(cfg: NVDINOv2Config, ctx: ActionContext) -> ActionResult:
     rows, dim, artifacts = _write_features(loaded, loader, ctx.results_dir)
     sample = torch.stack([dataset[i][0] for i in pca_picks(len(dataset), batch, cfg.inference.vis_after_n_batches)])
     artifacts["pca"] = str(save_pca_figure(loaded, sample, ctx.results_dir / "pca.png"))
+    trt = loaded.meter.report() if isinstance(loaded, EngineLoaded) and loaded.meter is not None else None
+    if trt is not None:
+        agreement_file = ctx.results_dir / "tensorrt_vs_pytorch.json"
+        agreement_file.write_text(json.dumps(trt, indent=2))
+        artifacts["tensorrt_vs_pytorch"] = str(agreement_file)
     return ActionResult(
-        kpis={"num_images": float(rows), "feature_dim": float(dim)},
+        kpis={"num_images": float(rows), "feature_dim": float(dim), **agreement_kpis(trt)},
         artifacts=artifacts,
         message=f"{rows} images -> inference.csv, features.npy ({rows} x {dim} CLS features), pca.png "
         f"({loaded.kind} {loaded.arch} backbone)",

@@ -48,6 +48,7 @@ class MethodSettings:
     center_momentum: float = 0.9
     distill: bool = False
     disable_masking: bool = False
+    pack_crops: bool = False
 
 
 def settings_from_config(cfg: NVDINOv2Config) -> MethodSettings:
@@ -68,6 +69,7 @@ def settings_from_config(cfg: NVDINOv2Config) -> MethodSettings:
         center_momentum=loss.center_momentum,
         distill=distill.enable,
         disable_masking=distill.disable_masking,
+        pack_crops=cfg.train.pack_crops,
     )
 
 
@@ -178,10 +180,15 @@ class NVDINOv2Method(nn.Module):
         # The mask token joins the graph on every step, even when no patch is masked (or masking is
         # disabled: an all-False mask): DDP expects the same parameters to get gradients on every rank.
         use_masks = not (self.settings.distill and self.settings.disable_masking)
-        out = backbone.forward_features(global_crops, masks=masks if use_masks else torch.zeros_like(masks))
-        cls_tokens = [out["x_norm_clstoken"]]
-        if local_crops.numel():
-            cls_tokens.append(backbone.forward_features(local_crops)["x_norm_clstoken"])
+        global_masks = masks if use_masks else torch.zeros_like(masks)
+        if self.settings.pack_crops and local_crops.numel():  # one pass, block-diagonal attention
+            out, local = backbone.forward_features_list([global_crops, local_crops], [global_masks, None])
+            cls_tokens = [out["x_norm_clstoken"], local["x_norm_clstoken"]]
+        else:
+            out = backbone.forward_features(global_crops, masks=global_masks)
+            cls_tokens = [out["x_norm_clstoken"]]
+            if local_crops.numel():
+                cls_tokens.append(backbone.forward_features(local_crops)["x_norm_clstoken"])
         batch = len(global_crops) // self.settings.n_global_crops
         cls_logits = self.student["dino_head"](torch.cat(cls_tokens))
         patch_logits = ibot_head_of(self.student)(out["x_norm_patchtokens"][masks])

@@ -15,8 +15,6 @@ Outputs (results folder): ``model_epoch_EEE_step_SSSSS.pth`` (full, resume only)
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +33,7 @@ from foveal.networks.nvdinov2.module import LATEST_LINK, NETWORK, NVDINOv2Module
 from foveal.networks.nvdinov2.multicrop import MultiCropAugmentation, MultiCropCollate
 from foveal.networks.nvdinov2.schedules import steps_beyond_run
 from foveal.networks.registry import ActionContext, ActionResult
-from foveal.spec import SpecError, SpecIssue, required, to_dict
+from foveal.spec import required, to_dict
 
 logger = logging.getLogger(__name__)
 KPI_NAMES = (
@@ -215,16 +213,9 @@ def compile_backbones(method: NVDINOv2Method) -> None:
     crop size pay the compilation; the heads stay eager (a few matmuls); the distillation EMA copy
     only averages weights and never runs. On CPU, compilation needs a C++ compiler on the PATH.
     """
-    if not torch.cuda.is_available() and not any(
-        shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "c++", "clang++") if c
-    ):
-        raise SpecError(
-            SpecIssue(
-                "train.torch_compile",
-                "true, but torch.compile on CPU needs a C++ compiler and none is on the PATH (g++, c++, clang++, $CXX)",
-                "install one (e.g. apt install g++) or set train.torch_compile=false",
-            )
-        )
+    from foveal.engine.speed import check_compiler
+
+    check_compiler("train.torch_compile")
     for part in (method.student, method.teacher):
         backbone = backbone_of(part)
         backbone.forward_features = torch.compile(backbone.forward_features)  # type: ignore[method-assign]
