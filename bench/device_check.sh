@@ -26,6 +26,7 @@ PY="${PYTHON:-python}"
     date -u
     nvidia-smi 2>&1 || echo "nvidia-smi: not available"
     "$PY" -c "import sys, torch; print('python', sys.version.split()[0]); print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available())"
+    "$PY" -c "import tensorrt; print('tensorrt', tensorrt.__version__)" 2>/dev/null || echo "tensorrt: not installed (the TensorRT tests and cases are skipped; give its wheels with --wheels)"
 } > "$OUT_DIR/environment.txt" 2>&1
 if [ -n "$WHEELS" ]; then
     "$PY" -m pip install -q --no-index --find-links "$WHEELS" -e . >> "$OUT_DIR/environment.txt" 2>&1

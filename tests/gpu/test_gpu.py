@@ -129,3 +129,51 @@ def test_tensorrt_engine_agrees_with_onnx_runtime(tmp_path, shapes):
     engine = run_job("mae", "gen_trt_engine", parent_id=exported.id, workspace=Workspace(tmp_path),
                      overrides=["gen_trt_engine.tensorrt.data_type=fp32"])  # fmt: skip
     assert engine.status.value == "Done", engine.message
+
+    # the engine in place of the checkpoint, the checkpoint beside it: agreement within the
+    # stated tolerance (fp32: 1e-4, fp16: 2e-2 relative; foveal.export.trt_runtime.TOLERANCES)
+    import json
+
+    for data_type in ("fp32", "fp16"):
+        if data_type == "fp16":
+            engine = run_job("mae", "gen_trt_engine", parent_id=exported.id, workspace=Workspace(tmp_path), new=True,
+                             overrides=["gen_trt_engine.tensorrt.data_type=fp16"])  # fmt: skip
+        inferred = run_job("mae", "inference", parent_id=trained.id, workspace=Workspace(tmp_path), new=True,
+                           overrides=[f"dataset.test_data_sources={shapes['images_test']}",
+                                      f"inference.trt_engine={engine.artifacts['trt_engine']}"])  # fmt: skip
+        report = json.loads(Path(inferred.artifacts["tensorrt_vs_pytorch"]).read_text())
+        assert report["data_type"] == data_type and report["within_tolerance"], report
+
+
+def test_classification_int8_engine_calibrates_then_evaluates(tmp_path, shapes):
+    """INT8 from tensorrt.calibration (images, then the cache alone), evaluate on the engine with
+    the checkpoint beside it: the top-1 agreement is reported (int8 has no stated tolerance)."""
+    pytest.importorskip("tensorrt")
+    import json
+
+    from foveal.jobs import Workspace
+    from foveal.jobs.lifecycle import run_job
+
+    ws = Workspace(tmp_path)
+    common = ["model.backbone.type=vit_tiny_patch16", "dataset.img_size=64", "dataset.batch_size=16",
+              "dataset.workers=2", "model.backbone.pretrained_backbone_path=null", "dataset.num_classes=0"]  # fmt: skip
+    trained = run_job("classification", "train", workspace=ws, overrides=[
+        *common, "train.num_epochs=1", f"dataset.train_dataset.images_dir={shapes['labeled_train']}"])  # fmt: skip
+    exported = run_job("classification", "export", parent_id=trained.id, workspace=ws)
+    cache = tmp_path / "cal.bin"
+    calibration = [
+        "gen_trt_engine.tensorrt.data_type=int8", "gen_trt_engine.tensorrt.max_batch_size=8",
+        f"gen_trt_engine.tensorrt.calibration.cal_image_dir=[{shapes['images_train']}]",
+        f"gen_trt_engine.tensorrt.calibration.cal_cache_file={cache}",
+        "gen_trt_engine.tensorrt.calibration.cal_batch_size=4", "gen_trt_engine.tensorrt.calibration.cal_batches=2",
+    ]  # fmt: skip
+    engine = run_job("classification", "gen_trt_engine", parent_id=exported.id, workspace=ws, overrides=calibration)
+    assert engine.status.value == "Done" and cache.is_file() and cache.stat().st_size > 0
+    again = run_job("classification", "gen_trt_engine", parent_id=exported.id, workspace=ws, new=True,
+                    overrides=[*calibration[:-3], f"gen_trt_engine.tensorrt.calibration.cal_cache_file={cache}"])  # fmt: skip
+    assert again.status.value == "Done"  # from the cache alone
+    evaluated = run_job("classification", "evaluate", parent_id=trained.id, workspace=ws, overrides=[
+        f"dataset.val_dataset.images_dir={shapes['labeled_val']}",
+        f"evaluate.trt_engine={engine.artifacts['trt_engine']}"])  # fmt: skip
+    report = json.loads((Path(evaluated.results_dir) / "results.json").read_text())["tensorrt_vs_pytorch"]
+    assert report["data_type"] == "int8" and report["within_tolerance"] is None and report["top1_agreement"] >= 0.5
