@@ -120,12 +120,10 @@ def run_suite(
         "nvdinov2": lambda: [dino_case(a, profile.dino, device, bf16, ceiling, timing) for a in profile.dino.archs],
         "packing": lambda: [packing_case(profile.dino.archs[0], profile.dino, device, bf16, ceiling, timing)],
         "memory": lambda: [memory_case(profile.memory_arch, profile.memory, device, profile.memory_max_batch)],
-        "data": lambda: [
-            data_case(
-                profile.data_arch, profile.dino, device, bf16,
-                images=profile.data_images, image_size=profile.data_image_size, workers=profile.data_workers,
-            )
-        ],
+        "data": lambda: data_case(
+            profile.data_arch, profile.dino, device, bf16,
+            images=profile.data_images, image_size=profile.data_image_size, workers=profile.data_workers,
+        ),
         "onnx": lambda: onnx_cases(*profile.onnx, timing=timing) if profile.onnx else [],
     }  # fmt: skip
     rows: list[Row] = []

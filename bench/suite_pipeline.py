@@ -23,15 +23,16 @@ from torch.utils.data import DataLoader
 from foveal.data.folders import ImageFolderDataset
 from foveal.data.synthetic import make_demo_dataset
 from foveal.networks.nvdinov2.config import MaskingConfig, TransformConfig
-from foveal.networks.nvdinov2.multicrop import MultiCropAugmentation, MultiCropCollate
+from foveal.networks.nvdinov2.multicrop import MultiCropAugmentation, MultiCropCollate, device_colour
 
 
-def _loader(root: Path, s: DinoSizes, workers: int, device: torch.device) -> DataLoader:
+def _loader(root: Path, s: DinoSizes, workers: int, device: torch.device, on_device: bool = False) -> DataLoader:
     transform = TransformConfig(
         n_global_crops=s.n_global,
         global_crops_size=s.global_size,
         n_local_crops=s.n_local,
         local_crops_size=s.local_size,
+        gpu_augmentation=on_device,
     )
     dataset = ImageFolderDataset(root, transform=MultiCropAugmentation(transform), verify=False)
     grid = s.global_size // PATCH
@@ -62,7 +63,7 @@ def _fed_step(loader: DataLoader, arch: str, s: DinoSizes, device: torch.device,
     method, optimizer = build_dino("ours", arch, s, device)
     args = _nv_args(s, s.batch, bf16)
     it = iter(loader)
-    warm = {k: v.to(device) for k, v in next(it).items()}
+    warm = device_colour({k: v.to(device) for k, v in next(it).items()})
     nv.step(method, optimizer, warm, args)  # start-up: first batch and first step are not timed
     sync(device)
     waited, steps, start = 0.0, 0, time.perf_counter()
@@ -74,7 +75,7 @@ def _fed_step(loader: DataLoader, arch: str, s: DinoSizes, device: torch.device,
             break
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         waited += time.perf_counter() - t0
-        nv.step(method, optimizer, batch, args)
+        nv.step(method, optimizer, device_colour(batch), args)  # gpu_augmentation: colour work in the step
         sync(device)  # a step's data wait is only meaningful once the previous step has finished
         steps += 1
     total = time.perf_counter() - start
@@ -83,24 +84,30 @@ def _fed_step(loader: DataLoader, arch: str, s: DinoSizes, device: torch.device,
 
 def data_case(
     arch: str, s: DinoSizes, device: torch.device, bf16: bool, *, images: int, image_size: int, workers: int
-) -> Row:
-    """Loader images/s with ``workers`` processes on synthetic JPEGs, and its wait in the training loop."""
+) -> list[Row]:
+    """Loader images/s with ``workers`` processes on synthetic JPEGs, and its wait in the training
+    loop; with the colour augmentation in the workers, then on the device
+    (``dataset.transform.gpu_augmentation``, its device time counted in the step)."""
+    rows = []
     with tempfile.TemporaryDirectory(prefix="foveal-bench-") as tmp:
         written = make_demo_dataset(
             tmp, num_train=images, num_val=0, num_test=0, image_size=image_size,
             image_format="jpg", archives=False, num_workers=workers or 1,
         )  # fmt: skip
-        loader = _loader(written["images_train"], s, workers, device)
-        rate = _loader_rate(loader, s.n_global)
-        step_s, wait = _fed_step(loader, arch, s, device, bf16)
-        del loader
-    return Row(
-        case=f"data: jpeg {image_size}px decode + multicrop, {workers} workers",
-        batch=str(s.batch),
-        ours=Side(images_per_s=rate),
-        target="data wait < 5 % of step",
-        note=f"fed to the {arch}/14 step ({s.batch / step_s:.1f} img/s): data wait {100 * wait:.1f} %",
-    )
+        for on_device in (False, True):
+            loader = _loader(written["images_train"], s, workers, device, on_device)
+            rate = _loader_rate(loader, s.n_global)
+            step_s, wait = _fed_step(loader, arch, s, device, bf16)
+            del loader
+            where = "colour on the device (gpu_augmentation)" if on_device else "colour in the workers"
+            rows.append(Row(
+                case=f"data: jpeg {image_size}px decode + multicrop, {workers} workers, {where}",
+                batch=str(s.batch),
+                ours=Side(images_per_s=rate),
+                target="data wait < 5 % of step",
+                note=f"fed to the {arch}/14 step ({s.batch / step_s:.1f} img/s): data wait {100 * wait:.1f} %",
+            ))  # fmt: skip
+    return rows
 
 
 def _ort_session(model: torch.nn.Module, example: torch.Tensor, folder: Path, name: str):

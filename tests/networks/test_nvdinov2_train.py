@@ -4,6 +4,7 @@ distillation from a student file, and the one-line errors."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -242,3 +243,24 @@ def test_pretrained_model_path_starts_student_and_teacher(trained):
     for part in (method.student, method.teacher):
         state = part["backbone"].state_dict()
         assert all(torch.equal(state[k], v) for k, v in obj["state_dict"].items())
+
+
+def test_device_side_augmentation_and_packed_crops_train(tiny_backbones, data, spec, ws):
+    """dataset.transform.gpu_augmentation (workers crop and flip, the colour work runs batched on
+    the training device: the CPU here) with train.pack_crops: a train job with loader workers."""
+    job = run_job(
+        "nvdinov2",
+        "train",
+        spec_file=spec,
+        overrides=[
+            f"dataset.train_dataset.images_dir={data['images_train']}",
+            *SIZES,
+            "train.num_epochs=1",
+            "dataset.workers=1",
+            "dataset.transform.gpu_augmentation=true",
+            "train.pack_crops=true",
+        ],
+        workspace=Workspace(ws),
+        new=True,
+    )
+    assert job.status is JobStatus.DONE and math.isfinite(job.kpis["train_loss"])

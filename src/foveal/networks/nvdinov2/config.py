@@ -188,6 +188,11 @@ class TransformConfig:
     grayscale_prob: float = field(
         0.2, valid_min=0.0, valid_max=1.0, description="Probability of turning a crop to grayscale."
     )
+    gpu_augmentation: bool = field(
+        False,
+        description="Foveal: loader workers only crop and flip; colour jitter, grayscale, blur, solarize and "
+        "normalisation run batched on the training device (for CPU-bound loaders; the same distributions).",
+    )
 
 
 @dataclass

@@ -103,6 +103,12 @@ class NVDINOv2Module(OnlineEvalHooks, L.LightningModule):
             group["lr"] = lr * group["lr_scale"]
             group["weight_decay"] = values.weight_decay * group["wd_scale"]
 
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """``dataset.transform.gpu_augmentation``: the colour work of the crops, on the device."""
+        from foveal.networks.nvdinov2.multicrop import device_colour
+
+        return device_colour(batch) if isinstance(batch, dict) else batch
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         values = values_at(self.schedulers, self.trainer.global_step)
         self.apply_schedules(self.optimizers(), values)

@@ -17,9 +17,11 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
+from foveal.data.gpu_augment import NUM_PARAMS
 from foveal.data.transforms import (
     IMAGENET_DEFAULT_MEAN,
     IMAGENET_DEFAULT_STD,
@@ -63,8 +65,13 @@ class MultiCropAugmentation:
 
     Args:
         transform: ``dataset.transform`` (n_global_crops, global_crops_scale/size, n_local_crops,
-            local_crops_scale/size, color_jitter, color_jitter_prob, grayscale_prob).
+            local_crops_scale/size, color_jitter, color_jitter_prob, grayscale_prob,
+            gpu_augmentation).
         mean, std: normalisation (ImageNet's by default, as DINOv2).
+
+    With ``transform.gpu_augmentation`` the crops are ``uint8`` after the geometry only, each with
+    its colour parameters (``global_params`` / ``local_params``, :mod:`foveal.data.gpu_augment`);
+    `device_colour` finishes them on the training device.
     """
 
     def __init__(
@@ -74,6 +81,7 @@ class MultiCropAugmentation:
         std: Sequence[float] = IMAGENET_DEFAULT_STD,
     ) -> None:
         self.n_global, self.n_local = transform.n_global_crops, transform.n_local_crops
+        self.gpu = bool(transform.gpu_augmentation)
         to_tensor: list[Callable[[Any], Any]] = [ToTensor(), Normalize(mean, std)]
 
         def geometry(size: int, scale: Sequence[float]) -> list[Callable[[Any], Any]]:
@@ -95,8 +103,31 @@ class MultiCropAugmentation:
         )
         local_geometry = geometry(transform.local_crops_size, transform.local_crops_scale)
         self.local = Compose([*local_geometry, *_colour(transform), GaussianBlur(p=0.5), *to_tensor])
+        if self.gpu:
+            from foveal.data.gpu_augment import ColourPlan
+
+            jitter = (list(transform.color_jitter), transform.color_jitter_prob, transform.grayscale_prob)
+            self.plans = (ColourPlan(*jitter, blur_p=1.0), ColourPlan(*jitter, blur_p=0.1, solarize_p=0.2),
+                          ColourPlan(*jitter, blur_p=0.5))  # fmt: skip
+            self.geometry = (Compose(global_geometry), Compose(local_geometry))
+
+    def _device_crops(self, img: Image.Image) -> dict[str, list[torch.Tensor]]:
+        def crop(geometry: Callable[[Any], Any]) -> torch.Tensor:
+            array = np.asarray(geometry(img).convert("RGB"), dtype=np.uint8)
+            return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+        first, other, local = self.plans
+        global_params = [(first if i == 0 else other).sample() for i in range(self.n_global)]
+        return {
+            "global_crops": [crop(self.geometry[0]) for _ in range(self.n_global)],
+            "global_params": global_params,
+            "local_crops": [crop(self.geometry[1]) for _ in range(self.n_local)],
+            "local_params": [local.sample() for _ in range(self.n_local)],
+        }
 
     def __call__(self, img: Image.Image) -> dict[str, list[torch.Tensor]]:
+        if self.gpu:
+            return self._device_crops(img)
         global_crops = [
             self.first_global(img) if i == 0 else self.other_global(img) for i in range(self.n_global)
         ]
@@ -118,12 +149,36 @@ class MultiCropCollate:
         self.probability = masking.mask_sample_probability
 
     def __call__(self, samples: list[dict[str, list[torch.Tensor]]]) -> dict[str, torch.Tensor]:
-        n_global = len(samples[0]["global_crops"])
-        n_local = len(samples[0]["local_crops"])
-        global_crops = torch.stack([s["global_crops"][i] for i in range(n_global) for s in samples])
-        if n_local:
-            local_crops = torch.stack([s["local_crops"][i] for i in range(n_local) for s in samples])
-        else:
-            local_crops = global_crops.new_zeros((0, *global_crops.shape[1:]))
-        masks = sample_masks(len(global_crops), self.generator, *self.ratio, self.probability)
-        return {"global_crops": global_crops, "local_crops": local_crops, "masks": masks}
+        def crop_major(key: str) -> torch.Tensor | None:
+            count = len(samples[0].get(key, []))
+            return torch.stack([s[key][i] for i in range(count) for s in samples]) if count else None
+
+        out = {key: crop_major(key) for key in samples[0]}
+        global_crops = out["global_crops"]
+        assert global_crops is not None
+        if out["local_crops"] is None:
+            out["local_crops"] = global_crops.new_zeros((0, *global_crops.shape[1:]))
+            if "local_params" in out:
+                out["local_params"] = torch.zeros(0, NUM_PARAMS)
+        batch = {key: value for key, value in out.items() if value is not None}
+        batch["masks"] = sample_masks(len(global_crops), self.generator, *self.ratio, self.probability)
+        return batch
+
+
+def device_colour(
+    batch: dict[str, torch.Tensor],
+    mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+    std: Sequence[float] = IMAGENET_DEFAULT_STD,
+) -> dict[str, torch.Tensor]:
+    """A ``gpu_augmentation`` batch (uint8 crops + parameters) made a normal one, on its device."""
+    if "global_params" not in batch:
+        return batch
+    from foveal.data.gpu_augment import apply_colour
+
+    out = {k: v for k, v in batch.items() if not k.endswith("_params")}
+    for kind in ("global", "local"):
+        crops = batch[f"{kind}_crops"]
+        out[f"{kind}_crops"] = (
+            apply_colour(crops, batch[f"{kind}_params"], mean, std) if len(crops) else crops.float()
+        )
+    return out
