@@ -201,6 +201,18 @@ def open_engine(section: Any, action: str, network: str) -> Any:
     return predictor
 
 
+def agreement_artifacts(report: dict[str, Any] | None, results_dir: Path) -> dict[str, str]:
+    """Write an inference's agreement report to ``tensorrt_vs_pytorch.json``; its artifact entry
+    (empty without a report)."""
+    if not report:
+        return {}
+    import json
+
+    out = results_dir / "tensorrt_vs_pytorch.json"
+    out.write_text(json.dumps(report, indent=2))
+    return {"tensorrt_vs_pytorch": str(out)}
+
+
 def agreement_kpis(report: dict[str, Any] | None) -> dict[str, float]:
     """KPIs of an engine-vs-PyTorch agreement report (empty without one), warning when it is outside
     the engine data type's tolerance."""

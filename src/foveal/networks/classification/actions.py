@@ -435,7 +435,7 @@ def inference(cfg: ClassificationConfig, ctx: ActionContext) -> ActionResult:
     the engine's (with a checkpoint too: ``tensorrt_vs_pytorch.json``)."""
     from foveal.data.files import resolve_image_inputs
     from foveal.networks.classification.outputs import InferenceWriter
-    from foveal.networks.trt import agreement_kpis
+    from foveal.networks.trt import agreement_artifacts, agreement_kpis
 
     scorer = _scorer(cfg, "inference")
     transform = build_tao_eval_transform(scorer.img_size, scorer.mean, scorer.std)
@@ -462,10 +462,7 @@ def inference(cfg: ClassificationConfig, ctx: ActionContext) -> ActionResult:
             writer.add(paths, scorer(images).softmax(dim=1))
     artifacts = {"results": str(writer.csv_path), "visualize": str(writer.vis_dir)}
     trt = scorer.agreement()
-    if trt is not None:
-        agreement_file = ctx.results_dir / "tensorrt_vs_pytorch.json"
-        agreement_file.write_text(json.dumps(trt, indent=2))
-        artifacts["tensorrt_vs_pytorch"] = str(agreement_file)
+    artifacts.update(agreement_artifacts(trt, ctx.results_dir))
     return ActionResult(
         kpis={"num_images": float(writer.count), **agreement_kpis(trt)},
         artifacts=artifacts,

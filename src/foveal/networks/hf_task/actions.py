@@ -303,7 +303,7 @@ def inference(cfg: Any, ctx: ActionContext) -> ActionResult:
     mask PNGs and overlays; depth: 16-bit depth PNGs and colour maps. On ``inference.trt_engine``
     the engine's (with a checkpoint too: ``tensorrt_vs_pytorch.json``)."""
     from foveal.data.files import resolve_image_inputs
-    from foveal.networks.trt import agreement_kpis
+    from foveal.networks.trt import agreement_artifacts, agreement_kpis
 
     task = task_of(cfg)
     outputs = _Outputs(cfg, "inference", task)
@@ -318,10 +318,7 @@ def inference(cfg: Any, ctx: ActionContext) -> ActionResult:
     results = files.close()
     artifacts = {"results": str(results), **{name: str(ctx.results_dir / name) for name in files.folders}}
     trt = outputs.agreement()
-    if trt is not None:
-        agreement_file = ctx.results_dir / "tensorrt_vs_pytorch.json"
-        agreement_file.write_text(json.dumps(trt, indent=2))
-        artifacts["tensorrt_vs_pytorch"] = str(agreement_file)
+    artifacts.update(agreement_artifacts(trt, ctx.results_dir))
     return ActionResult(kpis={"num_images": float(files.count), **agreement_kpis(trt)}, artifacts=artifacts,
                         message=f"{files.count} images -> {results}")  # fmt: skip
 

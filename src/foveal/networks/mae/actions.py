@@ -436,7 +436,7 @@ def inference(cfg: MAEConfig, ctx: ActionContext) -> ActionResult:
     embedding (embeddings.safetensors + embeddings.csv) and reconstruction.png (checkpoints only:
     an engine holds the encoder). On ``inference.trt_engine`` the engine's; with a checkpoint too,
     ``tensorrt_vs_pytorch.json``."""
-    from foveal.networks.trt import agreement_kpis
+    from foveal.networks.trt import agreement_artifacts, agreement_kpis
 
     run = _run(cfg, "inference")
     root = resolve_dataset(
@@ -461,10 +461,7 @@ def inference(cfg: MAEConfig, ctx: ActionContext) -> ActionResult:
             )
             artifacts["reconstruction"] = str(png)
     trt = run.agreement()
-    if trt is not None:
-        agreement_file = ctx.results_dir / "tensorrt_vs_pytorch.json"
-        agreement_file.write_text(json.dumps(trt, indent=2))
-        artifacts["tensorrt_vs_pytorch"] = str(agreement_file)
+    artifacts.update(agreement_artifacts(trt, ctx.results_dir))
     return ActionResult(
         kpis={"num_images": float(len(dataset)), **agreement_kpis(trt)},
         artifacts=artifacts,

@@ -224,7 +224,7 @@ def inference(cfg: NVDINOv2Config, ctx: ActionContext) -> ActionResult:
     """Embed every image of ``dataset.test_dataset.images_dir`` (recursive) with the backbone, or
     the TensorRT engine of ``inference.trt_engine`` (with a checkpoint too: ``tensorrt_vs_pytorch.json``)."""
     from foveal.data import resolve_dataset
-    from foveal.networks.trt import agreement_kpis
+    from foveal.networks.trt import agreement_artifacts, agreement_kpis
 
     loaded = load_for(cfg, "inference")
     root = resolve_dataset(
@@ -245,10 +245,7 @@ def inference(cfg: NVDINOv2Config, ctx: ActionContext) -> ActionResult:
     sample = torch.stack([dataset[i][0] for i in pca_picks(len(dataset), batch, cfg.inference.vis_after_n_batches)])
     artifacts["pca"] = str(save_pca_figure(loaded, sample, ctx.results_dir / "pca.png"))
     trt = loaded.meter.report() if isinstance(loaded, EngineLoaded) and loaded.meter is not None else None
-    if trt is not None:
-        agreement_file = ctx.results_dir / "tensorrt_vs_pytorch.json"
-        agreement_file.write_text(json.dumps(trt, indent=2))
-        artifacts["tensorrt_vs_pytorch"] = str(agreement_file)
+    artifacts.update(agreement_artifacts(trt, ctx.results_dir))
     return ActionResult(
         kpis={"num_images": float(rows), "feature_dim": float(dim), **agreement_kpis(trt)},
         artifacts=artifacts,
