@@ -179,7 +179,7 @@ def packing_case(
     packed, separate = (side(*measured[k], s.batch, flops, ceiling) for k in ("packed", "ours"))
     del contenders, steps
     return Row(
-        case=f"nvdinov2 {arch}/14 crop packing (train.pack_crops)",
+        case=f"packing: nvdinov2 {arch}/14 crops in one pass (train.pack_crops)",
         batch=str(s.batch),
         ours=packed,
         peer=separate,

@@ -99,9 +99,9 @@ def data_case(
             rate = _loader_rate(loader, s.n_global)
             step_s, wait = _fed_step(loader, arch, s, device, bf16)
             del loader
-            where = "colour on the device (gpu_augmentation)" if on_device else "colour in the workers"
+            where = "colour on the device" if on_device else "colour in the workers"
             rows.append(Row(
-                case=f"data: jpeg {image_size}px decode + multicrop, {workers} workers, {where}",
+                case=f"data ({where}): jpeg {image_size}px decode + multicrop, {workers} workers",
                 batch=str(s.batch),
                 ours=Side(images_per_s=rate),
                 target="data wait < 5 % of step",

@@ -24,7 +24,9 @@ import suite_common  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
-TRAIN_CASES = ("mae ", "nvdinov2 ", "memory: ", "data: ")
+TRAIN_CASES = (
+    "mae ", "nvdinov2 ", "packing: ", "memory: ", "data (colour in the workers)", "data (colour on the device)",
+)  # fmt: skip
 ONNX_CASES = ("onnx: nvdinov2 ", "onnx: mae ")
 
 
@@ -52,16 +54,17 @@ def _positive(cell: str) -> float:
 
 
 def _check_training_rows(rows: dict[str, list[str]]) -> None:
-    for prefix in ("mae ", "nvdinov2 "):
+    for prefix in ("mae ", "nvdinov2 ", "packing: "):
         row = _row(rows, prefix)
         for column in ("img/s", "step ms", "MFU", "peer img/s", "peer step ms", "peer MFU", "ratio"):
             _positive(row[column])
         ratio = _positive(row["img/s"]) / _positive(row["peer img/s"])
         assert float(row["ratio"].rstrip("x")) == pytest.approx(ratio, rel=0.01)
     assert "skipped: needs a CUDA device" in _row(rows, "memory: ")["note"]
-    data = _row(rows, "data: ")
-    _positive(data["img/s"])
-    assert "data wait" in data["note"]
+    for prefix in ("data (colour in the workers)", "data (colour on the device)"):
+        data = _row(rows, prefix)
+        _positive(data["img/s"])
+        assert "data wait" in data["note"]
 
 
 def test_gpu_suite_runs_on_cpu_with_every_case(tmp_path: Path) -> None:
