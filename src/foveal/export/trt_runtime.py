@@ -83,7 +83,7 @@ def _import_tensorrt(engine_file: Path) -> Any:
     except ImportError:
         raise TensorRTUnavailableError(
             f"TensorRT is not installed, so {engine_file} cannot run here: pip install 'foveal[tensorrt]' on a "
-            "machine with an NVIDIA GPU, or give the ONNX file / checkpoint instead of trt_engine"
+            "machine with an NVIDIA GPU, or run the checkpoint instead (leave trt_engine empty)"
         ) from None
     return tensorrt
 
