@@ -98,8 +98,12 @@ def test_mandatory_marks_keep_defaults_and_fail_where_required(tmp_path):
     with pytest.raises(SpecError) as excinfo:
         load_spec(ClassificationConfig, spec, ["dataset.val_dataset.images_dir=/v"], action="evaluate")
     assert [str(i) for i in excinfo.value.issues] == [
-        "evaluate.checkpoint: mandatory (???) and not set (set evaluate.checkpoint=...)"
+        "evaluate.checkpoint: mandatory (???) and not set (set evaluate.checkpoint=... (or evaluate.trt_engine=...))"
     ]
+    # a TensorRT engine instead: the checkpoint's ??? is not needed
+    cfg = load_spec(ClassificationConfig, spec, ["dataset.val_dataset.images_dir=/v", "evaluate.trt_engine=/e"],
+                    action="evaluate")  # fmt: skip
+    assert cfg.evaluate.checkpoint is None and cfg.evaluate.trt_engine == "/e"
     # train reads neither: ??? keeps the schema's value, as OmegaConf's merge does
     cfg = load_spec(ClassificationConfig, spec, ["dataset.train_dataset.images_dir=/d"], action="train")
     assert cfg.train.pretrained_model_path is None and cfg.evaluate.checkpoint is None

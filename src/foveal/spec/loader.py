@@ -263,15 +263,15 @@ class _Validator:
             if present and isinstance(data[f.name], Unresolved):
                 kwargs[f.name] = field_default(f)
                 if data[f.name].mandatory:  # OmegaConf's merge keeps the schema's value under a ???
-                    self._check_required(key, kwargs[f.name], field_meta(f), mandatory=True)
+                    if not self._waived(data, field_meta(f)):  # a required_unless sibling is set
+                        self._check_required(key, kwargs[f.name], field_meta(f), mandatory=True)
                 else:
                     self.unresolved(data[f.name])
                 continue
             before = len(self.issues)
             value = self.check(tp, data[f.name], key, field_meta(f)) if present else field_default(f)
             if len(self.issues) == before:  # one line per key: a bad value is not also "missing"
-                unless = field_meta(f).get("required_unless")
-                if not (unless and data.get(unless) not in (None, "")):
+                if not self._waived(data, field_meta(f)):
                     self._check_required(key, value, field_meta(f))
             else:  # a bad value stands in as the default, so cross-field checks can still run
                 value = field_default(f)
@@ -288,13 +288,22 @@ class _Validator:
         hint = f"did you mean {near}?" if near else f"valid keys here: {', '.join(names)}"
         self.issues.append(SpecIssue(key, "unknown key", hint))
 
+    @staticmethod
+    def _waived(data: dict[str, Any], meta: dict[str, Any]) -> bool:
+        """Whether the field's ``required_unless`` sibling holds a value (a ``???`` is no value)."""
+        unless = meta.get("required_unless")
+        value = data.get(unless) if unless else None
+        return value not in (None, "") and not isinstance(value, Unresolved)
+
     def _check_required(self, key: str, value: Any, meta: dict[str, Any], mandatory: bool = False) -> None:
         required = meta.get("required")
         needed = required is True or (self.action is not None and self.action in (required or ()))
         if needed and value in (None, "", []):
             for_action = f" for {self.action}" if self.action else ""
             what = "mandatory (???) and" if mandatory else "required" + for_action + " but"
-            self.issues.append(SpecIssue(key, f"{what} not set", f"set {key}=..."))
+            unless = meta.get("required_unless")
+            sibling = f" (or {key.rsplit('.', 1)[0]}.{unless}=...)" if unless and "." in key else ""
+            self.issues.append(SpecIssue(key, f"{what} not set", f"set {key}=...{sibling}"))
 
     def check(self, tp: Any, value: Any, key: str, meta: dict[str, Any]) -> Any:
         base, optional = unwrap_optional(tp)
