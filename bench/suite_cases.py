@@ -138,20 +138,30 @@ def dino_step_flops(arch: str, s: DinoSizes, batch: int, masked: int, registers:
     return teacher + 3 * student
 
 
+def _interleaved_pair(
+    kinds: tuple[str, str], arch: str, s: DinoSizes, device: torch.device, bf16: bool, ceiling: float,
+    timing: Timing,
+) -> tuple[Side, Side, float]:
+    """The full nvdinov2 step (teacher included) of two `build_dino` kinds on the same batch,
+    interleaved: (first's side, second's side, model FLOPs of one step)."""
+    torch.manual_seed(0)
+    args = _nv_args(s, s.batch, bf16)
+    batch = nv.make_batch(args, device)
+    contenders = {kind: build_dino(kind, arch, s, device) for kind in kinds}
+    steps = {k: (lambda m=m, o=o: nv.step(m, o, batch, args)) for k, (m, o) in contenders.items()}
+    measured = interleaved(steps, device, **vars(timing))
+    registers = contenders[kinds[0]][0].student["backbone"].num_register_tokens
+    flops = dino_step_flops(arch, s, s.batch, int(batch["masks"].sum()), registers)
+    first, second = (side(*measured[k], s.batch, flops, ceiling) for k in kinds)
+    del contenders, steps
+    return first, second, flops
+
+
 def dino_case(
     arch: str, s: DinoSizes, device: torch.device, bf16: bool, ceiling: float, timing: Timing
 ) -> Row:
     """The full nvdinov2 step (teacher included) on our ViT vs HF ``Dinov2Model``, interleaved."""
-    torch.manual_seed(0)
-    args = _nv_args(s, s.batch, bf16)
-    batch = nv.make_batch(args, device)
-    contenders = {kind: build_dino(kind, arch, s, device) for kind in ("ours", "hf")}
-    steps = {k: (lambda m=m, o=o: nv.step(m, o, batch, args)) for k, (m, o) in contenders.items()}
-    measured = interleaved(steps, device, **vars(timing))
-    registers = contenders["ours"][0].student["backbone"].num_register_tokens
-    flops = dino_step_flops(arch, s, s.batch, int(batch["masks"].sum()), registers)
-    ours_side, hf_side = (side(*measured[k], s.batch, flops, ceiling) for k in ("ours", "hf"))
-    del contenders, steps
+    ours_side, hf_side, flops = _interleaved_pair(("ours", "hf"), arch, s, device, bf16, ceiling, timing)
     return Row(
         case=f"nvdinov2 {arch}/14 {s.n_global}x{s.global_size} + {s.n_local}x{s.local_size}",
         batch=str(s.batch),
@@ -168,16 +178,7 @@ def packing_case(
 ) -> Row:
     """train.pack_crops: the nvdinov2 step with the student's crops in one packed pass
     (block-diagonal attention) vs the same ViT in two passes, interleaved."""
-    torch.manual_seed(0)
-    args = _nv_args(s, s.batch, bf16)
-    batch = nv.make_batch(args, device)
-    contenders = {kind: build_dino(kind, arch, s, device) for kind in ("packed", "ours")}
-    steps = {k: (lambda m=m, o=o: nv.step(m, o, batch, args)) for k, (m, o) in contenders.items()}
-    measured = interleaved(steps, device, **vars(timing))
-    registers = contenders["ours"][0].student["backbone"].num_register_tokens
-    flops = dino_step_flops(arch, s, s.batch, int(batch["masks"].sum()), registers)
-    packed, separate = (side(*measured[k], s.batch, flops, ceiling) for k in ("packed", "ours"))
-    del contenders, steps
+    packed, separate, _ = _interleaved_pair(("packed", "ours"), arch, s, device, bf16, ceiling, timing)
     return Row(
         case=f"packing: nvdinov2 {arch}/14 crops in one pass (train.pack_crops)",
         batch=str(s.batch),
