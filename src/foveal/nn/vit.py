@@ -239,7 +239,10 @@ class VisionTransformer(nn.Module):
             ``x_norm_clstoken`` (B, D), ``x_norm_regtokens`` (B, R, D), ``x_norm_patchtokens``
             (B, N, D), ``x_prenorm`` (B, 1 + R + N, D) before the final norm, and ``masks``.
         """
-        x_prenorm = self.forward_blocks(self._embed(x, masks))
+        return self._outputs(self.forward_blocks(self._embed(x, masks)), masks)
+
+    def _outputs(self, x_prenorm: torch.Tensor, masks: torch.Tensor | None) -> dict:
+        """`forward_features`' dict from the blocks' output (B, 1 + R + N, D)."""
         x_norm = self.norm(x_prenorm)
         first_patch = self.num_prefix_tokens
         return {
@@ -271,18 +274,7 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"{len(xs)} batches but {len(masks)} masks")
         packed, layout = pack([self._embed(x, m) for x, m in zip(xs, masks, strict=True)], backend)
         prenorm = unpack(self.forward_blocks(packed, layout), layout)
-        first_patch = self.num_prefix_tokens
-        out = []
-        for x_prenorm, mask in zip(prenorm, masks, strict=True):
-            x_norm = self.norm(x_prenorm)
-            out.append({
-                "x_norm_clstoken": x_norm[:, 0],
-                "x_norm_regtokens": x_norm[:, 1:first_patch],
-                "x_norm_patchtokens": x_norm[:, first_patch:],
-                "x_prenorm": x_prenorm,
-                "masks": mask,
-            })  # fmt: skip
-        return out
+        return [self._outputs(x_prenorm, mask) for x_prenorm, mask in zip(prenorm, masks, strict=True)]
 
     def forward_head(self, features: dict, pre_logits: bool = False) -> torch.Tensor:
         """Pool ``forward_features`` output ((B, D) cls or mean patch token) and apply the head."""
