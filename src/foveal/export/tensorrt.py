@@ -40,9 +40,8 @@ def _load_onnx(onnx_file: Path) -> onnx.ModelProto:
         ) from None
 
 
-def _onnx_input_shapes(onnx_file: Path) -> dict[str, list[int | str]]:
+def _onnx_input_shapes(proto: onnx.ModelProto) -> dict[str, list[int | str]]:
     """Declared input shapes, dynamic dimensions as their names (or ``"?"`` when unnamed)."""
-    proto = _load_onnx(onnx_file)
     initializers = {init.name for init in proto.graph.initializer}
     return {
         v.name: [
@@ -54,8 +53,7 @@ def _onnx_input_shapes(onnx_file: Path) -> dict[str, list[int | str]]:
     }
 
 
-def _onnx_has_qdq(onnx_file: Path) -> bool:
-    proto = _load_onnx(onnx_file)
+def _onnx_has_qdq(proto: onnx.ModelProto) -> bool:
     return any(node.op_type == "QuantizeLinear" for node in proto.graph.node)
 
 
@@ -85,8 +83,18 @@ def _non_batch_dims(name: str, declared: list, input_shape, n_inputs: int) -> li
     return given
 
 
+def _check_batches(min_batch: int, opt_batch: int, max_batch: int) -> None:
+    if (
+        not all(isinstance(b, int) and b >= 1 for b in (min_batch, opt_batch, max_batch))
+        or not min_batch <= opt_batch <= max_batch
+    ):
+        raise ValueError(
+            f"need 1 <= min_batch <= opt_batch <= max_batch, got {min_batch}, {opt_batch}, {max_batch}"
+        )
+
+
 def plan_profiles(
-    onnx_file: str | os.PathLike,
+    onnx_file: str | os.PathLike | onnx.ModelProto,
     *,
     min_batch: int = 1,
     opt_batch: int = 1,
@@ -96,21 +104,16 @@ def plan_profiles(
     """``{input: {"min": shape, "opt": shape, "max": shape}}`` for the optimization profile.
 
     Args:
-        onnx_file: the exported model; dim 0 of every input is the batch.
+        onnx_file: the exported model (or its loaded ``ModelProto``); dim 0 of every input is the batch.
         min_batch, opt_batch, max_batch: need ``1 <= min <= opt <= max``; ignored (with a
             warning) for inputs whose batch is static in the file.
         input_shape: dims after the batch, e.g. ``(3, 224, 224)``, for a single input, or
             ``{name: dims}``; needed only where the file leaves those dims dynamic.
     """
     batches = {"min": min_batch, "opt": opt_batch, "max": max_batch}
-    if (
-        not all(isinstance(b, int) and b >= 1 for b in batches.values())
-        or not min_batch <= opt_batch <= max_batch
-    ):
-        raise ValueError(
-            f"need 1 <= min_batch <= opt_batch <= max_batch, got {min_batch}, {opt_batch}, {max_batch}"
-        )
-    declared = _onnx_input_shapes(Path(onnx_file))
+    _check_batches(min_batch, opt_batch, max_batch)
+    proto = onnx_file if isinstance(onnx_file, onnx.ModelProto) else _load_onnx(Path(onnx_file))
+    declared = _onnx_input_shapes(proto)
     if isinstance(input_shape, Mapping) and set(input_shape) - set(declared):
         raise ValueError(
             f"input_shape names {sorted(set(input_shape) - set(declared))} are not inputs {list(declared)}"
@@ -249,12 +252,16 @@ def build_trt_engine(
         raise ValueError(f"workspace_size_mb must be a positive int, got {workspace_size_mb!r}")
     if not onnx_file.is_file():
         raise OnnxFileError(f"ONNX file not found: {onnx_file}")
-    if data_type == "int8" and int8_calibrator is None and not _onnx_has_qdq(onnx_file):
+    _check_batches(min_batch, opt_batch, max_batch)
+    proto = _load_onnx(onnx_file)  # read once: Q/DQ nodes, input shapes, and the metadata for <engine>.json
+    if data_type == "int8" and int8_calibrator is None and not _onnx_has_qdq(proto):
         raise ValueError("data_type 'int8' needs an int8_calibrator or an ONNX file with Q/DQ nodes")
     precisions = parse_layers_precision(layers_precision)
     profiles = plan_profiles(
-        onnx_file, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, input_shape=input_shape
+        proto, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, input_shape=input_shape
     )
+    onnx_metadata = {p.key: p.value for p in proto.metadata_props}
+    del proto  # the parser reads the file itself: do not hold a second copy through the build
     trt = _import_tensorrt(onnx_file)
     trt_logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
     if callable(int8_calibrator):  # a factory that needs the tensorrt module (image calibration)
@@ -291,6 +298,5 @@ def build_trt_engine(
     }
     from foveal.export.trt_runtime import write_engine_metadata
 
-    proto = _load_onnx(onnx_file)
-    info["metadata_file"] = str(write_engine_metadata(engine_file, info, {p.key: p.value for p in proto.metadata_props}))
+    info["metadata_file"] = str(write_engine_metadata(engine_file, info, onnx_metadata))
     return info
