@@ -16,7 +16,7 @@ from PIL import Image
 from foveal.errors import EngineFileError, TensorRTUnavailableError
 from foveal.export import build_trt_engine
 from foveal.export.onnx_runtime import OnnxPredictor
-from foveal.export.trt_runtime import TOLERANCES, EngineModule, TrtPredictor, agreement, engine_metadata
+from foveal.export.trt_runtime import TOLERANCES, TrtPredictor, agreement, engine_metadata
 
 pytestmark = pytest.mark.unit
 
@@ -62,8 +62,6 @@ def test_an_engine_runs_any_batch_in_profile_sized_chunks(tmp_path, fake_tensorr
     assert info["metadata_file"] == str(tmp_path / "m.engine.json")
     meta = engine_metadata(tmp_path / "m.engine")
     assert meta["metadata"]["classes"] == '["a", "b", "c", "d"]' and meta["profiles"]["input"]["max"] == [3, 3, 8, 8]
-    module = EngineModule(predictor)
-    torch.testing.assert_close(module(images), got, rtol=0, atol=0)
 
 
 def test_a_static_batch_engine_pads_the_last_chunk(tmp_path, fake_tensorrt):

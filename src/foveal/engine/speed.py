@@ -3,7 +3,7 @@
 * ``train.activation_checkpointing``: every backbone in the model recomputes its blocks'
   activations in backward (`enable_activation_checkpointing`): less memory, about a third more
   compute.
-* ``train.torch_compile``: the training forward runs through ``torch.compile`` (`CompiledForward`)
+* ``train.torch_compile``: the training forward runs through ``torch.compile`` (`attach_compiled`)
   while the module tree, parameter names, checkpoints and EMA copies stay those of the eager model.
 * ``train.channels_last``: convolutional backbones (ConvNeXt V2) in NHWC memory layout, with the
   images converted at each step (`channels_last`): tensor-core convolutions skip layout
@@ -67,29 +67,14 @@ def check_compiler(key: str = "train.torch_compile") -> None:
         )
 
 
-class CompiledForward:
-    """A ``torch.compile`` of a model that is NOT registered as its owner's submodule: calls go
-    through the compiled graph while ``state_dict`` keys, checkpoints, optimizer groups and EMA
-    copies keep seeing the eager model (which shares its parameters with the compiled one)."""
-
-    def __init__(self, model: nn.Module, key: str = "train.torch_compile") -> None:
-        check_compiler(key)
-        self.compiled: Any = torch.compile(model)
-        logger.info("%s: the training forward of %s is compiled", key, type(model).__name__)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.compiled(*args, **kwargs)
-
-
 def attach_compiled(owner: nn.Module, model: nn.Module, key: str = "train.torch_compile") -> None:
-    """Give ``owner`` (a LightningModule) a ``compiled_forward`` for ``model`` without adding it
-    to the module tree."""
-    object.__setattr__(owner, "compiled_forward", CompiledForward(model, key))
-
-
-def train_forward(owner: nn.Module, model: nn.Module) -> Any:
-    """The callable a training step runs: the compiled forward when attached, else ``model``."""
-    return owner.__dict__.get("compiled_forward") or model
+    """Give ``owner`` (a LightningModule) a ``compiled_forward``: ``torch.compile(model)``, kept
+    off the module tree, so calls go through the compiled graph while ``state_dict`` keys,
+    checkpoints, optimizer groups and EMA copies keep seeing the eager model (which shares its
+    parameters with the compiled one)."""
+    check_compiler(key)
+    object.__setattr__(owner, "compiled_forward", torch.compile(model))
+    logger.info("%s: the training forward of %s is compiled", key, type(model).__name__)
 
 
 def is_convolutional(model: nn.Module) -> bool:
@@ -124,7 +109,8 @@ class SpeedOptionsMixin:
     def train_step_forward(self, *args: Any) -> Any:
         if self.channels_last_inputs:
             args = tuple(channels_last(a) if isinstance(a, torch.Tensor) else a for a in args)
-        return train_forward(self, self.model)(*args)  # type: ignore[arg-type]
+        compiled = self.__dict__.get("compiled_forward")  # attach_compiled's (no truth test: a Module)
+        return (self.model if compiled is None else compiled)(*args)
 
 
 def apply_speed_options(owner: Any, train: Any) -> None:

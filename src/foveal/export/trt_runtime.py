@@ -221,20 +221,6 @@ class TrtPredictor:
         return f"TrtPredictor({str(self.engine_file)!r}, inputs={self.input_names}, outputs={self.output_names})"
 
 
-class EngineModule(nn.Module):
-    """An engine standing in for the exported PyTorch module: ``forward(images)`` returns its one
-    output, or the tuple of its outputs in order (what the export wrapper returned)."""
-
-    def __init__(self, predictor: TrtPredictor) -> None:
-        super().__init__()
-        self.predictor = predictor
-
-    def forward(self, x: torch.Tensor) -> Any:
-        out = self.predictor.run(x)
-        values = tuple(out.values())
-        return values[0] if len(values) == 1 else values
-
-
 class EngineBackbone(nn.Module):
     """An engine of an exported backbone standing in for the backbone: ``forward_features(images)``
     gives the backbone's dict (``x_norm_clstoken``, ``x_norm_patchtokens``, ...) from the engine's
@@ -246,8 +232,9 @@ class EngineBackbone(nn.Module):
         patch_size: the ViT's patch size (0: not a ViT).
         has_class_token: whether the exported backbone had one (``cls_token`` is then a marker
             tensor, as `foveal.engine.features.has_class_token` looks for).
-        compare: ``(forward_features key, reference backbone, meter)``: each batch also runs the
-            PyTorch backbone and adds that output of both to the meter.
+        reference: the PyTorch backbone the engine was exported from, or None: when given, each
+            batch also runs it and `agreement` reports how far the two are apart on ``compare``.
+        compare: the ``forward_features`` key compared, and what to call it in the report.
     """
 
     def __init__(
@@ -257,7 +244,8 @@ class EngineBackbone(nn.Module):
         *,
         patch_size: int = 0,
         has_class_token: bool = False,
-        compare: tuple[str, Any, AgreementMeter] | None = None,
+        reference: Any = None,
+        compare: tuple[str, str] = ("x_norm_clstoken", "class token"),
     ) -> None:
         super().__init__()
         missing = sorted(set(names) - set(predictor.output_names))
@@ -266,16 +254,23 @@ class EngineBackbone(nn.Module):
                 f"{predictor.engine_file} has outputs {predictor.output_names}, not {missing}: build it from this "
                 "network's export"
             )
-        self.predictor, self.names, self.patch_size, self.compare = predictor, dict(names), patch_size, compare
+        self.predictor, self.names, self.patch_size = predictor, dict(names), patch_size
         self.cls_token = torch.zeros(1) if has_class_token else None
+        self.key = compare[0]
+        self.references = (reference,) if reference is not None else ()  # not a submodule of this view
+        self.meter = AgreementMeter(predictor.data_type, compare[1]) if reference is not None else None
 
     def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         out = self.predictor.run(x)
         features = {key: out[name] for name, key in self.names.items()}
-        if self.compare is not None:
-            key, reference, meter = self.compare
-            meter.add(reference.forward_features(x)[key], features[key])
+        for reference in self.references:
+            assert self.meter is not None
+            self.meter.add(reference.forward_features(x)[self.key], features[self.key])
         return features
+
+    def agreement(self) -> dict[str, Any] | None:
+        """The engine-vs-PyTorch report (None without a reference)."""
+        return self.meter.report() if self.meter is not None else None
 
 
 class AgreementMeter:

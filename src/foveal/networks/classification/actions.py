@@ -444,9 +444,7 @@ def inference(cfg: ClassificationConfig, ctx: ActionContext) -> ActionResult:
         ctx.cache_dir,
         transform,
     )
-    classes = scorer.classes
-    if classes is None:  # an engine built elsewhere, without its <engine>.json
-        classes = read_classes(cfg.dataset.classes_file, cfg.dataset.root_dir, Path("."))[0]
+    classes = scorer.classes  # _scorer already fell back to dataset.classes_file for an engine
     if classes is None:
         raise SpecError(
             SpecIssue(

@@ -268,7 +268,6 @@ class _Run:
     arch: str
     loaded: checkpoints.Trained | None
     engine: Any = None  # finetune: EngineLogits; pretrain: EngineBackbone
-    meter: Any = None  # pretrain engine beside a checkpoint
     source: str = ""  # the engine or checkpoint file, for messages
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
@@ -284,15 +283,13 @@ class _Run:
         return encoder_of(self.loaded.model)
 
     def agreement(self) -> dict[str, Any] | None:
-        if self.meter is not None:
-            return self.meter.report()
-        return self.engine.agreement() if hasattr(self.engine, "agreement") else None
+        return self.engine.agreement() if self.engine is not None else None
 
 
 def _run(cfg: MAEConfig, action: str) -> _Run:
     """`_Run` of ``evaluate`` / ``inference``: preprocessing from the checkpoint, or from the
     engine's ``<engine>.json`` (else the spec's ``dataset.augmentation``) when only an engine is given."""
-    from foveal.export.trt_runtime import AgreementMeter, EngineBackbone, meta_value
+    from foveal.export.trt_runtime import EngineBackbone, meta_value
     from foveal.networks.trt import EngineLogits, open_engine
 
     section = getattr(cfg, action)
@@ -331,11 +328,10 @@ def _run(cfg: MAEConfig, action: str) -> _Run:
         return run
     vit = "cls_token" in engine.output_names
     names = {"cls_token": "x_norm_clstoken", "patch_tokens": "x_norm_patchtokens"} if vit else {"embedding": "x_norm_clstoken"}
-    compare = None
-    if loaded is not None:
-        run.meter = AgreementMeter(engine.data_type, "class token" if vit else "embedding")
-        compare = ("x_norm_clstoken", encoder_of(loaded.model), run.meter)
-    run.engine = EngineBackbone(engine, names, has_class_token=vit, compare=compare)
+    run.engine = EngineBackbone(
+        engine, names, has_class_token=vit, reference=encoder_of(loaded.model) if loaded is not None else None,
+        compare=("x_norm_clstoken", "class token" if vit else "embedding"),
+    )  # fmt: skip
     return run
 
 

@@ -130,7 +130,7 @@ def evaluate(cfg: NVDINOv2Config, ctx: ActionContext) -> ActionResult:
         "checkpoint": str(loaded.path),
         "backbone": f"{loaded.kind} {loaded.arch}",
     }
-    trt = loaded.meter.report() if isinstance(loaded, EngineLoaded) and loaded.meter is not None else None
+    trt = loaded.backbone.agreement() if isinstance(loaded, EngineLoaded) else None
     if isinstance(loaded, EngineLoaded):
         report["trt_engine"] = str(loaded.path)
     if trt is not None:

@@ -55,15 +55,14 @@ PCA_TILE = 128  # pixels per tile side in pca.png
 @dataclass
 class EngineLoaded:
     """A TensorRT engine of an exported backbone, standing in for `LoadedBackbone` in evaluate and
-    inference (``<action>.trt_engine``); ``meter`` holds its agreement with the checkpoint when
-    one is given beside it."""
+    inference (``<action>.trt_engine``); ``backbone.agreement()`` reports how far it is from the
+    checkpoint when one is given beside it."""
 
     backbone: Any  # an EngineBackbone: forward_features, patch_size
     kind: str
     arch: str
     path: Path
     side: int
-    meter: Any = None
 
     @property
     def description(self) -> str:
@@ -80,7 +79,7 @@ def input_size(loaded: LoadedBackbone | EngineLoaded) -> int:
 def load_for(cfg: NVDINOv2Config, action: str) -> LoadedBackbone | EngineLoaded:
     """What ``evaluate`` / ``inference`` embed images with: ``<action>.checkpoint``'s backbone, or
     ``<action>.trt_engine`` (with the checkpoint too: compared on the class token)."""
-    from foveal.export.trt_runtime import AgreementMeter, EngineBackbone, meta_value
+    from foveal.export.trt_runtime import EngineBackbone, meta_value
     from foveal.networks.trt import open_engine
 
     section = getattr(cfg, action)
@@ -100,20 +99,16 @@ def load_for(cfg: NVDINOv2Config, action: str) -> LoadedBackbone | EngineLoaded:
                       "build the engine from an export with a square export.input_height / input_width")  # fmt: skip
         )
     patch = int(meta_value(meta, "patch_size") or (loaded.backbone.patch_size if loaded else cfg.model.backbone.patch_size))
-    meter = compare = None
-    if loaded is not None:
-        meter = AgreementMeter(engine.data_type, "class token")
-        compare = ("x_norm_clstoken", loaded.backbone, meter)
     backbone = EngineBackbone(
         engine,
         {"cls_token": "x_norm_clstoken", "patch_tokens": "x_norm_patchtokens"},
         patch_size=patch,
         has_class_token=True,
-        compare=compare,
+        reference=loaded.backbone if loaded is not None else None,
     )
     kind = str(meta_value(meta, "kind") or (loaded.kind if loaded else "exported"))
     arch = str(meta_value(meta, "arch") or (loaded.arch if loaded else cfg.model.backbone.teacher_type))
-    return EngineLoaded(backbone, kind, arch, engine.engine_file, int(height), meter)
+    return EngineLoaded(backbone, kind, arch, engine.engine_file, int(height))
 
 
 def eval_transform(loaded: LoadedBackbone | EngineLoaded) -> Any:
@@ -244,7 +239,7 @@ def inference(cfg: NVDINOv2Config, ctx: ActionContext) -> ActionResult:
     rows, dim, artifacts = _write_features(loaded, loader, ctx.results_dir)
     sample = torch.stack([dataset[i][0] for i in pca_picks(len(dataset), batch, cfg.inference.vis_after_n_batches)])
     artifacts["pca"] = str(save_pca_figure(loaded, sample, ctx.results_dir / "pca.png"))
-    trt = loaded.meter.report() if isinstance(loaded, EngineLoaded) and loaded.meter is not None else None
+    trt = loaded.backbone.agreement() if isinstance(loaded, EngineLoaded) else None
     artifacts.update(agreement_artifacts(trt, ctx.results_dir))
     return ActionResult(
         kpis={"num_images": float(rows), "feature_dim": float(dim), **agreement_kpis(trt)},
